@@ -1,0 +1,80 @@
+"""The JSON envelope every reply travels in, over NATS and over HTTP alike."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import ErrorCode
+
+__all__ = [
+    "ErrorBody",
+    "ErrorEnvelope",
+    "SuccessEnvelope",
+    "error_envelope",
+    "new_request_id",
+    "success_envelope",
+    "utc_timestamp",
+]
+
+
+class ErrorBody(BaseModel):
+    """The ``error`` object: the code twice (REST reference and SDK field) and a message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(description="Error code, e.g. ERR_KEM_005")
+    error_code: str = Field(description="Same as code; the field the qpher SDKs read")
+    message: str = Field(description="Human-readable, safe to show")
+    retry_after: int | None = Field(
+        default=None, description="Seconds to wait before retrying (ERR_RATE_001 only)"
+    )
+
+
+class SuccessEnvelope(BaseModel):
+    """``{"data": ..., "request_id": ..., "timestamp": ...}``."""
+
+    data: dict[str, Any]
+    request_id: str
+    timestamp: str
+
+
+class ErrorEnvelope(BaseModel):
+    """``{"error": {...}, "request_id": ..., "timestamp": ...}``."""
+
+    error: ErrorBody
+    request_id: str
+    timestamp: str
+
+
+def utc_timestamp(moment: datetime | None = None) -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z``: ``2026-02-15T10:30:00.123Z``."""
+    moment = moment or datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def new_request_id() -> str:
+    """A fresh request id (UUID4), used when the caller sent none."""
+    return str(uuid.uuid4())
+
+
+def success_envelope(data: dict[str, Any], request_id: str) -> dict[str, Any]:
+    """The success envelope as a plain dict, ready for JSON."""
+    return {"data": data, "request_id": request_id, "timestamp": utc_timestamp()}
+
+
+def error_envelope(
+    code: ErrorCode, request_id: str, message: str | None = None, retry_after: int | None = None
+) -> dict[str, Any]:
+    """The error envelope as a plain dict, ready for JSON."""
+    error: dict[str, Any] = {
+        "code": code.value,
+        "error_code": code.value,
+        "message": message or code.default_message,
+    }
+    if retry_after is not None:
+        error["retry_after"] = retry_after
+    return {"error": error, "request_id": request_id, "timestamp": utc_timestamp()}

@@ -1,0 +1,43 @@
+"""NATS subjects: one per REST route, ``pqkms.v1.`` + the route path with ``/`` → ``.``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "HEADER_API_KEY",
+    "HEADER_REQUEST_ID",
+    "HEADER_RETRY_AFTER",
+    "QUEUE_GROUP",
+    "SUBJECT_PREFIX",
+    "Subject",
+]
+
+SUBJECT_PREFIX = "pqkms.v1"
+QUEUE_GROUP = "pqkms-workers"
+HEADER_API_KEY = "X-API-Key"
+HEADER_REQUEST_ID = "X-Request-ID"
+HEADER_RETRY_AFTER = "Retry-After"
+
+
+class Subject(StrEnum):
+    """Every operation's subject."""
+
+    KEM_ENCRYPT = "pqkms.v1.kem.encrypt"
+    KEM_DECRYPT = "pqkms.v1.kem.decrypt"
+    KEM_ENCAPSULATE = "pqkms.v1.kem.encapsulate"
+    KEM_DECAPSULATE = "pqkms.v1.kem.decapsulate"
+    KEM_KEY_WRAP = "pqkms.v1.kem.key.wrap"
+    KEM_KEY_UNWRAP = "pqkms.v1.kem.key.unwrap"
+    SIGNATURE_SIGN = "pqkms.v1.signature.sign"
+    SIGNATURE_VERIFY = "pqkms.v1.signature.verify"
+    SIGNATURE_SIGN_HASH = "pqkms.v1.signature.sign-hash"
+    SIGNATURE_VERIFY_HASH = "pqkms.v1.signature.verify-hash"
+    KEYS_GENERATE = "pqkms.v1.kms.keys.generate"
+    KEYS_LIST = "pqkms.v1.kms.keys.list"
+    KEYS_ACTIVE = "pqkms.v1.kms.keys.active"
+    KEYS_GET = "pqkms.v1.kms.keys.get"
+    KEYS_ROTATE = "pqkms.v1.kms.keys.rotate"
+    KEYS_RETIRE = "pqkms.v1.kms.keys.retire"
+    KEYS_ARCHIVE = "pqkms.v1.kms.keys.archive"
+    HEALTH_PING = "pqkms.v1.health.ping"
