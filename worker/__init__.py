@@ -1,0 +1,1 @@
+"""The pqkms worker: FastStream subscribers over plain async services."""

@@ -1,0 +1,88 @@
+"""Settings from ``PQKMS_*`` environment variables (pydantic-settings).
+
+No settings object is built at import; call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.algorithms import Plan
+
+__all__ = ["PlanLimits", "Settings", "get_settings"]
+
+ONE_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    """Per-plan caps; ``None`` means unlimited."""
+
+    max_versions: int | None
+    rate_per_second: float | None
+    burst: int | None
+
+
+class Settings(BaseSettings):
+    """Everything a worker, the bridge or the CLI needs to know."""
+
+    model_config = SettingsConfigDict(env_prefix="PQKMS_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".pqkms"), description="SQLite file, master key, NATS store")
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default: SQLite in data_dir"
+    )
+    master_key_file: Path | None = Field(default=None, description="default: data_dir/master.key")
+    master_key: SecretStr | None = Field(
+        default=None, description="base64 of a 32-byte master key (instead of a file)"
+    )
+    max_message_bytes: int = Field(default=ONE_MIB, ge=1, description="plaintext/message limit")
+    request_timeout_seconds: float = 10.0
+    crypto_threads: int = Field(default=2, ge=1)
+    log_level: str = "INFO"
+    log_json: bool | None = Field(default=None, description="default: JSON unless on a terminal")
+
+    free_max_versions: int | None = 3
+    free_rate_per_second: float | None = 10.0
+    free_burst: int | None = 20
+    pro_max_versions: int | None = 10
+    pro_rate_per_second: float | None = 500.0
+    pro_burst: int | None = 1000
+    enterprise_max_versions: int | None = None
+    enterprise_rate_per_second: float | None = None
+    enterprise_burst: int | None = None
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'pqkms.db').resolve()}"
+
+    def resolved_master_key_file(self) -> Path:
+        """Where the master key lives when it is not given inline."""
+        return self.master_key_file or self.data_dir / "master.key"
+
+    def nats_max_payload(self) -> int:
+        """A NATS max_payload that fits the largest request: base64 growth plus JSON."""
+        return self.max_message_bytes * 4 // 3 + 64 * 1024
+
+    def limits_for(self, plan: Plan) -> PlanLimits:
+        """The caps for one plan."""
+        prefix = Plan(plan).value
+        return PlanLimits(
+            max_versions=getattr(self, f"{prefix}_max_versions"),
+            rate_per_second=getattr(self, f"{prefix}_rate_per_second"),
+            burst=getattr(self, f"{prefix}_burst"),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once from the environment."""
+    return Settings()
