@@ -35,6 +35,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path(".pqkms"), description="SQLite file, master key, NATS store")
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=1, le=65535)
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; default: SQLite in data_dir"
     )
