@@ -1,0 +1,1 @@
+"""NATS transport: parse → call a service → envelope. No crypto, no SQL."""

@@ -1,0 +1,1 @@
+"""Plain async services (key lifecycle, KEM, signatures) that know nothing about NATS."""

@@ -1,0 +1,160 @@
+"""KEM operations: encrypt, decrypt, encapsulate, decapsulate, wrap, unwrap."""
+
+from __future__ import annotations
+
+from schemas import kem
+from schemas.algorithms import EncryptMode
+from schemas.errors import ErrorCode
+from schemas.fields import b64encode
+from schemas.kem import WRAPPABLE_KEY_SIZES
+from worker.crypto import (
+    WRAPPING_METHODS,
+    InvalidCiphertext,
+    InvalidInput,
+    Mode,
+    open_ciphertext,
+    seal,
+    seal_deterministic_ciphertext,
+)
+from worker.errors import DecryptionFailed, ServiceError
+from worker.services.context import Caller
+from worker.services.crypto_runner import CryptoRunner
+from worker.services.key_access import KeyAccess, Usage
+
+__all__ = ["KemService", "check_message_size"]
+
+_ENCRYPTED_MODES = frozenset({Mode.STANDARD, Mode.DETERMINISTIC})
+_WRAPPED_MODES = frozenset({Mode.KEY_WRAP})
+
+
+def check_message_size(field: str, data: bytes, limit: int) -> None:
+    """400 when a payload is over the configured per-request limit."""
+    if len(data) > limit:
+        raise ServiceError(
+            ErrorCode.INVALID,
+            f"Validation failed: {field} is {len(data)} bytes, over the {limit}-byte limit; "
+            "use kem/key/wrap with a data key or a bulk job for larger data",
+        )
+
+
+class KemService:
+    """KEM operations on a tenant's keys."""
+
+    def __init__(self, keys: KeyAccess, runner: CryptoRunner, max_message_bytes: int) -> None:
+        self._keys = keys
+        self._runner = runner
+        self._limit = max_message_bytes
+
+    async def encrypt(self, caller: Caller, request: kem.EncryptRequest) -> kem.EncryptResult:
+        """Standard (HPKE) or deterministic (AES-SIV) encryption."""
+        check_message_size("plaintext", request.plaintext, self._limit)
+        key = await self._keys.kem_key(
+            caller, request.algorithm, request.key_version, Usage.PROTECT
+        )
+        if request.mode is EncryptMode.DETERMINISTIC:
+            salt = request.salt or b""
+            ciphertext = await self._runner.sized(
+                len(request.plaintext),
+                lambda: seal_deterministic_ciphertext(
+                    key, request.algorithm, request.key_version, salt, request.plaintext
+                ),
+            )
+        else:
+            ciphertext = await self._runner.sized(
+                len(request.plaintext),
+                lambda: seal(
+                    key, request.algorithm, request.key_version, Mode.STANDARD, request.plaintext
+                ),
+            )
+        return kem.EncryptResult(
+            ciphertext=b64encode(ciphertext),
+            key_version=request.key_version,
+            algorithm=request.algorithm,
+        )
+
+    async def decrypt(self, caller: Caller, request: kem.DecryptRequest) -> kem.DecryptResult:
+        """Open a ciphertext from encrypt; any failure is one opaque 400."""
+        key = await self._keys.kem_key(
+            caller, request.algorithm, request.key_version, Usage.RECOVER
+        )
+        try:
+            plaintext = await self._runner.sized(
+                len(request.ciphertext),
+                lambda: open_ciphertext(
+                    key, request.algorithm, request.key_version, request.ciphertext,
+                    _ENCRYPTED_MODES,
+                ),
+            )
+        except InvalidCiphertext:
+            raise DecryptionFailed("ciphertext") from None
+        return kem.DecryptResult(
+            plaintext=b64encode(plaintext),
+            key_version=request.key_version,
+            algorithm=request.algorithm,
+        )
+
+    async def encapsulate(
+        self, caller: Caller, request: kem.EncapsulateRequest
+    ) -> kem.EncapsulateResult:
+        """A fresh shared secret and its KEM ciphertext (the secret is returned by design)."""
+        key = await self._keys.kem_key(
+            caller, request.algorithm, request.key_version, Usage.PROTECT
+        )
+        kem_ciphertext, shared_secret = key.encapsulate()
+        return kem.EncapsulateResult(
+            kem_ciphertext=b64encode(kem_ciphertext),
+            shared_secret=b64encode(shared_secret),
+            key_version=request.key_version,
+            algorithm=request.algorithm,
+        )
+
+    async def decapsulate(
+        self, caller: Caller, request: kem.DecapsulateRequest
+    ) -> kem.DecapsulateResult:
+        """The shared secret of a KEM ciphertext (implicit rejection for modified ones)."""
+        key = await self._keys.kem_key(
+            caller, request.algorithm, request.key_version, Usage.RECOVER
+        )
+        try:
+            shared_secret = key.decapsulate(request.kem_ciphertext)
+        except InvalidInput as exc:
+            raise ServiceError(ErrorCode.INVALID, f"Validation failed: {exc}") from None
+        return kem.DecapsulateResult(
+            shared_secret=b64encode(shared_secret),
+            key_version=request.key_version,
+            algorithm=request.algorithm,
+        )
+
+    async def wrap(self, caller: Caller, request: kem.WrapKeyRequest) -> kem.WrapKeyResult:
+        """Wrap a 16–64-byte symmetric key under the KEM key (HPKE, key-wrap mode)."""
+        key = await self._keys.kem_key(
+            caller, request.algorithm, request.key_version, Usage.PROTECT
+        )
+        wrapped = seal(
+            key, request.algorithm, request.key_version, Mode.KEY_WRAP, request.symmetric_key
+        )
+        return kem.WrapKeyResult(
+            wrapped_key=b64encode(wrapped),
+            key_version=request.key_version,
+            algorithm=request.algorithm,
+            wrapping_method=WRAPPING_METHODS[request.algorithm],
+        )
+
+    async def unwrap(self, caller: Caller, request: kem.UnwrapKeyRequest) -> kem.UnwrapKeyResult:
+        """Recover a wrapped symmetric key; any failure is one opaque 400."""
+        key = await self._keys.kem_key(
+            caller, request.algorithm, request.key_version, Usage.RECOVER
+        )
+        try:
+            symmetric_key = open_ciphertext(
+                key, request.algorithm, request.key_version, request.wrapped_key, _WRAPPED_MODES
+            )
+        except InvalidCiphertext:
+            raise DecryptionFailed("wrapped_key") from None
+        if len(symmetric_key) not in WRAPPABLE_KEY_SIZES:
+            raise DecryptionFailed("wrapped_key")
+        return kem.UnwrapKeyResult(
+            symmetric_key=b64encode(symmetric_key),
+            key_version=request.key_version,
+            algorithm=request.algorithm,
+        )
