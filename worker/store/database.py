@@ -82,7 +82,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # Autocommit at the driver level: SQLAlchemy's "begin" hook below decides BEGIN.
-        dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
             # busy_timeout first, so switching to WAL waits for a lock instead of failing.

@@ -1,0 +1,46 @@
+"""Key persistence: SQLModel tables on SQLite (WAL) or PostgreSQL, seeds wrapped under a KEK."""
+
+from __future__ import annotations
+
+from worker.store.database import create_engine_for, create_schema
+from worker.store.master_key import (
+    MasterKey,
+    MasterKeyError,
+    MasterKeyMismatch,
+    SeedIntegrityError,
+    key_check_value,
+    load_or_create_master_key,
+    master_key_from_base64,
+    seed_aad,
+    unwrap_seed,
+    wrap_seed,
+)
+from worker.store.repository import (
+    KeyRecord,
+    KeyStore,
+    NewKeyMaterial,
+    SchemaTooNew,
+    TenantExists,
+    TenantRecord,
+)
+
+__all__ = [
+    "KeyRecord",
+    "KeyStore",
+    "MasterKey",
+    "MasterKeyError",
+    "MasterKeyMismatch",
+    "NewKeyMaterial",
+    "SchemaTooNew",
+    "SeedIntegrityError",
+    "TenantExists",
+    "TenantRecord",
+    "create_engine_for",
+    "create_schema",
+    "key_check_value",
+    "load_or_create_master_key",
+    "master_key_from_base64",
+    "seed_aad",
+    "unwrap_seed",
+    "wrap_seed",
+]

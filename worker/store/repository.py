@@ -1,0 +1,578 @@
+"""KeyStore: tenants, API keys and key versions with their lifecycle rules.
+
+Every query filters by tenant id. Writes that assign version numbers run in one
+transaction that first locks the tenant row (``SELECT ... FOR UPDATE`` on PostgreSQL;
+on SQLite the ``BEGIN IMMEDIATE`` write lock already serialises them), and are retried
+a few times on unique-index or serialisation conflicts. The partial unique index on
+``(tenant_id, algorithm) WHERE status = 'active'`` is the last line of defence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from schemas.algorithms import Algorithm, KeyStatus, Plan
+from schemas.errors import ErrorCode
+from worker.errors import ServiceError
+from worker.store import database
+from worker.store.database import WRITE_TRANSACTION, create_engine_for
+from worker.store.master_key import (
+    MasterKey,
+    MasterKeyMismatch,
+    SeedIntegrityError,
+    key_check_value,
+    seed_aad,
+    unwrap_seed,
+    wrap_seed,
+)
+from worker.store.tables import (
+    ROW_SCHEMA_VERSION,
+    ApiKey,
+    KeyVersion,
+    MasterKeyCheck,
+    SchemaInfo,
+    Tenant,
+    utc_now,
+)
+
+__all__ = [
+    "API_KEY_PREFIX",
+    "KeyRecord",
+    "KeyStore",
+    "NewKeyMaterial",
+    "SchemaTooNew",
+    "TenantExists",
+    "TenantRecord",
+]
+
+API_KEY_PREFIX = "qph_"
+_MAX_API_KEY_LENGTH = 256
+_WRITE_ATTEMPTS = 8
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})  # serialization, deadlock, unique
+_DUMMY_HASH = hashlib.sha256(b"pqkms dummy api key").hexdigest()
+_MISMATCH_MESSAGE = (
+    "The master key does not match this database (key-check value differs). "
+    "Use the master key this database was created with."
+)
+
+T = TypeVar("T")
+
+
+class TenantExists(ValueError):
+    """A tenant with that name already exists."""
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was created by a newer pqkms than this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """A tenant as the services see it."""
+
+    tenant_id: str
+    name: str
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """Public facts about one key version; never the seed."""
+
+    tenant_id: str
+    algorithm: Algorithm
+    version: int
+    status: KeyStatus
+    public_key: bytes
+    created_at: datetime
+    status_changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewKeyMaterial:
+    """A freshly generated key pair: the private seed and the SubjectPublicKeyInfo DER."""
+
+    seed: bytes = field(repr=False)
+    public_key: bytes
+
+
+def _hash_api_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def _new_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _tenant_record(row: Tenant) -> TenantRecord:
+    return TenantRecord(tenant_id=row.id, name=row.name, plan=Plan(row.plan))
+
+
+def _key_record(row: KeyVersion) -> KeyRecord:
+    return KeyRecord(
+        tenant_id=row.tenant_id,
+        algorithm=Algorithm(row.algorithm),
+        version=row.version,
+        status=KeyStatus(row.status),
+        public_key=row.public_key,
+        created_at=row.created_at,
+        status_changed_at=row.status_changed_at,
+    )
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True  # a concurrent writer took the version number or the active slot
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return True
+    if isinstance(exc, OperationalError):
+        message = str(exc.orig).lower()
+        return "database is locked" in message or "database is busy" in message
+    return False
+
+
+def _not_found(algorithm: Algorithm, version: int) -> ServiceError:
+    return ServiceError(
+        ErrorCode.KMS_KEY_NOT_FOUND, f"Key version {version} not found for {algorithm}"
+    )
+
+
+class KeyStore:
+    """Persistence of tenants, API keys and wrapped key versions."""
+
+    def __init__(self, engine: AsyncEngine, master_key: MasterKey) -> None:
+        """Wrap an engine; prefer :meth:`open`, which also checks the master key."""
+        self._engine = engine
+        self._master = master_key
+
+    @classmethod
+    async def open(
+        cls,
+        database_url: str,
+        master_key: MasterKey,
+        *,
+        create_schema: bool = True,
+        connect_args: Mapping[str, Any] | None = None,
+    ) -> KeyStore:
+        """Connect, create the schema if asked, and refuse a master key that is not this
+        database's (:class:`MasterKeyMismatch`)."""
+        engine = create_engine_for(database_url, connect_args=connect_args)
+        store = cls(engine, master_key)
+        try:
+            if create_schema:
+                await database.create_schema(engine)
+            await store._check_schema_and_master_key()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine (for health checks and tests)."""
+        return self._engine
+
+    @property
+    def kek_id(self) -> str:
+        """Identifier of the master key in use."""
+        return self._master.kek_id
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    # -- transactions -----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _session(self, *, write: bool) -> AsyncIterator[AsyncSession]:
+        async with AsyncSession(self._engine, expire_on_commit=False) as session:
+            # Procure the connection now so the begin hook sees whether this is a write.
+            await session.connection(execution_options={WRITE_TRANSACTION: write})
+            yield session
+
+    async def _write(self, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run ``operation`` in a write transaction, committed (durably) before returning."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                async with self._session(write=True) as session:
+                    result = await operation(session)
+                    await session.commit()
+                    return result
+            except DBAPIError as exc:
+                if attempt == _WRITE_ATTEMPTS or not _is_retryable(exc):
+                    raise
+            await asyncio.sleep(secrets.randbelow(20 * attempt) / 1000)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _check_schema_and_master_key(self) -> None:
+        expected = key_check_value(self._master)
+        kek_id = self._master.kek_id
+
+        async def operation(session: AsyncSession) -> None:
+            info = await session.get(SchemaInfo, 1)
+            if info is None:
+                session.add(SchemaInfo(id=1, schema_version=ROW_SCHEMA_VERSION))
+            elif info.schema_version > ROW_SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"The database schema version is {info.schema_version}; this pqkms "
+                    f"supports up to {ROW_SCHEMA_VERSION}. Upgrade pqkms."
+                )
+            rows = (await session.exec(select(MasterKeyCheck))).all()
+            if not rows:
+                session.add(MasterKeyCheck(kek_id=kek_id, check_value=expected))
+                return
+            mine = next((row for row in rows if row.kek_id == kek_id), None)
+            if mine is None or not hmac.compare_digest(mine.check_value, expected):
+                raise MasterKeyMismatch(_MISMATCH_MESSAGE)
+
+        await self._write(operation)
+
+    # -- tenants and API keys ---------------------------------------------------------
+
+    async def create_tenant(self, name: str, plan: Plan) -> tuple[TenantRecord, str]:
+        """Create a tenant and its first API key. The key is returned once, never stored."""
+        api_key = _new_api_key()
+
+        async def operation(session: AsyncSession) -> TenantRecord:
+            existing = await session.exec(select(Tenant.id).where(Tenant.name == name))
+            if existing.first() is not None:
+                raise TenantExists(f"A tenant named {name!r} already exists")
+            tenant = Tenant(name=name, plan=Plan(plan).value)
+            session.add(tenant)
+            await session.flush()
+            session.add(self._api_key_row(tenant.id, api_key))
+            return _tenant_record(tenant)
+
+        try:
+            record = await self._write(operation)
+        except IntegrityError as exc:
+            # Lost a race with another process creating the same name.
+            raise TenantExists(f"A tenant named {name!r} already exists") from exc
+        return record, api_key
+
+    @staticmethod
+    def _api_key_row(tenant_id: str, api_key: str) -> ApiKey:
+        return ApiKey(
+            tenant_id=tenant_id,
+            key_hash=_hash_api_key(api_key),
+            key_prefix=api_key[:12],
+        )
+
+    async def add_api_key(self, tenant_id: str) -> str:
+        """Issue another API key for a tenant; returned once, only its hash is stored."""
+        api_key = _new_api_key()
+
+        async def operation(session: AsyncSession) -> None:
+            if await session.get(Tenant, tenant_id) is None:
+                raise ServiceError(ErrorCode.NOT_FOUND, "Tenant not found")
+            session.add(self._api_key_row(tenant_id, api_key))
+
+        await self._write(operation)
+        return api_key
+
+    async def revoke_api_key(self, tenant_id: str, api_key: str) -> bool:
+        """Revoke one of the tenant's API keys; ``False`` if it is not one of theirs."""
+        key_hash = _hash_api_key(api_key)
+
+        async def operation(session: AsyncSession) -> bool:
+            row = (
+                await session.exec(
+                    select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.key_hash == key_hash)
+                )
+            ).first()
+            if row is None:
+                return False
+            if row.revoked_at is None:
+                row.revoked_at = utc_now()
+                session.add(row)
+            return True
+
+        return await self._write(operation)
+
+    async def authenticate(self, api_key: str) -> TenantRecord | None:
+        """The tenant owning a valid, unrevoked API key, else ``None``.
+
+        The lookup is by hash; the final comparison is constant-time, and an unknown key
+        still pays for a comparison so timing does not reveal which hashes exist.
+        """
+        if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > _MAX_API_KEY_LENGTH:
+            return None
+        presented = _hash_api_key(api_key)
+        async with self._session(write=False) as session:
+            row = (
+                await session.exec(
+                    select(ApiKey, Tenant)
+                    .join(Tenant, col(Tenant.id) == col(ApiKey.tenant_id))
+                    .where(ApiKey.key_hash == presented)
+                )
+            ).first()
+        if row is None:
+            hmac.compare_digest(_DUMMY_HASH, presented)
+            return None
+        key_row, tenant = row
+        if not hmac.compare_digest(key_row.key_hash, presented):
+            return None
+        if key_row.revoked_at is not None:
+            return None
+        return _tenant_record(tenant)
+
+    async def get_tenant(self, tenant_id: str) -> TenantRecord | None:
+        """A tenant by id."""
+        async with self._session(write=False) as session:
+            row = await session.get(Tenant, tenant_id)
+        return None if row is None else _tenant_record(row)
+
+    # -- reading keys -----------------------------------------------------------------
+
+    async def list_keys(
+        self,
+        tenant_id: str,
+        algorithm: Algorithm | None = None,
+        status: KeyStatus | None = None,
+    ) -> list[KeyRecord]:
+        """The tenant's key versions, optionally filtered, ordered by algorithm and version."""
+        query = select(KeyVersion).where(KeyVersion.tenant_id == tenant_id)
+        if algorithm is not None:
+            query = query.where(KeyVersion.algorithm == Algorithm(algorithm).value)
+        if status is not None:
+            query = query.where(KeyVersion.status == KeyStatus(status).value)
+        query = query.order_by(col(KeyVersion.algorithm), col(KeyVersion.version))
+        async with self._session(write=False) as session:
+            rows = (await session.exec(query)).all()
+        return [_key_record(row) for row in rows]
+
+    async def get_key(
+        self, tenant_id: str, algorithm: Algorithm, version: int
+    ) -> KeyRecord | None:
+        """One key version of the tenant, or ``None``."""
+        async with self._session(write=False) as session:
+            row = await self._find_version(session, tenant_id, algorithm, version)
+        return None if row is None else _key_record(row)
+
+    async def get_active_key(self, tenant_id: str, algorithm: Algorithm) -> KeyRecord | None:
+        """The tenant's active version for an algorithm, or ``None``."""
+        async with self._session(write=False) as session:
+            row = await self._find_active(session, tenant_id, algorithm)
+        return None if row is None else _key_record(row)
+
+    async def load_seed(
+        self, tenant_id: str, algorithm: Algorithm, version: int
+    ) -> tuple[KeyRecord, bytes] | None:
+        """A key version and its unwrapped private seed, or ``None`` if there is no such
+        version. Whether its status allows the operation is the caller's decision."""
+        async with self._session(write=False) as session:
+            row = await self._find_version(session, tenant_id, algorithm, version)
+        if row is None:
+            return None
+        aad = seed_aad(row.tenant_id, row.algorithm, row.version, row.kek_id)
+        try:
+            seed = unwrap_seed(self._master, row.seed_nonce, row.wrapped_seed, aad)
+        except SeedIntegrityError:
+            raise ServiceError(
+                ErrorCode.INTERNAL, "Stored key material failed its integrity check"
+            ) from None
+        return _key_record(row), seed
+
+    @staticmethod
+    async def _find_version(
+        session: AsyncSession, tenant_id: str, algorithm: Algorithm, version: int
+    ) -> KeyVersion | None:
+        query = select(KeyVersion).where(
+            KeyVersion.tenant_id == tenant_id,
+            KeyVersion.algorithm == Algorithm(algorithm).value,
+            KeyVersion.version == version,
+        )
+        return (await session.exec(query)).first()
+
+    @staticmethod
+    async def _find_active(
+        session: AsyncSession, tenant_id: str, algorithm: Algorithm
+    ) -> KeyVersion | None:
+        query = select(KeyVersion).where(
+            KeyVersion.tenant_id == tenant_id,
+            KeyVersion.algorithm == Algorithm(algorithm).value,
+            KeyVersion.status == KeyStatus.ACTIVE.value,
+        )
+        return (await session.exec(query)).first()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def generate_first(
+        self,
+        tenant_id: str,
+        algorithm: Algorithm,
+        material: NewKeyMaterial,
+        max_versions: int | None,
+    ) -> KeyRecord:
+        """Create the next version as active when the tenant has no active one.
+
+        Raises ``ERR_KMS_004`` if an active version exists and ``ERR_FORBIDDEN_001`` over
+        the plan's cap of non-archived versions.
+        """
+        algorithm = Algorithm(algorithm)
+
+        async def operation(session: AsyncSession) -> KeyRecord:
+            await self._lock_tenant(session, tenant_id)
+            versions = await self._versions(session, tenant_id, algorithm)
+            active = [v for v, s in versions if s == KeyStatus.ACTIVE]
+            if active:
+                raise ServiceError(
+                    ErrorCode.KMS_ACTIVE_KEY_EXISTS,
+                    f"An active {algorithm} key already exists (version {active[0]}); "
+                    "use rotate to create a new version",
+                )
+            self._check_cap(versions, algorithm, max_versions)
+            return await self._insert_active(session, tenant_id, algorithm, versions, material)
+
+        return await self._write(operation)
+
+    async def rotate(
+        self,
+        tenant_id: str,
+        algorithm: Algorithm,
+        material: NewKeyMaterial,
+        max_versions: int | None,
+    ) -> tuple[KeyRecord, int]:
+        """Retire the active version and create the next one as active, in one transaction.
+
+        Returns the new record and the previous active version number.
+        """
+        algorithm = Algorithm(algorithm)
+
+        async def operation(session: AsyncSession) -> tuple[KeyRecord, int]:
+            await self._lock_tenant(session, tenant_id)
+            versions = await self._versions(session, tenant_id, algorithm)
+            old = await self._find_active(session, tenant_id, algorithm)
+            if old is None:
+                raise ServiceError(
+                    ErrorCode.KMS_KEY_NOT_FOUND,
+                    f"No active {algorithm} key to rotate; generate one first",
+                )
+            self._check_cap(versions, algorithm, max_versions)
+            old.status = KeyStatus.RETIRED.value
+            old.status_changed_at = utc_now()
+            session.add(old)
+            # The retirement must reach the database before the insert, or the partial
+            # unique index would see two active rows.
+            await session.flush()
+            record = await self._insert_active(session, tenant_id, algorithm, versions, material)
+            return record, old.version
+
+        return await self._write(operation)
+
+    async def retire(self, tenant_id: str, algorithm: Algorithm, version: int) -> KeyRecord:
+        """Move a version to ``retired`` (decrypt and verify only). Retired: unchanged."""
+        return await self._change_status(tenant_id, Algorithm(algorithm), version, "retire")
+
+    async def archive(self, tenant_id: str, algorithm: Algorithm, version: int) -> KeyRecord:
+        """Move a non-active version to ``archived`` (no operations). Archived: unchanged."""
+        return await self._change_status(tenant_id, Algorithm(algorithm), version, "archive")
+
+    async def _change_status(
+        self, tenant_id: str, algorithm: Algorithm, version: int, action: str
+    ) -> KeyRecord:
+        target = KeyStatus.RETIRED if action == "retire" else KeyStatus.ARCHIVED
+
+        async def operation(session: AsyncSession) -> KeyRecord:
+            await self._lock_tenant(session, tenant_id, missing=_not_found(algorithm, version))
+            row = await self._find_version(session, tenant_id, algorithm, version)
+            if row is None:
+                raise _not_found(algorithm, version)
+            current = KeyStatus(row.status)
+            if current == KeyStatus.ACTIVE:
+                raise ServiceError(
+                    ErrorCode.KMS_CANNOT_RETIRE_ACTIVE,
+                    f"Cannot {action} the active key version {version}; "
+                    "rotate to a new version first",
+                )
+            if current == target:
+                return _key_record(row)
+            if current == KeyStatus.ARCHIVED:
+                raise ServiceError(
+                    ErrorCode.FORBIDDEN,
+                    f"Key version {version} is archived; archived keys cannot change state",
+                )
+            row.status = target.value
+            row.status_changed_at = utc_now()
+            session.add(row)
+            await session.flush()
+            return _key_record(row)
+
+        return await self._write(operation)
+
+    @staticmethod
+    async def _lock_tenant(
+        session: AsyncSession, tenant_id: str, *, missing: ServiceError | None = None
+    ) -> None:
+        """Serialise writers of one tenant (FOR UPDATE is a no-op on SQLite, where
+        BEGIN IMMEDIATE already holds the database write lock)."""
+        query = select(Tenant.id).where(Tenant.id == tenant_id).with_for_update()
+        if (await session.exec(query)).first() is None:
+            raise missing or ServiceError(ErrorCode.NOT_FOUND, "Tenant not found")
+
+    @staticmethod
+    async def _versions(
+        session: AsyncSession, tenant_id: str, algorithm: Algorithm
+    ) -> list[tuple[int, KeyStatus]]:
+        query = select(KeyVersion.version, KeyVersion.status).where(
+            KeyVersion.tenant_id == tenant_id, KeyVersion.algorithm == algorithm.value
+        )
+        return [(version, KeyStatus(status)) for version, status in (await session.exec(query))]
+
+    @staticmethod
+    def _check_cap(
+        versions: list[tuple[int, KeyStatus]], algorithm: Algorithm, max_versions: int | None
+    ) -> None:
+        if max_versions is None:
+            return
+        live = sum(1 for _, status in versions if status != KeyStatus.ARCHIVED)
+        if live >= max_versions:
+            raise ServiceError(
+                ErrorCode.FORBIDDEN,
+                f"Plan limit reached: at most {max_versions} non-archived {algorithm} "
+                "key versions; archive an old version first",
+            )
+
+    async def _insert_active(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        algorithm: Algorithm,
+        versions: list[tuple[int, KeyStatus]],
+        material: NewKeyMaterial,
+    ) -> KeyRecord:
+        version = max((v for v, _ in versions), default=0) + 1
+        kek_id = self._master.kek_id
+        nonce, wrapped = wrap_seed(
+            self._master, material.seed, seed_aad(tenant_id, algorithm.value, version, kek_id)
+        )
+        now = utc_now()
+        row = KeyVersion(
+            tenant_id=tenant_id,
+            algorithm=algorithm.value,
+            version=version,
+            status=KeyStatus.ACTIVE.value,
+            public_key=material.public_key,
+            wrapped_seed=wrapped,
+            seed_nonce=nonce,
+            kek_id=kek_id,
+            created_at=now,
+            status_changed_at=now,
+        )
+        session.add(row)
+        await session.flush()
+        return _key_record(row)
