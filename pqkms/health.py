@@ -1,0 +1,81 @@
+"""Readiness probes: a worker health ping over NATS and the bridge's ``/healthz``.
+
+Used by ``pqkms up`` to decide when the stack is ready and by ``pqkms health``, the
+container healthcheck in compose.yaml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+from schemas.subjects import Subject
+
+__all__ = ["bridge_is_healthy", "nats_servers", "ping_workers"]
+
+
+def nats_servers(nats_url: str) -> list[str]:
+    """``PQKMS_NATS_URL`` may name several servers, comma-separated."""
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
+async def ping_workers(nats_url: str, *, timeout: float = 2.0) -> bool:
+    """True when a worker answers ``pqkms.v1.health.ping`` with status ``ok``.
+
+    Connection failures, timeouts, "no responders" and malformed replies all count as
+    not healthy; the caller decides how long to keep trying.
+    """
+    import nats
+    from nats.errors import Error as NatsError
+
+    try:
+        connection = await nats.connect(
+            servers=nats_servers(nats_url),
+            connect_timeout=timeout,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            name="pqkms-health",
+        )
+    except (OSError, NatsError, asyncio.TimeoutError):
+        return False
+    try:
+        reply = await connection.request(Subject.HEALTH_PING.value, b"{}", timeout=timeout)
+    except (OSError, NatsError, asyncio.TimeoutError):
+        return False
+    finally:
+        try:
+            await connection.close()
+        except (OSError, NatsError, asyncio.TimeoutError):
+            pass
+    return _reply_is_ok(reply.data)
+
+
+def _reply_is_ok(body: bytes) -> bool:
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        return False
+    data = envelope.get("data") if isinstance(envelope, dict) else None
+    return isinstance(data, dict) and data.get("status") == "ok"
+
+
+def _get_status(url: str, timeout: float) -> int:
+    request = urllib.request.Request(url, method="GET")  # noqa: S310 - http(s) URL we built
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+async def bridge_is_healthy(url: str, *, timeout: float = 2.0) -> bool:
+    """True when ``GET url`` (the bridge's ``/healthz``) answers 200."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    try:
+        status = await asyncio.to_thread(_get_status, url, timeout)
+    except (OSError, ValueError):
+        return False
+    return status == 200

@@ -1,0 +1,77 @@
+"""Opening a store: schema creation, the master-key check, SQLite settings."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+from sqlalchemy import text, update
+
+from schemas.algorithms import Plan
+from worker.store import KeyStore, MasterKey, MasterKeyMismatch
+from worker.store.tables import MasterKeyCheck
+
+from .conftest import Backend
+
+
+async def test_reopen_with_the_same_key_keeps_data(backend: Backend, master_key: MasterKey) -> None:
+    store = await backend.open(master_key)
+    tenant, api_key = await store.create_tenant("acme", Plan.PRO)
+    await store.close()
+
+    reopened = await backend.open(MasterKey(master_key.key))
+    try:
+        assert await reopened.authenticate(api_key) == tenant
+    finally:
+        await reopened.close()
+
+
+async def test_wrong_master_key_is_refused(backend: Backend, master_key: MasterKey) -> None:
+    store = await backend.open(master_key)
+    await store.close()
+    with pytest.raises(MasterKeyMismatch, match="does not match this database"):
+        await backend.open(MasterKey(os.urandom(32)))
+
+
+async def test_tampered_check_value_is_refused(backend: Backend, master_key: MasterKey) -> None:
+    store = await backend.open(master_key)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(MasterKeyCheck).values(check_value=b"\x00" * 16)  # type: ignore[arg-type]
+        )
+    await store.close()
+    with pytest.raises(MasterKeyMismatch):
+        await backend.open(master_key)
+
+
+async def test_open_without_schema_creation_on_existing_db(
+    backend: Backend, master_key: MasterKey
+) -> None:
+    store = await backend.open(master_key)
+    await store.close()
+    again = await backend.open(master_key, create_schema=False)
+    await again.close()
+
+
+async def test_sqlite_is_in_wal_mode_with_durable_commits(
+    backend: Backend, master_key: MasterKey
+) -> None:
+    if backend.sqlite_path is None:
+        pytest.skip("SQLite only")
+    store = await backend.open(master_key)
+    try:
+        await store.create_tenant("t", Plan.FREE)
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(text("PRAGMA synchronous"))).scalar() == 2  # FULL
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+            assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == 30000
+    finally:
+        await store.close()
+    # journal_mode=WAL is stored in the file: a plain sqlite3 connection sees it.
+    raw = sqlite3.connect(backend.sqlite_path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+    assert (backend.sqlite_path.parent / "pqkms.db").exists()

@@ -1,0 +1,214 @@
+"""A real pqkms stack for tests: nats-server from the wheel, worker processes, the bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import orjson
+
+from pqkms.nats_embedded import EmbeddedNats, find_free_port, start_nats_server
+from schemas.algorithms import Plan
+from worker.store import KeyStore, load_or_create_master_key
+
+__all__ = ["LocalStack", "Reply"]
+
+
+@dataclass
+class Reply:
+    """A decoded NATS reply."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.body["data"]  # type: ignore[no-any-return]
+
+    @property
+    def code(self) -> str | None:
+        error = self.body.get("error")
+        return error["code"] if error else None
+
+
+@dataclass
+class LocalStack:
+    """nats-server + N workers (+ bridge) on loopback, all state in ``root``."""
+
+    root: Path
+    database_url: str | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    bridge: subprocess.Popen[bytes] | None = None
+    nats: EmbeddedNats | None = None
+    nats_port: int = 0
+    http_port: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.root / 'pqkms.db'}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def master_key_file(self) -> Path:
+        return self.root / "master.key"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PQKMS_NATS_URL": self.nats_url,
+            "PQKMS_DATABASE_URL": self.db_url,
+            "PQKMS_MASTER_KEY_FILE": str(self.master_key_file),
+            "PQKMS_DATA_DIR": str(self.root),
+            "PQKMS_HTTP_PORT": str(self.http_port or 8000),
+            "PQKMS_LOG_JSON": "true",
+            **self.extra_env,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start_nats(self) -> None:
+        self.nats_port = self.nats_port or find_free_port()
+        self.nats = start_nats_server(self.root / "nats", port=self.nats_port,
+                                      log_file=self.root / "nats.log")
+
+    def stop_nats(self) -> None:
+        if self.nats:
+            self.nats.stop()
+            self.nats = None
+
+    async def init_store(self) -> None:
+        master = load_or_create_master_key(self.master_key_file)
+        store = await KeyStore.open(self.db_url, master, create_schema=True)
+        await store.close()
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"worker-{len(self.workers)}.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "worker"], env=self.env(), stdout=log, stderr=log
+        )
+        self.workers.append(process)
+        return process
+
+    def start_bridge(self) -> None:
+        self.http_port = self.http_port or find_free_port()
+        log = open(self.root / "bridge.log", "ab")  # noqa: SIM115
+        self.bridge = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "api_bridge"], env=self.env(), stdout=log, stderr=log
+        )
+
+    async def start(self, workers: int = 2, bridge: bool = False) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.start_nats()
+        await self.init_store()
+        for _ in range(workers):
+            self.start_worker()
+        await self.wait_for_workers(workers)
+        if bridge:
+            self.start_bridge()
+            await self.wait_for_bridge()
+
+    async def wait_for_workers(self, count: int, timeout: float = 30.0) -> None:
+        """Until ``count`` distinct workers have answered a health ping."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        client = await nats.connect(self.nats_url)
+        try:
+            while len(seen) < count:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {len(seen)} of {count} workers answered")
+                for process in self.workers:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"worker exited with {process.returncode}")
+                try:
+                    reply = await client.request("pqkms.v1.health.ping", b"", timeout=0.5)
+                    seen.add(orjson.loads(reply.data)["data"]["worker"])
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+
+    async def wait_for_bridge(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                assert self.bridge is not None
+                if self.bridge.poll() is not None:
+                    raise RuntimeError(f"bridge exited with {self.bridge.returncode}")
+                try:
+                    if (await client.get(f"{self.http_url}/healthz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise TimeoutError("bridge not healthy")
+
+    def stop_workers(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.workers:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.workers.clear()
+
+    def stop(self) -> None:
+        if self.bridge and self.bridge.poll() is None:
+            self.bridge.terminate()
+            try:
+                self.bridge.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.bridge.kill()
+        self.stop_workers()
+        self.stop_nats()
+
+    # -- helpers for tests -------------------------------------------------------------
+
+    async def create_tenant(self, plan: Plan = Plan.ENTERPRISE) -> str:
+        """A new tenant; returns its API key."""
+        master = load_or_create_master_key(self.master_key_file, create=False)
+        store = await KeyStore.open(self.db_url, master, create_schema=False)
+        try:
+            _, api_key = await store.create_tenant(f"tenant-{uuid.uuid4().hex[:12]}", plan)
+        finally:
+            await store.close()
+        return api_key
+
+
+class NatsCaller:
+    """Send contract requests over NATS with an API key, decode replies."""
+
+    def __init__(self, client: nats.NATS, api_key: str | None) -> None:
+        self.client = client
+        self.api_key = api_key
+
+    async def raw(self, subject: str, payload: bytes, headers: dict[str, str] | None = None,
+                  timeout: float = 10.0) -> Reply:
+        all_headers = {"X-API-Key": self.api_key} if self.api_key else {}
+        all_headers.update(headers or {})
+        message = await self.client.request(subject, payload, timeout=timeout,
+                                            headers=all_headers)
+        return Reply(orjson.loads(message.data), dict(message.headers or {}))
+
+    async def __call__(self, subject: str, body: dict[str, Any] | None = None,
+                       headers: dict[str, str] | None = None, timeout: float = 10.0) -> Reply:
+        return await self.raw(subject, orjson.dumps(body or {}), headers, timeout)
