@@ -6,6 +6,8 @@ accepted (the service stores seeds), so vectors that need one check that instead
 
 from __future__ import annotations
 
+from functools import cache
+
 import pytest
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem
@@ -15,13 +17,23 @@ from worker.crypto.mlkem import CIPHERTEXT_SIZE, SEED_SIZE, MlKem768
 
 from .vector_files import Case, iter_cases, wycheproof_cases
 
-# The SPKI DER prefix (AlgorithmIdentifier id-alg-ml-kem-768 + BIT STRING header).
-_SPKI_PREFIX = bytes.fromhex("308204b2300b0609608648016503040402038204a100")
-
 
 def _raw_public(key_spki: bytes) -> bytes:
-    assert key_spki.startswith(_SPKI_PREFIX)
-    return key_spki[len(_SPKI_PREFIX) :]
+    public = serialization.load_der_public_key(key_spki)
+    assert isinstance(public, mlkem.MLKEM768PublicKey)
+    return public.public_bytes_raw()
+
+
+def _spki(raw: bytes) -> bytes:
+    """SubjectPublicKeyInfo DER (id-alg-ml-kem-768, RFC 5280 / FIPS 203 OIDs) for raw bytes."""
+
+    def tlv(tag: int, body: bytes) -> bytes:
+        n = len(body)
+        length = bytes([n]) if n < 128 else b"\x82" + n.to_bytes(2, "big")
+        return bytes([tag]) + length + body
+
+    algorithm = tlv(0x30, bytes.fromhex("0609608648016503040402"))
+    return tlv(0x30, algorithm + tlv(0x03, b"\x00" + raw))
 
 
 @pytest.mark.parametrize("case", wycheproof_cases("mlkem_768_keygen_seed_test.json"))
@@ -54,13 +66,13 @@ def test_decapsulate(case: Case) -> None:
     assert key.decapsulate(ciphertext) == case.bytes("K")
 
 
+@cache
 def _seeds_by_public_key() -> dict[bytes, bytes]:
     seeds = {}
-    for name, field in (("mlkem_768_keygen_seed_test.json", "seed"),
-                        ("mlkem_768_test.json", "seed")):
+    for name in ("mlkem_768_keygen_seed_test.json", "mlkem_768_test.json"):
         for case in iter_cases(name):
-            if case.test.get("ek") and len(case.bytes(field)) == SEED_SIZE:
-                seeds[case.bytes("ek")] = case.bytes(field)
+            if case.test.get("ek") and len(case.bytes("seed")) == SEED_SIZE:
+                seeds[case.bytes("ek")] = case.bytes("seed")
     return seeds
 
 
@@ -87,17 +99,6 @@ def test_encapsulation_key(case: Case) -> None:
     seed = _seeds_by_public_key().get(ek)
     if seed is not None:
         assert MlKem768().load(seed).decapsulate(case.bytes("c")) == case.bytes("K")
-
-
-def _spki(raw: bytes) -> bytes:
-    """SPKI DER for a raw ML-KEM-768 key; lengths fixed for 1184 bytes, so build it fully."""
-    def tlv(tag: int, body: bytes) -> bytes:
-        n = len(body)
-        length = bytes([n]) if n < 128 else b"\x82" + n.to_bytes(2, "big")
-        return bytes([tag]) + length + body
-
-    algorithm = tlv(0x30, bytes.fromhex("0609608648016503040402"))
-    return tlv(0x30, algorithm + tlv(0x03, b"\x00" + raw))
 
 
 def test_encaps_vectors_were_cross_checked() -> None:

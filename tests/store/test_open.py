@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text, update
@@ -55,11 +56,10 @@ async def test_open_without_schema_creation_on_existing_db(
 
 
 async def test_sqlite_is_in_wal_mode_with_durable_commits(
-    backend: Backend, master_key: MasterKey
+    tmp_path: Path, master_key: MasterKey
 ) -> None:
-    if backend.sqlite_path is None:
-        pytest.skip("SQLite only")
-    store = await backend.open(master_key)
+    path = tmp_path / "new-dir" / "pqkms.db"
+    store = await KeyStore.open(f"sqlite:///{path}", master_key)  # driver added for us
     try:
         await store.create_tenant("t", Plan.FREE)
         async with store.engine.connect() as conn:
@@ -69,9 +69,8 @@ async def test_sqlite_is_in_wal_mode_with_durable_commits(
     finally:
         await store.close()
     # journal_mode=WAL is stored in the file: a plain sqlite3 connection sees it.
-    raw = sqlite3.connect(backend.sqlite_path)
+    raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         raw.close()
-    assert (backend.sqlite_path.parent / "pqkms.db").exists()

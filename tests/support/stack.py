@@ -183,6 +183,11 @@ class LocalStack:
 
     # -- helpers for tests -------------------------------------------------------------
 
+    def db_path_bytes(self) -> bytes:
+        """Raw bytes of the SQLite database files (main file and WAL)."""
+        files = [self.root / "pqkms.db", self.root / "pqkms.db-wal"]
+        return b"".join(path.read_bytes() for path in files if path.exists())
+
     async def create_tenant(self, plan: Plan = Plan.ENTERPRISE) -> str:
         """A new tenant; returns its API key."""
         master = load_or_create_master_key(self.master_key_file, create=False)

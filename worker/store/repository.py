@@ -60,7 +60,7 @@ __all__ = [
 
 API_KEY_PREFIX = "qph_"
 _MAX_API_KEY_LENGTH = 256
-_WRITE_ATTEMPTS = 1
+_WRITE_ATTEMPTS = 8
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})  # serialization, deadlock, unique
 _DUMMY_HASH = hashlib.sha256(b"pqkms dummy api key").hexdigest()
 _MISMATCH_MESSAGE = (
@@ -520,7 +520,7 @@ class KeyStore:
     ) -> None:
         """Serialise writers of one tenant (FOR UPDATE is a no-op on SQLite, where
         BEGIN IMMEDIATE already holds the database write lock)."""
-        query = select(Tenant.id).where(Tenant.id == tenant_id)
+        query = select(Tenant.id).where(Tenant.id == tenant_id).with_for_update()
         if (await session.exec(query)).first() is None:
             raise missing or ServiceError(ErrorCode.NOT_FOUND, "Tenant not found")
 
