@@ -46,11 +46,7 @@ def test_verify(case: Case) -> None:
     assert key.verify(case.bytes("sig"), case.bytes("msg"), _context(case)) is case.valid
 
 
-def _sign_cases(name: str) -> list[pytest.param]:
-    return wycheproof_cases(name)
-
-
-@pytest.mark.parametrize("case", _sign_cases("mldsa_65_sign_seed_test.json"))
+@pytest.mark.parametrize("case", wycheproof_cases("mldsa_65_sign_seed_test.json"))
 def test_sign_from_seed(case: Case) -> None:
     """Our key loaded from ξ has the vector's public key; the vector's (deterministic)
     signature verifies under our key; our own (hedged) signature over the same message
@@ -90,7 +86,7 @@ def test_sign_from_seed(case: Case) -> None:
     vector_public.verify(key.sign(message, context), message, context)
 
 
-@pytest.mark.parametrize("case", _sign_cases("mldsa_65_sign_noseed_test.json"))
+@pytest.mark.parametrize("case", wycheproof_cases("mldsa_65_sign_noseed_test.json"))
 def test_sign_noseed_verify_side(case: Case) -> None:
     """Vectors with an expanded 4032-byte private key. pqkms loads only 32-byte seeds, so
     an expanded key is refused as a seed; the valid signatures are checked verify-side

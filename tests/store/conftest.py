@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -42,8 +43,6 @@ def _asyncpg_dsn(url: str) -> str:
 
 async def _probe_postgres() -> tuple[str | None, str]:
     """A working SQLAlchemy URL (user ``postgres``, else ``root``) or ``None`` and why not."""
-    import asyncpg
-
     base = os.environ.get("PQKMS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
     candidates = [base]
     parsed = make_url(base)
@@ -82,8 +81,6 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         path = tmp_path / "data" / "pqkms.db"
         yield Backend("sqlite", f"sqlite+aiosqlite:///{path}", sqlite_path=path)
         return
-
-    import asyncpg
 
     url = await postgres_url_or_skip()
     schema = f"pqkms_test_{secrets.token_hex(6)}"

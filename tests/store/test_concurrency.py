@@ -22,6 +22,7 @@ from .conftest import Backend
 
 K = Algorithm.KYBER768
 Material = Callable[[], NewKeyMaterial]
+PROJECT_ROOT = Path(worker.__file__).resolve().parents[1]
 
 
 async def _assert_contiguous_one_active(store: KeyStore, tenant_id: str, last: int) -> None:
@@ -123,11 +124,10 @@ async def test_concurrent_rotates_from_separate_processes(
     try:
         tenant, _ = await store.create_tenant("multi", Plan.ENTERPRISE)
         await store.generate_first(tenant.tenant_id, K, new_material(), None)
-        project_root = Path(worker.__file__).resolve().parents[1]
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(
-                [str(project_root), *filter(None, [os.environ.get("PYTHONPATH")])]
+                [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
             ),
             "T_MASTER": base64.b64encode(master_key.key).decode(),
             "T_URL": backend.url,

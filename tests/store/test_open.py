@@ -38,9 +38,7 @@ async def test_wrong_master_key_is_refused(backend: Backend, master_key: MasterK
 async def test_tampered_check_value_is_refused(backend: Backend, master_key: MasterKey) -> None:
     store = await backend.open(master_key)
     async with store.engine.begin() as conn:
-        await conn.execute(
-            update(MasterKeyCheck).values(check_value=b"\x00" * 16)  # type: ignore[arg-type]
-        )
+        await conn.execute(update(MasterKeyCheck).values(check_value=b"\x00" * 16))
     await store.close()
     with pytest.raises(MasterKeyMismatch):
         await backend.open(master_key)

@@ -84,9 +84,7 @@ async def test_database_holds_no_plaintext_api_key(backend: Backend, store: KeyS
 
     if backend.sqlite_path is not None:
         await store.close()  # checkpoint: everything is in the main file or the WAL
-        blob = b"".join(
-            p.read_bytes() for p in backend.sqlite_path.parent.iterdir() if p.is_file()
-        )
+        blob = b"".join(p.read_bytes() for p in backend.sqlite_path.parent.iterdir() if p.is_file())
         for key in (api_key, extra):
             assert key[4:].encode() not in blob
 

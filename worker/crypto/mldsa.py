@@ -83,10 +83,12 @@ class SignatureKey:
         context: bytes | None = None,
     ) -> bool:
         """True only for a valid HashML-DSA-65 signature over ``digest``."""
+        # Outside the try: InvalidInput is a ValueError and must reach the caller.
+        mu = self._hash_mu(digest, hash_algorithm, context or b"")
         if len(signature) != SIGNATURE_SIZE:
             return False
         try:
-            self.public.verify_mu(signature, self._hash_mu(digest, hash_algorithm, context or b""))
+            self.public.verify_mu(signature, mu)
         except (InvalidSignature, ValueError):
             return False
         return True

@@ -62,9 +62,7 @@ class MasterKey:
 
     def __post_init__(self) -> None:
         if len(self.key) != KEY_SIZE:
-            raise MasterKeyError(
-                f"The master key must be {KEY_SIZE} bytes, got {len(self.key)}"
-            )
+            raise MasterKeyError(f"The master key must be {KEY_SIZE} bytes, got {len(self.key)}")
         digest = hashlib.sha256(_KEK_ID_LABEL + self.key).digest()
         object.__setattr__(self, "kek_id", digest[:8].hex())
 
@@ -81,9 +79,7 @@ def master_key_from_base64(text: str) -> MasterKey:
     except (binascii.Error, ValueError) as exc:
         raise MasterKeyError("The master key is not valid base64") from exc
     if len(raw) != KEY_SIZE:
-        raise MasterKeyError(
-            f"The master key must decode to {KEY_SIZE} bytes, got {len(raw)}"
-        )
+        raise MasterKeyError(f"The master key must decode to {KEY_SIZE} bytes, got {len(raw)}")
     return MasterKey(raw)
 
 

@@ -355,9 +355,7 @@ class KeyStore:
             rows = (await session.exec(query)).all()
         return [_key_record(row) for row in rows]
 
-    async def get_key(
-        self, tenant_id: str, algorithm: Algorithm, version: int
-    ) -> KeyRecord | None:
+    async def get_key(self, tenant_id: str, algorithm: Algorithm, version: int) -> KeyRecord | None:
         """One key version of the tenant, or ``None``."""
         async with self._session(write=False) as session:
             row = await self._find_version(session, tenant_id, algorithm, version)

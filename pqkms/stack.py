@@ -1,0 +1,542 @@
+"""``pqkms up``: the one-machine stack under one supervisor.
+
+Order of events: check the ports, set up the data directory (master key, SQLite
+schema), start nats-server, start K workers and the bridge, wait until a worker answers
+a health ping and the bridge's ``/healthz`` is 200, print one ready line. A child that
+dies is restarted with exponential backoff. On SIGINT / SIGTERM / SIGHUP the bridge
+stops first (no new HTTP requests), then the workers (they drain in-flight messages),
+then nats-server.
+
+Children run in their own sessions so a Ctrl-C in the terminal reaches only the
+supervisor, which then stops them in that order; on Linux they also get SIGTERM if the
+supervisor itself dies (``PR_SET_PDEATHSIG``), so no orphan keeps a port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib.util
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from pydantic import Field
+
+from pqkms.admin import initialise_store
+from pqkms.health import bridge_is_healthy, ping_workers
+from pqkms.nats_embedded import nats_server_binary, write_config
+from worker.config import Settings
+
+__all__ = [
+    "StackError",
+    "StackSettings",
+    "SupervisedProcess",
+    "bridge_available",
+    "check_ports",
+    "port_available",
+    "run_stack",
+]
+
+_log = logging.getLogger("pqkms.stack")
+
+RESTART_BACKOFF_INITIAL = 0.5
+RESTART_BACKOFF_MAX = 30.0
+# A child that ran this long before dying starts again from the initial backoff.
+RESTART_STABLE_AFTER = 30.0
+STOP_TIMEOUT_BRIDGE = 10.0
+STOP_TIMEOUT_WORKER = 20.0  # the worker drains for up to 15 s
+STOP_TIMEOUT_NATS = 10.0
+NATS_LISTEN_TIMEOUT = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+class StackSettings(Settings):
+    """Settings of ``pqkms up``: the worker's settings plus the supervisor's own.
+
+    Same ``PQKMS_`` prefix: ``PQKMS_NATS_PORT``, ``PQKMS_WORKERS``, ``PQKMS_BRIDGE``…
+    """
+
+    nats_host: str = "127.0.0.1"
+    nats_port: int = Field(default=4222, ge=1, le=65535)
+    workers: int = Field(default=2, ge=1, le=256)
+    bridge: bool = Field(default=True, description="start the HTTP bridge when installed")
+    start_timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+class StackError(RuntimeError):
+    """The stack cannot start; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    data_dir: Path
+    logs_dir: Path
+    nats_dir: Path
+
+
+def port_available(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a server could listen on ``host:port`` now.
+
+    ``SO_REUSEADDR`` is set like servers set it, so a port whose last connections linger
+    in TIME_WAIT after a restart counts as free, while a port some socket is bound to or
+    listening on does not.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(settings: StackSettings, *, with_bridge: bool) -> None:
+    """Raise :class:`StackError` naming the option to change when a port is taken."""
+    wanted: list[tuple[int, str, str]] = []
+    if with_bridge:
+        wanted.append((settings.http_port, settings.http_host, "--http-port"))
+    wanted.append((settings.nats_port, settings.nats_host, "--nats-port"))
+    seen: set[int] = set()
+    for port, host, option in wanted:
+        if port in seen:
+            raise StackError(f"port {port} is given twice; choose another with {option}")
+        seen.add(port)
+        if not port_available(port, host):
+            raise StackError(f"port {port} is already in use; choose another with {option}")
+
+
+def bridge_available() -> bool:
+    """Whether ``python -m api_bridge`` can run in this environment."""
+    try:
+        return importlib.util.find_spec("api_bridge.__main__") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+# Resolved in the parent: the child, between fork and exec, only calls it.
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def _last_line(path: Path, limit: int = 16 * 1024) -> str:
+    """The last non-empty line of a log file, for error messages."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+@dataclass
+class SupervisedProcess:
+    """One child process with its own log file, (re)started on demand."""
+
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str]
+    log_path: Path
+    process: asyncio.subprocess.Process | None = field(default=None, init=False)
+    started_at: float = field(default=0.0, init=False)
+    restarts: int = field(default=0, init=False)
+
+    async def start(self) -> None:
+        """Start the process, appending its output to the log file."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call
+            )
+        self.started_at = time.monotonic()
+        _log.debug("%s started (pid %d)", self.name, self.process.pid)
+
+    @property
+    def pid(self) -> int | None:
+        """The current process id, if started."""
+        return None if self.process is None else self.process.pid
+
+    @property
+    def running(self) -> bool:
+        """True while the process has not exited."""
+        return self.process is not None and self.process.returncode is None
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; its return code."""
+        assert self.process is not None, "not started"
+        return await self.process.wait()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        # The child leads its own session: signal the group, so helpers it spawned go too.
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL now."""
+        self._signal_group(signal.SIGKILL)
+
+    async def stop(self, timeout: float) -> int | None:
+        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; the return code."""
+        if self.process is None:
+            return None
+        if self.process.returncode is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except asyncio.TimeoutError:
+                _log.warning("%s did not stop within %.0fs; killing it", self.name, timeout)
+                self.kill()
+                await self.process.wait()
+        return self.process.returncode
+
+
+class _Supervisor:
+    """Runs the stack until a stop signal or a fatal failure."""
+
+    def __init__(self, settings: StackSettings, layout: _Layout, with_bridge: bool) -> None:
+        self.settings = settings
+        self.layout = layout
+        self.with_bridge = with_bridge
+        self.stop_requested = asyncio.Event()
+        self.stopping = False
+        self.failure: str | None = None
+        self.nats: SupervisedProcess | None = None
+        self.workers: list[SupervisedProcess] = []
+        self.bridge: SupervisedProcess | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.signals_seen = 0
+
+    # -- addresses ----------------------------------------------------------------------
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{_url_host(self.settings.nats_host)}:{self.settings.nats_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{_url_host(self.settings.http_host)}:{self.settings.http_port}"
+
+    # -- signals ------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.signals_seen += 1
+        if self.signals_seen == 1:
+            _log.info("%s received; stopping (again to force)", sig.name)
+            self.stop_requested.set()
+            return
+        _log.warning("%s received again; killing every child now", sig.name)
+        for child in self._children_in_stop_order():
+            child.kill()
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        self.stop_requested.set()
+
+    # -- children -----------------------------------------------------------------------
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PQKMS_NATS_URL=self.nats_url,
+            PQKMS_DATA_DIR=str(self.layout.data_dir),
+            PQKMS_DATABASE_URL=self.settings.resolved_database_url(),
+            PQKMS_HTTP_HOST=self.settings.http_host,
+            PQKMS_HTTP_PORT=str(self.settings.http_port),
+            PYTHONUNBUFFERED="1",
+        )
+        if self.settings.master_key is None:
+            env["PQKMS_MASTER_KEY_FILE"] = str(self.settings.resolved_master_key_file().resolve())
+        return env
+
+    async def start_nats(self) -> None:
+        nats_dir = self.layout.nats_dir
+        nats_dir.mkdir(parents=True, exist_ok=True)
+        config = nats_dir / "nats-server.conf"
+        write_config(
+            config,
+            host=self.settings.nats_host,
+            port=self.settings.nats_port,
+            store_dir=nats_dir / "jetstream",
+            max_payload=self.settings.nats_max_payload(),
+        )
+        self.nats = SupervisedProcess(
+            name="nats-server",
+            argv=[str(nats_server_binary()), "-c", str(config)],
+            env=dict(os.environ),
+            log_path=self.layout.logs_dir / "nats.log",
+        )
+        await self.nats.start()
+        deadline = time.monotonic() + NATS_LISTEN_TIMEOUT
+        while True:
+            if not self.nats.running:
+                raise StackError(
+                    f"nats-server exited at start: {_last_line(self.nats.log_path)} "
+                    f"(log: {self.nats.log_path})"
+                )
+            if await _accepts_connections(self.settings.nats_host, self.settings.nats_port):
+                break
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"nats-server did not listen on port {self.settings.nats_port} within "
+                    f"{NATS_LISTEN_TIMEOUT:.0f}s (log: {self.nats.log_path})"
+                )
+            await asyncio.sleep(0.05)
+        self.tasks.append(asyncio.create_task(self._watch_nats(self.nats)))
+
+    async def _watch_nats(self, nats: SupervisedProcess) -> None:
+        code = await nats.wait()
+        if not self.stopping:
+            self.fail(
+                f"nats-server exited with code {code}: {_last_line(nats.log_path)} "
+                f"(log: {nats.log_path})"
+            )
+
+    def start_workers_and_bridge(self) -> None:
+        env = self._child_env()
+        for index in range(1, self.settings.workers + 1):
+            worker = SupervisedProcess(
+                name=f"worker-{index}",
+                argv=[sys.executable, "-m", "worker"],
+                env=env,
+                log_path=self.layout.logs_dir / f"worker-{index}.log",
+            )
+            self.workers.append(worker)
+            self.tasks.append(asyncio.create_task(self._keep_running(worker)))
+        if self.with_bridge:
+            self.bridge = SupervisedProcess(
+                name="bridge",
+                argv=[sys.executable, "-m", "api_bridge"],
+                env=env,
+                log_path=self.layout.logs_dir / "bridge.log",
+            )
+            self.tasks.append(asyncio.create_task(self._keep_running(self.bridge)))
+
+    async def _keep_running(self, child: SupervisedProcess) -> None:
+        backoff = RESTART_BACKOFF_INITIAL
+        while not self.stopping:
+            try:
+                await child.start()
+            except OSError as exc:
+                self.fail(f"cannot start {child.name}: {exc}")
+                return
+            code = await child.wait()
+            if self.stopping:
+                return
+            if time.monotonic() - child.started_at > RESTART_STABLE_AFTER:
+                backoff = RESTART_BACKOFF_INITIAL
+            child.restarts += 1
+            reason = _last_line(child.log_path)
+            _log.warning(
+                "%s exited with code %s; restarting in %.1fs (restart %d, log %s)%s",
+                child.name,
+                code,
+                backoff,
+                child.restarts,
+                child.log_path,
+                f": {reason}" if reason else "",
+            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+
+    def _children_in_stop_order(self) -> list[SupervisedProcess]:
+        ordered: list[SupervisedProcess] = []
+        if self.bridge is not None:
+            ordered.append(self.bridge)
+        ordered.extend(self.workers)
+        if self.nats is not None:
+            ordered.append(self.nats)
+        return ordered
+
+    # -- readiness ----------------------------------------------------------------------
+
+    async def wait_until_ready(self) -> bool:
+        """True once ready; False when a stop was requested first. Raises on timeout."""
+        deadline = time.monotonic() + self.settings.start_timeout_seconds
+        workers_ok = False
+        bridge_ok = not self.with_bridge
+        healthz = f"{self.http_url}/healthz"
+        while not self.stop_requested.is_set():
+            if not workers_ok:
+                workers_ok = await ping_workers(self.nats_url, timeout=1.0)
+            if workers_ok and not bridge_ok:
+                bridge_ok = await bridge_is_healthy(healthz, timeout=1.0)
+            if workers_ok and bridge_ok:
+                return True
+            if time.monotonic() > deadline:
+                waiting_for = "a worker health ping" if not workers_ok else f"{healthz}"
+                raise StackError(
+                    f"not ready after {self.settings.start_timeout_seconds:.0f}s, still waiting "
+                    f"for {waiting_for}; see the logs in {self.layout.logs_dir}"
+                    + self._crash_hint()
+                )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), 0.25)
+        return False
+
+    def _crash_hint(self) -> str:
+        crashed = [c for c in [*self.workers, *([self.bridge] if self.bridge else [])] if c.restarts]
+        if not crashed:
+            return ""
+        child = crashed[0]
+        return f" ({child.name} restarted {child.restarts}x: {_last_line(child.log_path)})"
+
+    def ready_lines(self) -> list[str]:
+        """The ready line and the next-step hint."""
+        parts = ["pqkms ready:"]
+        if self.with_bridge:
+            parts.append(f"HTTP {self.http_url}")
+        parts.append(f"NATS {self.nats_url}")
+        parts.append(f"({self.settings.workers} workers, data {self.layout.data_dir})")
+        if not self.with_bridge:
+            parts.append("- no HTTP bridge")
+        hint = (
+            "next: pqkms tenant create NAME --plan free --data-dir "
+            f"{shlex.quote(str(self.layout.data_dir))}"
+        )
+        return [" ".join(parts), hint]
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        self.stop_requested.set()
+        if self.bridge is not None:
+            await self.bridge.stop(STOP_TIMEOUT_BRIDGE)
+        await asyncio.gather(*(w.stop(STOP_TIMEOUT_WORKER) for w in self.workers))
+        if self.nats is not None:
+            await self.nats.stop(STOP_TIMEOUT_NATS)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _url_host(host: str) -> str:
+    """A host to connect to: a wildcard listen address becomes loopback."""
+    if host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+async def _accepts_connections(host: str, port: int) -> bool:
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(_url_host(host).strip("[]"), port), 0.5
+        )
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def _prepare_layout(settings: StackSettings) -> _Layout:
+    data_dir = settings.data_dir.expanduser().resolve()
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(data_dir, 0o700)  # mkdir's mode is filtered by the umask
+    logs_dir = data_dir / "logs"
+    logs_dir.mkdir(exist_ok=True)
+    return _Layout(data_dir=data_dir, logs_dir=logs_dir, nats_dir=data_dir / "nats")
+
+
+async def _initialise(settings: StackSettings) -> None:
+    from worker.store import MasterKeyError, MasterKeyMismatch, SchemaTooNew
+
+    try:
+        await initialise_store(settings)
+    except (MasterKeyError, MasterKeyMismatch, SchemaTooNew) as exc:
+        raise StackError(str(exc)) from exc
+
+
+async def _run(settings: StackSettings, out: IO[str]) -> int:
+    with_bridge = settings.bridge and bridge_available()
+    if settings.bridge and not with_bridge:
+        _log.warning("api_bridge is not installed; starting without the HTTP bridge")
+    check_ports(settings, with_bridge=with_bridge)
+    layout = _prepare_layout(settings)
+    # Relative paths are resolved once so every child sees the same files.
+    settings = settings.model_copy(update={"data_dir": layout.data_dir})
+    await _initialise(settings)
+
+    supervisor = _Supervisor(settings, layout, with_bridge)
+    supervisor.install_signal_handlers()
+    try:
+        await supervisor.start_nats()
+        supervisor.start_workers_and_bridge()
+        if await supervisor.wait_until_ready():
+            for line in supervisor.ready_lines():
+                print(line, file=out, flush=True)
+            await supervisor.stop_requested.wait()
+    finally:
+        _log.info("stopping: bridge, workers, nats-server")
+        await supervisor.shutdown()
+        supervisor.remove_signal_handlers()
+    if supervisor.failure is not None:
+        raise StackError(supervisor.failure)
+    _log.info("stopped")
+    return 0
+
+
+def run_stack(settings: StackSettings, out: IO[str] | None = None) -> int:
+    """Run ``pqkms up`` until stopped; 0 on a clean stop. Raises :class:`StackError`."""
+    return asyncio.run(_run(settings, out or sys.stdout))
