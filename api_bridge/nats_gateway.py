@@ -95,10 +95,10 @@ class NatsGateway:
         if self._connecting is None:
             self._connecting = asyncio.create_task(self._connect_until_up(), name="nats-connect")
 
-    async def wait_connected(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the first connection; True when connected."""
+    async def wait_connected(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the first connection; True when connected."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected_once.wait(), timeout)
+            await asyncio.wait_for(self._connected_once.wait(), seconds)
         return self.is_connected
 
     async def close(self) -> None:
@@ -114,7 +114,11 @@ class NatsGateway:
                 await asyncio.wait_for(client.close(), 5)
 
     async def request(
-        self, subject: str, payload: bytes, headers: Mapping[str, str], timeout: float | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        wait_seconds: float | None = None,
     ) -> Reply:
         """Send one request and wait for the reply.
 
@@ -125,7 +129,7 @@ class NatsGateway:
         client, lost = self._client, self._lost
         if client is None or lost is None or not client.is_connected:
             raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, BUS_DOWN)
-        wait = self._settings.request_timeout_seconds if timeout is None else timeout
+        wait = self._settings.request_timeout_seconds if wait_seconds is None else wait_seconds
         pending = asyncio.ensure_future(
             client.request(subject, payload, timeout=wait, headers=dict(headers))
         )
@@ -143,17 +147,18 @@ class NatsGateway:
             ) from None
         except nats.errors.MaxPayloadError:
             raise BridgeError(
-                ErrorCode.INVALID, "Validation failed: request is larger than the message bus accepts"
+                ErrorCode.INVALID,
+                "Validation failed: request is larger than the message bus accepts",
             ) from None
         except _UNAVAILABLE_ERRORS:
             raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, BUS_DOWN) from None
         return Reply(body=message.data, headers=message.headers or {})
 
-    async def ping_workers(self, request_id: str, timeout: float = 1.0) -> bool:
-        """True when a worker answers the health subject with status ok within ``timeout``."""
+    async def ping_workers(self, request_id: str, wait_seconds: float = 1.0) -> bool:
+        """True when a worker answers the health subject with status ok in ``wait_seconds``."""
         try:
             reply = await self.request(
-                Subject.HEALTH_PING, b"{}", {HEADER_REQUEST_ID: request_id}, timeout=timeout
+                Subject.HEALTH_PING, b"{}", {HEADER_REQUEST_ID: request_id}, wait_seconds
             )
             envelope = orjson.loads(reply.body)
         except (BridgeError, orjson.JSONDecodeError):
@@ -168,7 +173,7 @@ class NatsGateway:
         while True:
             client = NatsClient()
             try:
-                await client.connect(**self._connect_options())
+                await self._connect(client)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await client.close()
@@ -188,28 +193,26 @@ class NatsGateway:
             log.info("nats_connected", url=url)
             return
 
-    def _connect_options(self) -> dict[str, object]:
+    async def _connect(self, client: NatsClient) -> None:
         settings = self._settings
-        options: dict[str, object] = {
-            "servers": self._servers,
-            "name": "pqkms-bridge",
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": _RECONNECT_WAIT_SECONDS,
-            "connect_timeout": _CONNECT_TIMEOUT_SECONDS,
-            # With unlimited attempts nats-py also retries the *first* connection
-            # inside connect(), so the background task simply waits there.
-            "pending_size": max(_MIN_PENDING_BYTES, 2 * settings.nats_max_payload()),
-            "disconnected_cb": self._on_disconnected,
-            "reconnected_cb": self._on_reconnected,
-            "error_cb": self._on_error,
-            "closed_cb": self._on_closed,
-        }
-        if settings.nats_user:
-            options["user"] = settings.nats_user
-        if settings.nats_password is not None:
-            options["password"] = settings.nats_password.get_secret_value()
-        return options
+        password = settings.nats_password.get_secret_value() if settings.nats_password else None
+        await client.connect(
+            servers=self._servers,
+            name="pqkms-bridge",
+            allow_reconnect=True,
+            # Unlimited: nats-py then also retries the *first* connection inside
+            # connect(), so the background task simply waits there until NATS is up.
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=_RECONNECT_WAIT_SECONDS,  # type: ignore[arg-type]
+            connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+            pending_size=max(_MIN_PENDING_BYTES, 2 * settings.nats_max_payload()),
+            user=settings.nats_user,
+            password=password,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            error_cb=self._on_error,
+            closed_cb=self._on_closed,
+        )
 
     def _mark_lost(self) -> None:
         if self._lost is not None and not self._lost.done():

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from api_bridge.errors import JSON_MEDIA_TYPE, BridgeError, envelope_headers
 from api_bridge.nats_gateway import Reply
-from api_bridge.request_context import RequestContext
+from api_bridge.request_context import RequestContext, is_sane_request_id
 from schemas.errors import ErrorCode, http_status_for
 from schemas.subjects import HEADER_RETRY_AFTER
 
@@ -29,6 +29,7 @@ def _check_envelope(envelope: Any) -> dict[str, Any] | None:
     if (
         not isinstance(envelope, dict)
         or not _is_text(envelope.get("request_id"))
+        or not is_sane_request_id(envelope["request_id"])
         or not _is_text(envelope.get("timestamp"))
         or ("data" in envelope) == ("error" in envelope)
     ):

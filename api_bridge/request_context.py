@@ -18,7 +18,13 @@ from api_bridge.errors import error_response
 from schemas.envelope import new_request_id
 from schemas.errors import ErrorCode
 
-__all__ = ["RequestContext", "RequestLogMiddleware", "context_of", "request_id_from_header"]
+__all__ = [
+    "RequestContext",
+    "RequestLogMiddleware",
+    "context_of",
+    "is_sane_request_id",
+    "request_id_from_header",
+]
 
 _SCOPE_KEY = "pqkms.context"
 _REQUEST_ID_HEADER = b"x-request-id"
@@ -36,6 +42,11 @@ class RequestContext:
     error_code: str | None = None
 
 
+def is_sane_request_id(value: str) -> bool:
+    """1-128 visible ASCII characters: safe in an HTTP header, a NATS header and a log."""
+    return 0 < len(value) <= _MAX_REQUEST_ID_LENGTH and all("!" <= ch <= "~" for ch in value)
+
+
 def request_id_from_header(value: bytes | None) -> str:
     """The caller's X-Request-ID if it is a sane token, else a fresh UUID4.
 
@@ -43,8 +54,10 @@ def request_id_from_header(value: bytes | None) -> str:
     non-ASCII) is replaced rather than refused: a tracing header should not fail a
     request, and the id ends up in NATS headers and log lines.
     """
-    if value and len(value) <= _MAX_REQUEST_ID_LENGTH and all(0x21 <= b <= 0x7E for b in value):
-        return value.decode("ascii")
+    if value:
+        text = value.decode("latin-1")
+        if is_sane_request_id(text):
+            return text
     return new_request_id()
 
 
@@ -52,7 +65,8 @@ def context_of(request: Request) -> RequestContext:
     """The context the middleware attached to this request."""
     context = request.scope.get(_SCOPE_KEY)
     if context is None:  # only when the app runs without its middleware
-        context = RequestContext(request_id_from_header(request.headers.get("x-request-id", "").encode("latin-1")))
+        raw = request.headers.get("x-request-id", "").encode("latin-1")
+        context = RequestContext(request_id_from_header(raw))
         request.scope[_SCOPE_KEY] = context
     assert isinstance(context, RequestContext)
     return context

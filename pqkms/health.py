@@ -7,6 +7,7 @@ container healthcheck in compose.yaml.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -21,7 +22,7 @@ def nats_servers(nats_url: str) -> list[str]:
     return [url.strip() for url in nats_url.split(",") if url.strip()]
 
 
-async def ping_workers(nats_url: str, *, timeout: float = 2.0) -> bool:
+async def ping_workers(nats_url: str, *, time_limit: float = 2.0) -> bool:
     """True when a worker answers ``pqkms.v1.health.ping`` with status ``ok``.
 
     Connection failures, timeouts, "no responders" and malformed replies all count as
@@ -33,22 +34,20 @@ async def ping_workers(nats_url: str, *, timeout: float = 2.0) -> bool:
     try:
         connection = await nats.connect(
             servers=nats_servers(nats_url),
-            connect_timeout=timeout,
+            connect_timeout=time_limit,
             allow_reconnect=False,
             max_reconnect_attempts=0,
             name="pqkms-health",
         )
-    except (OSError, NatsError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, NatsError):
         return False
     try:
-        reply = await connection.request(Subject.HEALTH_PING.value, b"{}", timeout=timeout)
-    except (OSError, NatsError, asyncio.TimeoutError):
+        reply = await connection.request(Subject.HEALTH_PING.value, b"{}", timeout=time_limit)
+    except (TimeoutError, OSError, NatsError):
         return False
     finally:
-        try:
+        with contextlib.suppress(TimeoutError, OSError, NatsError):
             await connection.close()
-        except (OSError, NatsError, asyncio.TimeoutError):
-            pass
     return _reply_is_ok(reply.data)
 
 
@@ -70,12 +69,12 @@ def _get_status(url: str, timeout: float) -> int:
         return int(exc.code)
 
 
-async def bridge_is_healthy(url: str, *, timeout: float = 2.0) -> bool:
+async def bridge_is_healthy(url: str, *, time_limit: float = 2.0) -> bool:
     """True when ``GET url`` (the bridge's ``/healthz``) answers 200."""
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) URL: {url!r}")
     try:
-        status = await asyncio.to_thread(_get_status, url, timeout)
+        status = await asyncio.to_thread(_get_status, url, time_limit)
     except (OSError, ValueError):
         return False
     return status == 200

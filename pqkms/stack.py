@@ -38,6 +38,7 @@ from pqkms.nats_embedded import nats_server_binary, write_config
 from worker.config import Settings
 
 __all__ = [
+    "ChildCommands",
     "StackError",
     "StackSettings",
     "SupervisedProcess",
@@ -128,6 +129,24 @@ def bridge_available() -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class ChildCommands:
+    """The argv of a worker and of the bridge (``None``: no bridge installed).
+
+    The defaults run this interpreter's ``-m worker`` and ``-m api_bridge``; tests swap
+    in stand-ins to exercise the supervisor on its own.
+    """
+
+    worker: Sequence[str]
+    bridge: Sequence[str] | None
+
+    @classmethod
+    def default(cls) -> ChildCommands:
+        """``python -m worker`` and, when installed, ``python -m api_bridge``."""
+        bridge = [sys.executable, "-m", "api_bridge"] if bridge_available() else None
+        return cls(worker=[sys.executable, "-m", "worker"], bridge=bridge)
+
+
 def _load_prctl() -> Callable[[int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -184,7 +203,7 @@ class SupervisedProcess:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call
+                preexec_fn=_die_with_parent,
             )
         self.started_at = time.monotonic()
         _log.debug("%s started (pid %d)", self.name, self.process.pid)
@@ -220,16 +239,16 @@ class SupervisedProcess:
         """SIGKILL now."""
         self._signal_group(signal.SIGKILL)
 
-    async def stop(self, timeout: float) -> int | None:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; the return code."""
+    async def stop(self, time_limit: float) -> int | None:
+        """SIGTERM, wait up to ``time_limit`` seconds, then SIGKILL; the return code."""
         if self.process is None:
             return None
         if self.process.returncode is None:
             self._signal_group(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.process.wait(), timeout)
-            except asyncio.TimeoutError:
-                _log.warning("%s did not stop within %.0fs; killing it", self.name, timeout)
+                await asyncio.wait_for(self.process.wait(), time_limit)
+            except TimeoutError:
+                _log.warning("%s did not stop within %.0fs; killing it", self.name, time_limit)
                 self.kill()
                 await self.process.wait()
         return self.process.returncode
@@ -238,10 +257,13 @@ class SupervisedProcess:
 class _Supervisor:
     """Runs the stack until a stop signal or a fatal failure."""
 
-    def __init__(self, settings: StackSettings, layout: _Layout, with_bridge: bool) -> None:
+    def __init__(
+        self, settings: StackSettings, layout: _Layout, commands: ChildCommands
+    ) -> None:
         self.settings = settings
         self.layout = layout
-        self.with_bridge = with_bridge
+        self.commands = commands
+        self.with_bridge = settings.bridge and commands.bridge is not None
         self.stop_requested = asyncio.Event()
         self.stopping = False
         self.failure: str | None = None
@@ -352,16 +374,16 @@ class _Supervisor:
         for index in range(1, self.settings.workers + 1):
             worker = SupervisedProcess(
                 name=f"worker-{index}",
-                argv=[sys.executable, "-m", "worker"],
+                argv=self.commands.worker,
                 env=env,
                 log_path=self.layout.logs_dir / f"worker-{index}.log",
             )
             self.workers.append(worker)
             self.tasks.append(asyncio.create_task(self._keep_running(worker)))
-        if self.with_bridge:
+        if self.with_bridge and self.commands.bridge is not None:
             self.bridge = SupervisedProcess(
                 name="bridge",
-                argv=[sys.executable, "-m", "api_bridge"],
+                argv=self.commands.bridge,
                 env=env,
                 log_path=self.layout.logs_dir / "bridge.log",
             )
@@ -414,9 +436,9 @@ class _Supervisor:
         healthz = f"{self.http_url}/healthz"
         while not self.stop_requested.is_set():
             if not workers_ok:
-                workers_ok = await ping_workers(self.nats_url, timeout=1.0)
+                workers_ok = await ping_workers(self.nats_url, time_limit=1.0)
             if workers_ok and not bridge_ok:
-                bridge_ok = await bridge_is_healthy(healthz, timeout=1.0)
+                bridge_ok = await bridge_is_healthy(healthz, time_limit=1.0)
             if workers_ok and bridge_ok:
                 return True
             if time.monotonic() > deadline:
@@ -431,7 +453,8 @@ class _Supervisor:
         return False
 
     def _crash_hint(self) -> str:
-        crashed = [c for c in [*self.workers, *([self.bridge] if self.bridge else [])] if c.restarts]
+        children = [*self.workers, *([self.bridge] if self.bridge else [])]
+        crashed = [child for child in children if child.restarts]
         if not crashed:
             return ""
         child = crashed[0]
@@ -481,7 +504,7 @@ async def _accepts_connections(host: str, port: int) -> bool:
         _reader, writer = await asyncio.wait_for(
             asyncio.open_connection(_url_host(host).strip("[]"), port), 0.5
         )
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     with contextlib.suppress(OSError):
@@ -508,8 +531,8 @@ async def _initialise(settings: StackSettings) -> None:
         raise StackError(str(exc)) from exc
 
 
-async def _run(settings: StackSettings, out: IO[str]) -> int:
-    with_bridge = settings.bridge and bridge_available()
+async def _run(settings: StackSettings, out: IO[str], commands: ChildCommands) -> int:
+    with_bridge = settings.bridge and commands.bridge is not None
     if settings.bridge and not with_bridge:
         _log.warning("api_bridge is not installed; starting without the HTTP bridge")
     check_ports(settings, with_bridge=with_bridge)
@@ -518,7 +541,7 @@ async def _run(settings: StackSettings, out: IO[str]) -> int:
     settings = settings.model_copy(update={"data_dir": layout.data_dir})
     await _initialise(settings)
 
-    supervisor = _Supervisor(settings, layout, with_bridge)
+    supervisor = _Supervisor(settings, layout, commands)
     supervisor.install_signal_handlers()
     try:
         await supervisor.start_nats()
@@ -537,6 +560,10 @@ async def _run(settings: StackSettings, out: IO[str]) -> int:
     return 0
 
 
-def run_stack(settings: StackSettings, out: IO[str] | None = None) -> int:
+def run_stack(
+    settings: StackSettings,
+    out: IO[str] | None = None,
+    commands: ChildCommands | None = None,
+) -> int:
     """Run ``pqkms up`` until stopped; 0 on a clean stop. Raises :class:`StackError`."""
-    return asyncio.run(_run(settings, out or sys.stdout))
+    return asyncio.run(_run(settings, out or sys.stdout, commands or ChildCommands.default()))

@@ -126,14 +126,20 @@ def test_wrong_digest_length_is_invalid_input(
     for length in (0, size - 1, size + 1):
         with pytest.raises(InvalidInput):
             key.sign_hash(b"\x00" * length, hash_algorithm)
+        # verify_hash too: a malformed request is an error, not a "valid: false" answer.
         with pytest.raises(InvalidInput):
             key.verify_hash(signature, b"\x00" * length, hash_algorithm)
+        with pytest.raises(InvalidInput):
+            key.verify_hash(b"short", b"\x00" * length, hash_algorithm)
 
 
 def test_context_over_255_bytes_is_invalid_input(key: SignatureKey) -> None:
     digest = hashlib.sha256(MESSAGE).digest()
+    signature = key.sign_hash(digest, HashAlgorithm.SHA256, b"x" * 255)
     with pytest.raises(InvalidInput):
         key.sign_hash(digest, HashAlgorithm.SHA256, b"x" * 256)
+    with pytest.raises(InvalidInput):
+        key.verify_hash(signature, digest, HashAlgorithm.SHA256, b"x" * 256)
 
 
 def test_verify_hash_wrong_signature_length_is_false(key: SignatureKey) -> None:

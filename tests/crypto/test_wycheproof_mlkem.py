@@ -104,8 +104,9 @@ def test_encapsulation_key(case: Case) -> None:
 def test_encaps_vectors_were_cross_checked() -> None:
     """The (c, K) cross-check above must actually have run for the official seeds."""
     seeds = _seeds_by_public_key()
-    checked = [c for c in iter_cases("mlkem_768_encaps_test.json")
-               if c.valid and c.bytes("ek") in seeds]
+    checked = [
+        c for c in iter_cases("mlkem_768_encaps_test.json") if c.valid and c.bytes("ek") in seeds
+    ]
     assert len(checked) >= 100
 
 

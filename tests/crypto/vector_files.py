@@ -23,9 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from worker.crypto.mldsa import SignatureKey
 
-WYCHEPROOF_DIR = Path(
-    os.environ.get("PQKMS_WYCHEPROOF_DIR", "/work/shared/vectors/wycheproof")
-)
+WYCHEPROOF_DIR = Path(os.environ.get("PQKMS_WYCHEPROOF_DIR", "/work/shared/vectors/wycheproof"))
 
 
 def load_rsp(relative_path: str) -> list[dict[str, str]]:

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from datetime import UTC
 
 import pytest
+from sqlalchemy import update
 
 from schemas.algorithms import Algorithm, KeyStatus
 from schemas.errors import ErrorCode
 from worker.errors import ServiceError
 from worker.store import KeyRecord, KeyStore, NewKeyMaterial, TenantRecord
+from worker.store.tables import KeyVersion
 
 K = Algorithm.KYBER768
 D = Algorithm.DILITHIUM3
@@ -130,8 +132,7 @@ async def test_version_cap_on_rotate_and_generate(
     new, _ = await store.rotate(tenant.tenant_id, K, new_material(), None)
     assert new.version == 5
 
-    # Generate obeys the cap too: retire everything non-active is impossible while one is
-    # active, so check generate on a second algorithm with a cap of 0.
+    # Generate obeys the cap too (a cap of 0 forbids any key of that algorithm).
     with pytest.raises(ServiceError) as exc:
         await store.generate_first(tenant.tenant_id, D, new_material(), 0)
     assert exc.value.code is ErrorCode.FORBIDDEN
@@ -197,19 +198,15 @@ async def test_archive_rules(store: KeyStore, tenant: TenantRecord, new_material
     assert [k.version for k in await store.list_keys(tid, status=KeyStatus.ACTIVE)] == [2]
 
 
-async def test_generate_after_active_was_rotated_away_and_archived(
+async def test_generate_when_no_version_is_active_takes_the_next_number(
     store: KeyStore, tenant: TenantRecord, new_material: Material
 ) -> None:
     """A tenant with no active version (all retired/archived) generates the next number."""
     tid = tenant.tenant_id
     await store.generate_first(tid, K, new_material(), None)
     await store.rotate(tid, K, new_material(), None)
-    # Take version 2 out of service the only way the store allows: not at all while active.
-    # So mark it retired directly in the database, as an operator migration would.
-    from sqlalchemy import update
-
-    from worker.store.tables import KeyVersion
-
+    # The API never leaves a tenant without an active version once it has one, so put the
+    # database in that state directly (as an operator repair or migration could).
     async with store.engine.begin() as conn:
         await conn.execute(
             update(KeyVersion)
@@ -217,7 +214,15 @@ async def test_generate_after_active_was_rotated_away_and_archived(
             .values(status="retired")
         )
     assert await store.get_active_key(tid, K) is None
-    record: KeyRecord = await store.generate_first(tid, K, new_material(), None)
+    with pytest.raises(ServiceError) as exc:
+        await store.generate_first(tid, K, new_material(), 2)
+    _assert_error(
+        exc,
+        ErrorCode.FORBIDDEN,
+        "Plan limit reached: at most 2 non-archived Kyber768 key versions; "
+        "archive an old version first",
+    )
+    record: KeyRecord = await store.generate_first(tid, K, new_material(), 3)
     assert record.version == 3
     assert await _statuses(store, tid, K) == {1: "retired", 2: "retired", 3: "active"}
 

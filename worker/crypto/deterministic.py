@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from worker.crypto.errors import InvalidCiphertext
+from worker.crypto.errors import InvalidCiphertext, InvalidInput
 
 __all__ = ["derive_root", "open_deterministic", "seal_deterministic"]
 
@@ -34,6 +34,8 @@ def _siv(root: bytes, salt: bytes, header: bytes) -> AESSIV:
 
 def seal_deterministic(root: bytes, salt: bytes, header: bytes, plaintext: bytes) -> bytes:
     """``header | len(salt) | salt | AES-SIV(plaintext, ad=[header])``."""
+    if len(salt) > 0xFFFF:  # the salt length is a u16 in the format
+        raise InvalidInput("salt must be at most 65535 bytes")
     sealed = _siv(root, salt, header).encrypt(plaintext, [header])
     return header + _SALT_LENGTH.pack(len(salt)) + salt + sealed
 

@@ -54,6 +54,8 @@ def create_engine_for(
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     args = dict(connect_args or {})
+    # Bound parameters (wrapped seeds, key hashes) must never appear in error text or logs.
+    engine_kwargs.setdefault("hide_parameters", True)
     if backend == "sqlite":
         if parsed.drivername == "sqlite":
             parsed = parsed.set(drivername="sqlite+aiosqlite")

@@ -1,0 +1,80 @@
+"""Reading what the client sent: the JSON body (size-limited) and route parameters.
+
+The bridge checks only what it must to build a NATS request: that the body is a
+JSON object within the size limit, and that no unknown parameter was given. The
+fields themselves are the worker's to validate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+
+from api_bridge.errors import BridgeError
+from schemas.errors import ErrorCode
+
+__all__ = ["query_fields", "read_json_object", "reject_query", "version_from_path"]
+
+_MAX_VERSION_DIGITS = 18  # fits a signed 64-bit integer, so orjson can serialise it
+VERSION_MESSAGE = "Validation failed: key_version must be an integer >= 1"
+
+
+def _invalid(message: str) -> BridgeError:
+    return BridgeError(ErrorCode.INVALID, f"Validation failed: {message}")
+
+
+async def read_json_object(request: Request, limit: int) -> bytes:
+    """The raw body bytes, after checking they hold one JSON object of at most ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _invalid(f"request body is larger than {limit} bytes")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _invalid(f"request body is larger than {limit} bytes")
+    except ClientDisconnect:
+        raise _invalid("the client disconnected before the body was complete") from None
+    if not body:
+        raise _invalid("request body is required (a JSON object)")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _invalid(
+            f"request body is not valid JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if not isinstance(value, dict):
+        raise _invalid("request body must be a JSON object")
+    return bytes(body)
+
+
+def reject_query(request: Request) -> None:
+    """Refuse any query parameter (POST routes take everything in the body)."""
+    for name in request.query_params:
+        raise _invalid(f"unknown query parameter '{_short(name)}'")
+
+
+def query_fields(request: Request, allowed: Collection[str]) -> dict[str, str]:
+    """The allowed query parameters that are present; unknown or repeated ones are refused."""
+    fields: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in allowed:
+            raise _invalid(f"unknown query parameter '{_short(name)}'")
+        if name in fields:
+            raise _invalid(f"query parameter '{name}' is given more than once")
+        fields[name] = value
+    return fields
+
+
+def version_from_path(raw: str) -> int:
+    """A key version from a path segment: ASCII digits only, else 400."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_VERSION_DIGITS):
+        raise BridgeError(ErrorCode.INVALID, VERSION_MESSAGE)
+    return int(raw)
+
+
+def _short(name: str, limit: int = 64) -> str:
+    return name if len(name) <= limit else name[:limit] + "…"

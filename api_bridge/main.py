@@ -1,0 +1,39 @@
+"""Run the bridge under uvicorn."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import uvicorn
+
+from api_bridge.app import create_app
+from api_bridge.log_config import configure_logging
+from worker.config import Settings
+
+__all__ = ["create_server", "run"]
+
+
+def create_server(settings: Settings) -> uvicorn.Server:
+    """A uvicorn server for the bridge, not yet started.
+
+    For callers that run it in their own event loop (``await server.serve()``) and
+    want to know when it listens (``server.started``), e.g. ``pqkms up``.
+    """
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        loop=loop,
+        access_log=False,  # the bridge logs its own line per request
+        log_level=settings.log_level.lower(),
+        server_header=False,
+        lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+def run(settings: Settings) -> None:
+    """Serve the bridge on ``settings.http_host:http_port`` until interrupted."""
+    configure_logging(settings.log_level, settings.log_json)
+    create_server(settings).run()

@@ -1,0 +1,306 @@
+"""The ``pqkms`` command line.
+
+Every option can also come from the environment (``PQKMS_DATA_DIR``, ``PQKMS_HTTP_PORT``,
+``PQKMS_NATS_PORT``, ``PQKMS_WORKERS``…); a command-line option wins over the
+environment, which wins over the default.
+
+Exit status: 0 on success (and on a clean stop of ``up``), 1 on a user-facing error
+(port taken, duplicate tenant, wrong master key…), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from schemas.algorithms import Plan
+from worker.config import Settings
+
+__all__ = ["build_parser", "main"]
+
+_PROG = "pqkms"
+
+
+class CommandError(Exception):
+    """A failure reported as one line on stderr with exit status 1."""
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="SQLite file, master key, logs (env PQKMS_DATA_DIR)"
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="SQLAlchemy URL, e.g. postgresql+asyncpg://… (env PQKMS_DATABASE_URL; "
+        "default: SQLite in the data dir)",
+    )
+    parser.add_argument(
+        "--master-key-file",
+        metavar="FILE",
+        help="master key file (env PQKMS_MASTER_KEY_FILE; default: DIR/master.key)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every ``pqkms`` subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="pqkms: post-quantum key management over NATS and HTTP.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="more supervisor output")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = commands.add_parser(
+        "up",
+        help="run nats-server, workers and the HTTP bridge on this machine",
+        description="Run the whole stack on one machine until Ctrl-C.",
+    )
+    _add_store_options(up)
+    up.add_argument("--http-host", metavar="HOST", help="bridge address (env PQKMS_HTTP_HOST)")
+    up.add_argument("--http-port", type=_port, metavar="N", help="bridge port (default 8000)")
+    up.add_argument("--nats-port", type=_port, metavar="N", help="NATS port (default 4222)")
+    up.add_argument(
+        "--workers", type=_positive_int, metavar="K", help="worker processes (default 2)"
+    )
+    up.add_argument(
+        "--no-bridge", action="store_true", help="NATS only: do not start the HTTP bridge"
+    )
+    up.add_argument(
+        "--start-timeout", type=float, metavar="SECONDS", help="give up starting after (60)"
+    )
+
+    tenant = commands.add_parser("tenant", help="manage tenants")
+    tenant_commands = tenant.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
+    create = tenant_commands.add_parser(
+        "create",
+        help="create a tenant and print its first API key (shown once)",
+        description="Create a tenant; prints one JSON object with its API key.",
+    )
+    create.add_argument("name", metavar="NAME")
+    create.add_argument(
+        "--plan", required=True, choices=[plan.value for plan in Plan], help="tenant plan"
+    )
+    _add_store_options(create)
+
+    database = commands.add_parser("db", help="database setup")
+    db_commands = database.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    init = db_commands.add_parser(
+        "init",
+        help="create the schema and record the master key's check value, then exit",
+        description="Idempotent; run once before the first worker (compose's init service).",
+    )
+    _add_store_options(init)
+
+    worker = commands.add_parser("worker", help="run one worker process")
+    worker.add_argument("--nats-url", metavar="URL", help="comma-separated NATS servers")
+    _add_store_options(worker)
+
+    bridge = commands.add_parser("bridge", help="run the HTTP bridge")
+    bridge.add_argument("--nats-url", metavar="URL", help="comma-separated NATS servers")
+    bridge.add_argument("--http-host", metavar="HOST")
+    bridge.add_argument("--http-port", type=_port, metavar="N")
+
+    health = commands.add_parser(
+        "health",
+        help="exit 0 when the service answers (container healthcheck)",
+        description="Without --http-url: a worker must answer a health ping over NATS.",
+    )
+    health.add_argument("--nats-url", metavar="URL", help="comma-separated NATS servers")
+    health.add_argument("--http-url", metavar="URL", help="check this /healthz URL instead")
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    return parser
+
+
+# -- settings -----------------------------------------------------------------------------
+
+# argparse destination → Settings field.
+_SETTING_OPTIONS = {
+    "data_dir": "data_dir",
+    "database_url": "database_url",
+    "master_key_file": "master_key_file",
+    "nats_url": "nats_url",
+    "http_host": "http_host",
+    "http_port": "http_port",
+    "nats_port": "nats_port",
+    "workers": "workers",
+    "start_timeout": "start_timeout_seconds",
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Options given on the command line, as Settings keyword arguments."""
+    given: dict[str, Any] = {}
+    for dest, name in _SETTING_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            given[name] = value
+    if getattr(args, "no_bridge", False):
+        given["bridge"] = False
+    return given
+
+
+def _settings(cls: type[Settings], args: argparse.Namespace) -> Any:
+    # Keyword arguments take precedence over PQKMS_* variables in pydantic-settings.
+    try:
+        return cls(**_overrides(args))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise CommandError(f"invalid settings: {problems}") from None
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from pqkms.stack import StackError, StackSettings, run_stack
+
+    settings: StackSettings = _settings(StackSettings, args)
+    try:
+        return run_stack(settings)
+    except StackError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    from worker.store import MasterKeyError, MasterKeyMismatch, SchemaTooNew
+
+    return (MasterKeyError, MasterKeyMismatch, SchemaTooNew)
+
+
+def _cmd_tenant_create(args: argparse.Namespace) -> int:
+    from pqkms.admin import create_tenant
+    from worker.store import TenantExists
+
+    settings: Settings = _settings(Settings, args)
+    name = args.name.strip()
+    if not name:
+        raise CommandError("the tenant name must not be empty")
+    try:
+        created = asyncio.run(create_tenant(settings, name, Plan(args.plan)))
+    except TenantExists:
+        raise CommandError(f"a tenant named {name!r} already exists") from None
+    except _store_errors() as exc:
+        raise CommandError(str(exc)) from None
+    print(json.dumps(created.as_json_dict()), flush=True)
+    return 0
+
+
+def _cmd_db_init(args: argparse.Namespace) -> int:
+    from pqkms.admin import initialise_store
+
+    settings: Settings = _settings(Settings, args)
+    try:
+        info = asyncio.run(initialise_store(settings))
+    except _store_errors() as exc:
+        raise CommandError(str(exc)) from None
+    key = f"master key {info.master_key_file}" if info.master_key_file else "inline master key"
+    print(f"database ready: {info.database_url} ({key}, kek id {info.kek_id})", flush=True)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    try:
+        from worker.main import run
+    except ImportError as exc:
+        raise CommandError(f"the worker is not installed: {exc}") from None
+    run(_settings(Settings, args))
+    return 0
+
+
+def _cmd_bridge(args: argparse.Namespace) -> int:
+    try:
+        from api_bridge.main import run  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise CommandError(f"the HTTP bridge is not installed: {exc}") from None
+    run(_settings(Settings, args))
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from pqkms.health import bridge_is_healthy, ping_workers
+
+    if args.http_url:
+        try:
+            healthy = asyncio.run(bridge_is_healthy(args.http_url, time_limit=args.timeout))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        target = args.http_url
+    else:
+        settings: Settings = _settings(Settings, args)
+        healthy = asyncio.run(ping_workers(settings.nats_url, time_limit=args.timeout))
+        target = f"a worker via {settings.nats_url}"
+    if not healthy:
+        raise CommandError(f"unhealthy: no healthy answer from {target}")
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "up":
+        return _cmd_up(args)
+    if args.command == "tenant":
+        return _cmd_tenant_create(args)
+    if args.command == "db":
+        return _cmd_db_init(args)
+    if args.command == "worker":
+        return _cmd_worker(args)
+    if args.command == "bridge":
+        return _cmd_bridge(args)
+    if args.command == "health":
+        return _cmd_health(args)
+    raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
+
+
+def _fail(command: str, message: str) -> NoReturn:
+    print(f"{_PROG} {command}: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``pqkms`` command."""
+    args = build_parser().parse_args(argv)
+    if args.command in ("up", "db", "tenant", "health"):
+        # The worker and the bridge configure logging themselves.
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format=f"%(asctime)s {_PROG}: %(message)s",
+            datefmt="%H:%M:%S",
+            stream=sys.stderr,
+        )
+    try:
+        code = _dispatch(args)
+    except CommandError as exc:
+        _fail(args.command, str(exc))
+    sys.exit(code)
