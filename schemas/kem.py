@@ -17,6 +17,7 @@ __all__ = [
     "EncapsulateResult",
     "EncryptRequest",
     "EncryptResult",
+    "MAX_DETERMINISTIC_SALT",
     "MIN_DETERMINISTIC_SALT",
     "UnwrapKeyRequest",
     "UnwrapKeyResult",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 MIN_DETERMINISTIC_SALT = 32
+MAX_DETERMINISTIC_SALT = 1024
 WRAPPABLE_KEY_SIZES = (16, 24, 32, 48, 64)
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -48,9 +50,11 @@ class EncryptRequest(BaseModel):
         if self.mode is EncryptMode.DETERMINISTIC:
             if self.salt is None:
                 raise PydanticCustomError("salt", "salt is required in deterministic mode")
-            if len(self.salt) < MIN_DETERMINISTIC_SALT:
+            if not MIN_DETERMINISTIC_SALT <= len(self.salt) <= MAX_DETERMINISTIC_SALT:
                 raise PydanticCustomError(
-                    "salt", f"salt must be at least {MIN_DETERMINISTIC_SALT} bytes"
+                    "salt",
+                    f"salt must be at least {MIN_DETERMINISTIC_SALT} and at most "
+                    f"{MAX_DETERMINISTIC_SALT} bytes",
                 )
         elif self.salt is not None:
             raise PydanticCustomError("salt", "salt is only accepted in deterministic mode")

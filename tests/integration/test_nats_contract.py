@@ -104,7 +104,8 @@ async def test_standard_mode_is_randomised_deterministic_mode_is_not(call: NatsC
     ("body", "message"),
     [
         ({"mode": "deterministic"}, "salt is required in deterministic mode"),
-        ({"mode": "deterministic", "salt": b64(b"s" * 31)}, "salt must be at least 32 bytes"),
+        ({"mode": "deterministic", "salt": b64(b"s" * 31)}, "salt must be at least 32 and at most 1024 bytes"),
+        ({"mode": "deterministic", "salt": b64(b"s" * 1025)}, "at most 1024 bytes"),
         ({"salt": b64(b"s" * 32)}, "salt is only accepted in deterministic mode"),
         ({"mode": "fast"}, "mode must be one of"),
     ],

@@ -52,7 +52,7 @@ def open_ciphertext(
     """Open any ciphertext of this key version whose mode is allowed; one opaque error."""
     header = parse_header(blob)
     if (
-        header.algorithm is not algorithm
+        header.algorithm != algorithm
         or header.key_version != key_version
         or header.mode not in allowed
     ):
