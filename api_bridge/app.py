@@ -78,6 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # "/api/v1/kem/encrypt/" is a 404 envelope, not a bodiless 307 redirect.
+        redirect_slashes=False,
     )
     app.state.gateway = gateway
     add_operation_routes(app, gateway, settings.nats_max_payload())

@@ -84,6 +84,7 @@ class NatsGateway:
         self._lost: asyncio.Future[None] | None = None
         self._connected_once = asyncio.Event()
         self._reported_down = False
+        self._closing = False
 
     @property
     def is_connected(self) -> bool:
@@ -103,6 +104,7 @@ class NatsGateway:
 
     async def close(self) -> None:
         """Stop connecting and close the connection."""
+        self._closing = True
         if self._connecting is not None:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -220,7 +222,8 @@ class NatsGateway:
 
     async def _on_disconnected(self) -> None:
         self._mark_lost()
-        log.warning("nats_disconnected")
+        if not self._closing:
+            log.warning("nats_disconnected")
 
     async def _on_reconnected(self) -> None:
         self._mark_lost()

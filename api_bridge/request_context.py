@@ -8,6 +8,7 @@ bridge's last line of defence: an exception nobody handled becomes a 500
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass
 
 import structlog
@@ -111,10 +112,11 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send_with_request_id)
         except Exception as exc:
             context.error_code = ErrorCode.INTERNAL.value
-            # The exception type only: messages and locals may hold request data.
+            # Type and place only: messages and locals may hold request data.
             log.error(
                 "unhandled_exception",
                 exception_type=type(exc).__name__,
+                where=_where(exc),
                 request_id=context.request_id,
                 path=_logged_path(scope),
             )
@@ -131,6 +133,12 @@ class RequestLogMiddleware:
                 request_id=context.request_id,
                 latency_ms=round((time.perf_counter() - started_at) * 1000, 3),
             )
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame of the exception."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 def _logged_path(scope: Scope) -> str:

@@ -147,6 +147,7 @@ class FakeWorker:
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _client: NatsClient | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def start(self) -> FakeWorker:
         """Connect and subscribe; returns once the subscription is live on the server."""
@@ -161,8 +162,7 @@ class FakeWorker:
         """Close the connection (the queue group loses this member) and the thread."""
         if self._loop is None:
             return
-        if self._client is not None:
-            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(15)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(15)
         self._loop.call_soon_threadsafe(self._loop.stop)
         assert self._thread is not None
         self._thread.join(15)
@@ -180,15 +180,24 @@ class FakeWorker:
 
     async def _subscribe(self) -> None:
         self._client = await nats.connect(
-            self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,  # type: ignore[arg-type]
+            self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
             name="fake-worker",
         )
         await self._client.subscribe("pqkms.v1.>", queue=QUEUE_GROUP, cb=self._on_message)
         await self._client.flush()
 
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+
     async def _on_message(self, msg: Msg) -> None:
         # One task per message, so a slow answer does not hold up the others.
-        asyncio.get_running_loop().create_task(self._answer(msg))
+        task = asyncio.get_running_loop().create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, msg: Msg) -> None:
         headers = dict(msg.headers or {})

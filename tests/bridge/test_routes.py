@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -9,6 +10,7 @@ import orjson
 import pytest
 
 from schemas import OPERATIONS, Subject
+from schemas.operations import Operation
 
 from .conftest import API_KEY
 from .fake_worker import FakeWorker
@@ -20,6 +22,7 @@ GET_CASES = [
     ("/api/v1/kms/keys", Subject.KEYS_LIST, {}),
     ("/api/v1/kms/keys?algorithm=Kyber768", Subject.KEYS_LIST, {"algorithm": "Kyber768"}),
     ("/api/v1/kms/keys?status=retired", Subject.KEYS_LIST, {"status": "retired"}),
+    ("/api/v1/kms/keys?algorithm=", Subject.KEYS_LIST, {"algorithm": ""}),
     ("/api/v1/kms/keys?algorithm=X-Wing&status=active", Subject.KEYS_LIST,
      {"algorithm": "X-Wing", "status": "active"}),
     ("/api/v1/kms/keys/active?algorithm=Dilithium3", Subject.KEYS_ACTIVE,
@@ -41,11 +44,8 @@ def test_every_operation_is_exercised() -> None:
 
 @pytest.mark.parametrize("operation", POST_OPERATIONS, ids=lambda op: op.path)
 async def test_post_route_forwards_body_bytes_unchanged(
-    client: httpx.AsyncClient, worker: FakeWorker, operation: object
+    client: httpx.AsyncClient, worker: FakeWorker, operation: Operation
 ) -> None:
-    from schemas.operations import Operation
-
-    assert isinstance(operation, Operation)
     # Odd spacing and key order: the bridge must not re-serialise.
     raw = b'{ "key_version" : 1,"algorithm":"Kyber768",  "extra": [1, 2.5, null] }'
     response = await client.post(operation.path, content=raw,
@@ -63,7 +63,11 @@ async def test_post_route_forwards_body_bytes_unchanged(
 
 @pytest.mark.parametrize(("url", "subject", "body"), GET_CASES, ids=[c[0] for c in GET_CASES])
 async def test_get_route_puts_parameters_in_the_body(
-    client: httpx.AsyncClient, worker: FakeWorker, url: str, subject: Subject, body: dict[str, object]
+    client: httpx.AsyncClient,
+    worker: FakeWorker,
+    url: str,
+    subject: Subject,
+    body: dict[str, object],
 ) -> None:
     response = await client.get(url, headers={"X-API-Key": API_KEY})
     assert response.status_code == 200, response.text
@@ -105,7 +109,7 @@ async def test_unusable_request_id_is_replaced(
     client: httpx.AsyncClient, worker: FakeWorker, bad: str
 ) -> None:
     response = await client.post("/api/v1/kem/encrypt", json={"key_version": 1},
-                                 headers={"X-Request-ID": bad.encode("utf-8")})
+                                 headers=[(b"X-Request-ID", bad.encode("utf-8"))])
     request_id = response.headers["X-Request-ID"]
     assert request_id != bad
     assert uuid.UUID(request_id)
@@ -130,8 +134,6 @@ async def test_missing_api_key_is_not_invented(
 async def test_concurrent_requests_keep_their_own_replies(
     client: httpx.AsyncClient, worker: FakeWorker
 ) -> None:
-    import asyncio
-
     async def one(n: int) -> None:
         response = await client.post("/api/v1/signature/sign",
                                      content=orjson.dumps({"key_version": n}),
