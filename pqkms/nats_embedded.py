@@ -134,7 +134,9 @@ def start_nats_server(
     """Start nats-server with JetStream and wait until it accepts connections."""
     port = port or find_free_port(host)
     if not port_is_free(port, host):
-        raise PortInUse(f"NATS port {port} on {host} is already in use; pick another with --nats-port")
+        raise PortInUse(
+            f"NATS port {port} on {host} is already in use; pick another with --nats-port"
+        )
     store_dir.mkdir(parents=True, exist_ok=True)
     config_file = store_dir / "nats-server.conf"
     write_config(config_file, host=host, port=port, store_dir=store_dir / "jetstream",

@@ -33,7 +33,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PQKMS_", extra="ignore")
 
-    data_dir: Path = Field(default=Path(".pqkms"), description="SQLite file, master key, NATS store")
+    data_dir: Path = Field(
+        default=Path(".pqkms"), description="SQLite file, master key, NATS store"
+    )
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: SecretStr | None = None

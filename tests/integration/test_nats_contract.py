@@ -104,7 +104,8 @@ async def test_standard_mode_is_randomised_deterministic_mode_is_not(call: NatsC
     ("body", "message"),
     [
         ({"mode": "deterministic"}, "salt is required in deterministic mode"),
-        ({"mode": "deterministic", "salt": b64(b"s" * 31)}, "salt must be at least 32 and at most 1024 bytes"),
+        ({"mode": "deterministic", "salt": b64(b"s" * 31)},
+         "salt must be at least 32 and at most 1024 bytes"),
         ({"mode": "deterministic", "salt": b64(b"s" * 1025)}, "at most 1024 bytes"),
         ({"salt": b64(b"s" * 32)}, "salt is only accepted in deterministic mode"),
         ({"mode": "fast"}, "mode must be one of"),
@@ -176,7 +177,8 @@ async def test_wrap_unwrap_every_allowed_size(call: NatsCaller, size: int) -> No
 async def test_wrap_rejects_other_sizes_and_modes_do_not_mix(call: NatsCaller) -> None:
     await generate(call, "Kyber768")
     bad = await call(Subject.KEM_KEY_WRAP, {"symmetric_key": b64(b"k" * 20), "key_version": 1})
-    assert bad.code == "ERR_INVALID_001" and "16, 24, 32, 48 or 64" in bad.body["error"]["message"]
+    assert bad.code == "ERR_INVALID_001"
+    assert "16, 24, 32, 48 or 64" in bad.body["error"]["message"]
     encrypted = await call(Subject.KEM_ENCRYPT, {"plaintext": b64(b"k" * 32), "key_version": 1})
     as_wrapped = await call(Subject.KEM_KEY_UNWRAP, {"wrapped_key": encrypted.data["ciphertext"],
                                                      "key_version": 1})

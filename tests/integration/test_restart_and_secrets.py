@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
 import sys
@@ -71,8 +72,10 @@ async def test_worker_refuses_a_wrong_master_key(tmp_path: Path) -> None:
         wrong.write_text(base64.b64encode(b"\x01" * 32).decode() + "\n")
         wrong.chmod(0o600)
         env = {**stack.env(), "PQKMS_MASTER_KEY_FILE": str(wrong), "PQKMS_LOG_JSON": "true"}
-        result = subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True,
-                                timeout=60, check=False)
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "worker"], env=env, capture_output=True,
+            timeout=60, check=False,
+        )
         assert result.returncode != 0
         assert b"master key does not match" in result.stderr
         assert base64.b64encode(b"\x01" * 32) not in result.stderr

@@ -100,7 +100,7 @@ class LocalStack:
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         log = open(self.root / f"worker-{len(self.workers)}.log", "ab")  # noqa: SIM115
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [sys.executable, "-m", "worker"], env=self.env(), stdout=log, stderr=log
         )
         self.workers.append(process)
@@ -109,7 +109,7 @@ class LocalStack:
     def start_bridge(self) -> None:
         self.http_port = self.http_port or find_free_port()
         log = open(self.root / "bridge.log", "ab")  # noqa: SIM115
-        self.bridge = subprocess.Popen(  # noqa: S603
+        self.bridge = subprocess.Popen(
             [sys.executable, "-m", "api_bridge"], env=self.env(), stdout=log, stderr=log
         )
 

@@ -1,4 +1,5 @@
-"""Our hazmat layer: ML-KEM hybrid encryption and its byte format, ML-DSA signatures.
+"""Our hazmat layer: HPKE encryption and its byte format over ML-KEM-768 and X-Wing,
+ML-DSA-65 and composite ML-DSA-65 + ECDSA P-256 signatures.
 
 Knows nothing of NATS, databases or tenants.
 """
@@ -12,15 +13,24 @@ from worker.crypto.hybrid import (
     seal_deterministic_ciphertext,
 )
 from worker.crypto.kem_key import KemKey
-from worker.crypto.mldsa import SignatureKey
-from worker.crypto.registry import NewKey, kem_algorithm, new_key, signature_algorithm
+from worker.crypto.registry import (
+    KemAlgorithm,
+    NewKey,
+    SignatureAlgorithm,
+    kem_algorithm,
+    new_key,
+    signature_algorithm,
+)
+from worker.crypto.signature_key import SignatureKey
 
 __all__ = [
     "InvalidCiphertext",
     "InvalidInput",
+    "KemAlgorithm",
     "KemKey",
     "Mode",
     "NewKey",
+    "SignatureAlgorithm",
     "SignatureKey",
     "UnsupportedAlgorithm",
     "WRAPPING_METHODS",

@@ -2,7 +2,8 @@
 
 Layout (docs/ciphertext-format.md has the full description)::
 
-    header (11 bytes) = "PQKM" | format version (1) | algorithm id (1) | mode (1) | key version (u32 BE)
+    header (11 bytes) = "PQKM" | format version (1) | algorithm id (1) | mode (1)
+                        | key version (u32 BE)
     standard / wrap   = header | HPKE enc | HPKE ciphertext (AES-256-GCM, tag last)
     deterministic     = header | salt length (u16 BE) | salt | AES-SIV output (SIV first)
 

@@ -63,5 +63,5 @@ def open_ciphertext(
         return open_deterministic(key.deterministic_root, header_bytes, body)
     try:
         return _SUITES[algorithm].decrypt(body, key.hpke_private_key, info=header_bytes)
-    except Exception:  # noqa: BLE001 - every HPKE failure is the same opaque error
+    except Exception:  # every HPKE failure is the same opaque error
         raise InvalidCiphertext from None

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from schemas.algorithms import HashAlgorithm
 from worker.crypto.errors import InvalidInput
+from worker.crypto.signature_key import SignatureKey as SignatureKeyInterface
 
-__all__ = ["MlDsa65", "SignatureKey", "HASH_OIDS"]
+__all__ = ["HASH_OIDS", "MlDsa65", "MlDsa65Key", "SignatureKey"]
 
 SEED_SIZE = 32
 SIGNATURE_SIZE = 3309
@@ -34,7 +35,7 @@ HASH_OIDS: dict[HashAlgorithm, bytes] = {
 
 
 @dataclass(frozen=True, slots=True)
-class SignatureKey:
+class MlDsa65Key(SignatureKeyInterface):
     """A loaded ML-DSA-65 key pair; lives only in worker memory."""
 
     public_key_spki: bytes
@@ -94,21 +95,28 @@ class SignatureKey:
         return True
 
 
+# The ML-DSA-65 key under its first name, kept so that code building one directly
+# (e.g. a verify-only key in tests) keeps working. The interface every signature key
+# implements is ``worker.crypto.SignatureKey`` (worker/crypto/signature_key.py).
+SignatureKey = MlDsa65Key
+
+
 class MlDsa65:
     """The Dilithium3 algorithm: seed generation and key loading."""
 
     seed_size = SEED_SIZE
+    public_key_size = PUBLIC_KEY_SIZE
     signature_size = SIGNATURE_SIZE
 
     def generate_seed(self) -> bytes:
         """A fresh 32-byte ξ seed from the OS CSPRNG."""
         return os.urandom(SEED_SIZE)
 
-    def load(self, seed: bytes) -> SignatureKey:
+    def load(self, seed: bytes) -> MlDsa65Key:
         """Expand a seed into a usable key pair (cache the result)."""
         if len(seed) != SEED_SIZE:
             raise InvalidInput("ML-DSA-65 seed must be 32 bytes")
         private = mldsa.MLDSA65PrivateKey.from_seed_bytes(seed)
         public = private.public_key()
         spki = public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        return SignatureKey(spki, private, public, public.public_bytes_raw())
+        return MlDsa65Key(spki, private, public, public.public_bytes_raw())

@@ -16,6 +16,7 @@ from worker.crypto.kem_key import KemKey
 __all__ = ["MlKem768"]
 
 SEED_SIZE = 64
+PUBLIC_KEY_SIZE = 1184
 CIPHERTEXT_SIZE = 1088
 SHARED_SECRET_SIZE = 32
 
@@ -49,7 +50,9 @@ class MlKem768:
     """The Kyber768 algorithm: seed generation and key loading."""
 
     seed_size = SEED_SIZE
+    public_key_size = PUBLIC_KEY_SIZE
     ciphertext_size = CIPHERTEXT_SIZE
+    shared_secret_size = SHARED_SECRET_SIZE
     hpke_kem = hpke.KEM.MLKEM768
 
     def generate_seed(self) -> bytes:

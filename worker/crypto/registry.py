@@ -1,8 +1,8 @@
-"""Algorithm registry: each wire name → the provider that implements it.
+"""Algorithm registry: each wire name → the provider that implements it, with its sizes.
 
 Handlers and services look algorithms up here; there are no ``if algorithm == …``
 chains elsewhere. An algorithm with no installed provider raises
-``UnsupportedAlgorithm`` with a message that says what to install.
+``UnsupportedAlgorithm`` with a message that says why and what would provide it.
 """
 
 from __future__ import annotations
@@ -11,37 +11,80 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from schemas.algorithms import Algorithm
+from worker.crypto.composite_mldsa import CompositeMlDsa65EcdsaP256
 from worker.crypto.errors import UnsupportedAlgorithm
 from worker.crypto.kem_key import KemKey
-from worker.crypto.mldsa import MlDsa65, SignatureKey
+from worker.crypto.mldsa import MlDsa65
 from worker.crypto.mlkem import MlKem768
+from worker.crypto.signature_key import SignatureKey
+from worker.crypto.xwing import XWing
 
-__all__ = ["KemAlgorithm", "NewKey", "SignatureAlgorithm", "kem_algorithm", "new_key",
-           "signature_algorithm", "load_public_spki"]
+__all__ = [
+    "KemAlgorithm",
+    "NewKey",
+    "SignatureAlgorithm",
+    "kem_algorithm",
+    "load_public_spki",
+    "new_key",
+    "signature_algorithm",
+]
 
 
 class KemAlgorithm(Protocol):
-    """What a KEM provider offers."""
+    """What a KEM provider offers: sizes in bytes, seed generation, key loading."""
 
-    seed_size: int
-    ciphertext_size: int
+    @property
+    def seed_size(self) -> int: ...
+    @property
+    def public_key_size(self) -> int: ...
+    @property
+    def ciphertext_size(self) -> int: ...
+    @property
+    def shared_secret_size(self) -> int: ...
 
     def generate_seed(self) -> bytes: ...
     def load(self, seed: bytes) -> KemKey: ...
 
 
 class SignatureAlgorithm(Protocol):
-    """What a signature provider offers."""
+    """What a signature provider offers; ``signature_size`` is the maximum length."""
 
-    seed_size: int
-    signature_size: int
+    @property
+    def seed_size(self) -> int: ...
+    @property
+    def public_key_size(self) -> int: ...
+    @property
+    def signature_size(self) -> int: ...
 
     def generate_seed(self) -> bytes: ...
     def load(self, seed: bytes) -> SignatureKey: ...
 
 
-_KEM: dict[Algorithm, KemAlgorithm] = {Algorithm.KYBER768: MlKem768()}
-_SIGNATURE: dict[Algorithm, SignatureAlgorithm] = {Algorithm.DILITHIUM3: MlDsa65()}
+_KEM: dict[Algorithm, KemAlgorithm] = {
+    Algorithm.KYBER768: MlKem768(),
+    Algorithm.XWING: XWing(),
+}
+_SIGNATURE: dict[Algorithm, SignatureAlgorithm] = {
+    Algorithm.DILITHIUM3: MlDsa65(),
+    Algorithm.COMPOSITE_ML_DSA: CompositeMlDsa65EcdsaP256(),
+}
+
+# Names on the wire with no provider in this build, and why (docs/algorithms.md).
+_SLH_DSA_MISSING = (
+    "no SLH-DSA provider is installed, and pqkms does not ship one yet "
+    "(liboqs and the pqcrypto wheel were evaluated; see docs/algorithms.md, SLH-DSA)"
+)
+_UNAVAILABLE: dict[Algorithm, str] = {
+    Algorithm.SLH_DSA_SHA2_128S: _SLH_DSA_MISSING,
+    Algorithm.SLH_DSA_SHA2_128F: _SLH_DSA_MISSING,
+    Algorithm.SLH_DSA_SHA2_192S: _SLH_DSA_MISSING,
+    Algorithm.SLH_DSA_SHA2_256S: _SLH_DSA_MISSING,
+}
+
+
+def _unsupported(algorithm: Algorithm) -> UnsupportedAlgorithm:
+    reason = _UNAVAILABLE.get(algorithm, "no provider implements it")
+    return UnsupportedAlgorithm(f"{algorithm.value} is not available in this deployment: {reason}")
 
 
 def kem_algorithm(algorithm: Algorithm) -> KemAlgorithm:
@@ -49,9 +92,7 @@ def kem_algorithm(algorithm: Algorithm) -> KemAlgorithm:
     try:
         return _KEM[algorithm]
     except KeyError:
-        raise UnsupportedAlgorithm(
-            f"{algorithm.value} is not available in this deployment"
-        ) from None
+        raise _unsupported(algorithm) from None
 
 
 def signature_algorithm(algorithm: Algorithm) -> SignatureAlgorithm:
@@ -59,9 +100,7 @@ def signature_algorithm(algorithm: Algorithm) -> SignatureAlgorithm:
     try:
         return _SIGNATURE[algorithm]
     except KeyError:
-        raise UnsupportedAlgorithm(
-            f"{algorithm.value} is not available in this deployment"
-        ) from None
+        raise _unsupported(algorithm) from None
 
 
 @dataclass(frozen=True, slots=True)

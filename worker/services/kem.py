@@ -126,7 +126,7 @@ class KemService:
         )
 
     async def wrap(self, caller: Caller, request: kem.WrapKeyRequest) -> kem.WrapKeyResult:
-        """Wrap a 16–64-byte symmetric key under the KEM key (HPKE, key-wrap mode)."""
+        """Wrap a 16 to 64-byte symmetric key under the KEM key (HPKE, key-wrap mode)."""
         key = await self._keys.kem_key(
             caller, request.algorithm, request.key_version, Usage.PROTECT
         )

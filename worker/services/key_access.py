@@ -94,11 +94,12 @@ class KeyAccess:
     ) -> KemKey:
         """A usable KEM key version, or the right 404/403."""
         not_found = ErrorCode.KEM_KEY_NOT_FOUND
+        # An algorithm this deployment cannot serve is a 400 before any key lookup.
+        provider = _supported(lambda: kem_algorithm(algorithm))
         await self._usable_record(caller, algorithm, version, usage, not_found)
         cache_key = (caller.tenant_id, algorithm, version)
         key = self._kem_keys.get(cache_key)
         if key is None:
-            provider = _supported(lambda: kem_algorithm(algorithm))
             key = provider.load(await self._seed(caller, algorithm, version, not_found))
             self._kem_keys.put(cache_key, key)
         return key
@@ -108,11 +109,11 @@ class KeyAccess:
     ) -> SignatureKey:
         """A usable signature key version, or the right 404/403."""
         not_found = ErrorCode.NOT_FOUND
+        provider = _supported(lambda: signature_algorithm(algorithm))
         await self._usable_record(caller, algorithm, version, usage, not_found)
         cache_key = (caller.tenant_id, algorithm, version)
         key = self._signature_keys.get(cache_key)
         if key is None:
-            provider = _supported(lambda: signature_algorithm(algorithm))
             key = provider.load(await self._seed(caller, algorithm, version, not_found))
             self._signature_keys.put(cache_key, key)
         return key

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from schemas import signature
+from schemas.errors import ErrorCode
 from schemas.fields import b64encode
+from worker.crypto import InvalidInput
+from worker.errors import ServiceError
 from worker.services.context import Caller
 from worker.services.crypto_runner import CryptoRunner
 from worker.services.kem import check_message_size
@@ -11,8 +17,19 @@ from worker.services.key_access import KeyAccess, Usage
 
 __all__ = ["SIGNATURE_TYPE", "SignatureService"]
 
-# What sign-hash returns: a detached HashML-DSA signature (FIPS 204 §5.4).
+# What sign-hash returns: a detached signature (HashML-DSA, FIPS 204 §5.4, for
+# Dilithium3; the draft's own SHA-512 pre-hash for Composite-ML-DSA).
 SIGNATURE_TYPE = "detached"
+
+T = TypeVar("T")
+
+
+def _valid_request(call: Callable[[], T]) -> T:
+    """A request the key's algorithm cannot serve (e.g. its hash algorithm) is a 400."""
+    try:
+        return call()
+    except InvalidInput as exc:
+        raise ServiceError(ErrorCode.INVALID, f"Validation failed: {exc}") from None
 
 
 class SignatureService:
@@ -24,7 +41,7 @@ class SignatureService:
         self._limit = max_message_bytes
 
     async def sign(self, caller: Caller, request: signature.SignRequest) -> signature.SignResult:
-        """Pure ML-DSA-65 signature with the optional context."""
+        """A signature with the optional context (pure ML-DSA-65, or composite)."""
         check_message_size("message", request.message, self._limit)
         key = await self._keys.signature_key(
             caller, request.algorithm, request.key_version, Usage.PROTECT
@@ -55,12 +72,14 @@ class SignatureService:
     async def sign_hash(
         self, caller: Caller, request: signature.SignHashRequest
     ) -> signature.SignHashResult:
-        """HashML-DSA-65 signature over a caller-computed digest."""
+        """A signature over a caller-computed digest (the algorithm's pre-hash mode)."""
         key = await self._keys.signature_key(
             caller, request.algorithm, request.key_version, Usage.PROTECT
         )
         signed = await self._runner.in_thread(
-            lambda: key.sign_hash(request.hash, request.hash_algorithm, request.context)
+            lambda: _valid_request(
+                lambda: key.sign_hash(request.hash, request.hash_algorithm, request.context)
+            )
         )
         return signature.SignHashResult(
             signature=b64encode(signed),
@@ -77,8 +96,10 @@ class SignatureService:
         key = await self._keys.signature_key(
             caller, request.algorithm, request.key_version, Usage.RECOVER
         )
-        valid = key.verify_hash(
-            request.signature, request.hash, request.hash_algorithm, request.context
+        valid = _valid_request(
+            lambda: key.verify_hash(
+                request.signature, request.hash, request.hash_algorithm, request.context
+            )
         )
         return signature.VerifyHashResult(
             valid=valid,
