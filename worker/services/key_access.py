@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["KeyAccess", "Usage", "check_usable"]
 
 T = TypeVar("T")
+LoadedT = TypeVar("LoadedT")
+CacheKey = tuple[str, Algorithm, int]
 
 
 class Usage(Enum):
@@ -57,10 +59,10 @@ class KeyAccess:
 
     def __init__(self, store: KeyStore, max_cached_keys: int = 1024) -> None:
         self._store = store
-        self._kem_keys: BoundedCache[tuple[str, Algorithm, int], KemKey] = BoundedCache(
+        self._kem_keys: BoundedCache[CacheKey, KemKey] = BoundedCache(
             max_cached_keys
         )
-        self._signature_keys: BoundedCache[tuple[str, Algorithm, int], SignatureKey] = (
+        self._signature_keys: BoundedCache[CacheKey, SignatureKey] = (
             BoundedCache(max_cached_keys)
         )
 
@@ -89,34 +91,41 @@ class KeyAccess:
             )
         return loaded[1]
 
+    async def _loaded(
+        self,
+        cache: BoundedCache[CacheKey, LoadedT],
+        load: Callable[[bytes], LoadedT],
+        caller: Caller,
+        algorithm: Algorithm,
+        version: int,
+        usage: Usage,
+        not_found: ErrorCode,
+    ) -> LoadedT:
+        # The state is read on every call; only the expanded key object is cached.
+        await self._usable_record(caller, algorithm, version, usage, not_found)
+        cache_key = (caller.tenant_id, algorithm, version)
+        key = cache.get(cache_key)
+        if key is None:
+            key = load(await self._seed(caller, algorithm, version, not_found))
+            cache.put(cache_key, key)
+        return key
+
     async def kem_key(
         self, caller: Caller, algorithm: Algorithm, version: int, usage: Usage
     ) -> KemKey:
         """A usable KEM key version, or the right 404/403."""
-        not_found = ErrorCode.KEM_KEY_NOT_FOUND
         # An algorithm this deployment cannot serve is a 400 before any key lookup.
         provider = _supported(lambda: kem_algorithm(algorithm))
-        await self._usable_record(caller, algorithm, version, usage, not_found)
-        cache_key = (caller.tenant_id, algorithm, version)
-        key = self._kem_keys.get(cache_key)
-        if key is None:
-            key = provider.load(await self._seed(caller, algorithm, version, not_found))
-            self._kem_keys.put(cache_key, key)
-        return key
+        return await self._loaded(self._kem_keys, provider.load, caller, algorithm, version,
+                                  usage, ErrorCode.KEM_KEY_NOT_FOUND)
 
     async def signature_key(
         self, caller: Caller, algorithm: Algorithm, version: int, usage: Usage
     ) -> SignatureKey:
         """A usable signature key version, or the right 404/403."""
-        not_found = ErrorCode.NOT_FOUND
         provider = _supported(lambda: signature_algorithm(algorithm))
-        await self._usable_record(caller, algorithm, version, usage, not_found)
-        cache_key = (caller.tenant_id, algorithm, version)
-        key = self._signature_keys.get(cache_key)
-        if key is None:
-            key = provider.load(await self._seed(caller, algorithm, version, not_found))
-            self._signature_keys.put(cache_key, key)
-        return key
+        return await self._loaded(self._signature_keys, provider.load, caller, algorithm,
+                                  version, usage, ErrorCode.NOT_FOUND)
 
     def forget(self, tenant_id: str, algorithm: Algorithm, version: int) -> None:
         """Drop cached material of one version (after retire or archive)."""
