@@ -21,6 +21,9 @@ __all__ = [
     "CreatedTenant",
     "StoreInfo",
     "create_tenant",
+    "database_errors",
+    "database_url_with_password",
+    "describe_database_failure",
     "initialise_store",
     "load_master_key",
     "open_store",
@@ -64,6 +67,28 @@ def redacted_database_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # a malformed URL: say nothing about its content
         return "<database url>"
+
+
+def database_url_with_password(url: str, password: str) -> str:
+    """``url`` with its password set (escaped as URLs require)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+def describe_database_failure(settings: Settings, exc: BaseException) -> str:
+    """One safe line for a database that cannot be reached or used (no password)."""
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = detail[0][:200] if detail else type(exc).__name__
+    url = redacted_database_url(settings.resolved_database_url())
+    return f"cannot use the database {url}: {reason}"
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning the database is unreachable or refuses us."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (OSError, SQLAlchemyError)
 
 
 def load_master_key(settings: Settings, *, create: bool) -> MasterKey:

@@ -14,8 +14,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -26,6 +28,7 @@ from worker.config import Settings
 __all__ = ["build_parser", "main"]
 
 _PROG = "pqkms"
+_PASSWORD_FILE_ENV = "PQKMS_DATABASE_PASSWORD_FILE"  # noqa: S105 - a variable name
 
 
 class CommandError(Exception):
@@ -69,6 +72,12 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
         "--master-key-file",
         metavar="FILE",
         help="master key file (env PQKMS_MASTER_KEY_FILE; default: DIR/master.key)",
+    )
+    parser.add_argument(
+        "--database-password-file",
+        metavar="FILE",
+        help="password for the database URL, read from a file such as a container "
+        "secret (env PQKMS_DATABASE_PASSWORD_FILE)",
     )
 
 
@@ -173,12 +182,36 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _settings(cls: type[Settings], args: argparse.Namespace) -> Any:
     # Keyword arguments take precedence over PQKMS_* variables in pydantic-settings.
     try:
-        return cls(**_overrides(args))
+        settings = cls(**_overrides(args))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
         )
         raise CommandError(f"invalid settings: {problems}") from None
+    if not hasattr(args, "database_password_file"):
+        return settings  # this command does not touch the database
+    password_file = args.database_password_file or os.environ.get(_PASSWORD_FILE_ENV)
+    if password_file:
+        settings = _with_database_password(settings, Path(password_file))
+    return settings
+
+
+def _with_database_password(settings: Settings, password_file: Path) -> Settings:
+    """Settings whose database URL carries the password read from ``password_file``."""
+    from pqkms.admin import database_url_with_password
+
+    if not settings.database_url:
+        raise CommandError(f"{_PASSWORD_FILE_ENV} / --database-password-file needs a database URL")
+    try:
+        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(
+            f"cannot read the database password file {password_file}: {exc}"
+        ) from None
+    if not password:
+        raise CommandError(f"the database password file {password_file} is empty")
+    url = database_url_with_password(settings.database_url, password)
+    return settings.model_copy(update={"database_url": url})
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -201,7 +234,7 @@ def _store_errors() -> tuple[type[Exception], ...]:
 
 
 def _cmd_tenant_create(args: argparse.Namespace) -> int:
-    from pqkms.admin import create_tenant
+    from pqkms.admin import create_tenant, database_errors, describe_database_failure
     from worker.store import TenantExists
 
     settings: Settings = _settings(Settings, args)
@@ -214,18 +247,22 @@ def _cmd_tenant_create(args: argparse.Namespace) -> int:
         raise CommandError(f"a tenant named {name!r} already exists") from None
     except _store_errors() as exc:
         raise CommandError(str(exc)) from None
+    except database_errors() as exc:
+        raise CommandError(describe_database_failure(settings, exc)) from None
     print(json.dumps(created.as_json_dict()), flush=True)
     return 0
 
 
 def _cmd_db_init(args: argparse.Namespace) -> int:
-    from pqkms.admin import initialise_store
+    from pqkms.admin import database_errors, describe_database_failure, initialise_store
 
     settings: Settings = _settings(Settings, args)
     try:
         info = asyncio.run(initialise_store(settings))
     except _store_errors() as exc:
         raise CommandError(str(exc)) from None
+    except database_errors() as exc:
+        raise CommandError(describe_database_failure(settings, exc)) from None
     key = f"master key {info.master_key_file}" if info.master_key_file else "inline master key"
     print(f"database ready: {info.database_url} ({key}, kek id {info.kek_id})", flush=True)
     return 0

@@ -32,12 +32,18 @@ async def ping_workers(nats_url: str, *, time_limit: float = 2.0) -> bool:
     from nats.errors import Error as NatsError
 
     try:
-        connection = await nats.connect(
-            servers=nats_servers(nats_url),
-            connect_timeout=time_limit,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            name="pqkms-health",
+        # One pass over the servers, silently: a failure is an answer, not an error.
+        connection = await asyncio.wait_for(
+            nats.connect(
+                servers=nats_servers(nats_url),
+                connect_timeout=time_limit,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                error_cb=_ignore_error,
+                name="pqkms-health",
+            ),
+            time_limit * 2,
         )
     except (TimeoutError, OSError, NatsError):
         return False
@@ -49,6 +55,10 @@ async def ping_workers(nats_url: str, *, time_limit: float = 2.0) -> bool:
         with contextlib.suppress(TimeoutError, OSError, NatsError):
             await connection.close()
     return _reply_is_ok(reply.data)
+
+
+async def _ignore_error(_exc: Exception) -> None:
+    return None
 
 
 def _reply_is_ok(body: bytes) -> bool:

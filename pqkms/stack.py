@@ -32,7 +32,7 @@ from typing import IO
 
 from pydantic import Field
 
-from pqkms.admin import initialise_store
+from pqkms.admin import database_errors, describe_database_failure, initialise_store
 from pqkms.health import bridge_is_healthy, ping_workers
 from pqkms.nats_embedded import nats_server_binary, write_config
 from worker.config import Settings
@@ -257,9 +257,7 @@ class SupervisedProcess:
 class _Supervisor:
     """Runs the stack until a stop signal or a fatal failure."""
 
-    def __init__(
-        self, settings: StackSettings, layout: _Layout, commands: ChildCommands
-    ) -> None:
+    def __init__(self, settings: StackSettings, layout: _Layout, commands: ChildCommands) -> None:
         self.settings = settings
         self.layout = layout
         self.commands = commands
@@ -397,6 +395,9 @@ class _Supervisor:
             except OSError as exc:
                 self.fail(f"cannot start {child.name}: {exc}")
                 return
+            if self.stopping:  # shutdown began while it was starting: it missed the stop
+                await child.stop(STOP_TIMEOUT_WORKER)
+                return
             code = await child.wait()
             if self.stopping:
                 return
@@ -488,6 +489,11 @@ class _Supervisor:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        # Nothing outlives the supervisor, whatever state a restart loop was in.
+        for child in self._children_in_stop_order():
+            if child.running:
+                child.kill()
+                await child.wait()
 
 
 def _url_host(host: str) -> str:
@@ -529,6 +535,8 @@ async def _initialise(settings: StackSettings) -> None:
         await initialise_store(settings)
     except (MasterKeyError, MasterKeyMismatch, SchemaTooNew) as exc:
         raise StackError(str(exc)) from exc
+    except database_errors() as exc:
+        raise StackError(describe_database_failure(settings, exc)) from exc
 
 
 async def _run(settings: StackSettings, out: IO[str], commands: ChildCommands) -> int:

@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# pqkms: one image for every role. `pqkms up` (the default) runs the whole stack in one
+# container; compose.yaml runs the same image as `pqkms worker`, `pqkms bridge` and
+# `pqkms db init`.
+
+FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/pqkms
+WORKDIR /src
+# Only what the wheel needs (.dockerignore keeps tests, secrets and caches out).
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY worker ./worker
+COPY api_bridge ./api_bridge
+COPY pqkms ./pqkms
+RUN /opt/pqkms/bin/pip install /src
+
+FROM python:3.11-slim
+RUN groupadd --system --gid 10001 pqkms \
+    && useradd --system --uid 10001 --gid pqkms --home-dir /home/pqkms --create-home \
+        --shell /usr/sbin/nologin pqkms \
+    && install -d -o pqkms -g pqkms -m 0700 /data
+COPY --from=build /opt/pqkms /opt/pqkms
+ENV PATH=/opt/pqkms/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PQKMS_DATA_DIR=/data \
+    PQKMS_HTTP_HOST=0.0.0.0
+USER pqkms
+WORKDIR /home/pqkms
+VOLUME ["/data"]
+# 8000: HTTP bridge. 4222: the embedded NATS of `pqkms up`, reachable from outside the
+# container only with PQKMS_NATS_HOST=0.0.0.0 (it listens on loopback by default).
+EXPOSE 8000 4222
+ENTRYPOINT ["pqkms"]
+CMD ["up"]

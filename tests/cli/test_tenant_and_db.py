@@ -1,0 +1,151 @@
+"""``pqkms tenant create`` and ``pqkms db init`` on a temporary data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import stat
+from pathlib import Path
+
+from pqkms.admin import database_url_with_password
+from schemas.algorithms import Plan
+from tests.cli.processes import clean_env, run_pqkms
+from worker.store import KeyStore, load_or_create_master_key
+
+
+async def _authenticate(data_dir: Path, api_key: str) -> tuple[str, str, str] | None:
+    master = load_or_create_master_key(data_dir / "master.key", create=False)
+    store = await KeyStore.open(
+        f"sqlite+aiosqlite:///{data_dir / 'pqkms.db'}", master, create_schema=False
+    )
+    try:
+        tenant = await store.authenticate(api_key)
+    finally:
+        await store.close()
+    return None if tenant is None else (tenant.tenant_id, tenant.name, Plan(tenant.plan).value)
+
+
+def test_tenant_create_prints_one_json_object_whose_key_authenticates(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = run_pqkms("tenant", "create", "acme", "--plan", "pro", "--data-dir", str(data_dir))
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    created = json.loads(lines[0])
+    assert set(created) == {"tenant_id", "name", "plan", "api_key"}
+    assert created["name"] == "acme"
+    assert created["plan"] == "pro"
+    assert created["api_key"].startswith("qph_")
+    found = asyncio.run(_authenticate(data_dir, created["api_key"]))
+    assert found == (created["tenant_id"], "acme", "pro")
+    assert asyncio.run(_authenticate(data_dir, created["api_key"] + "x")) is None
+    # The key is shown once, on stdout only.
+    assert created["api_key"] not in result.stderr
+
+
+def test_first_run_creates_a_private_master_key(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = run_pqkms("tenant", "create", "acme", "--plan", "free", "--data-dir", str(data_dir))
+
+    assert result.returncode == 0, result.stderr
+    key_file = data_dir / "master.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert len(base64.b64decode(key_file.read_text().strip())) == 32
+
+
+def test_duplicate_tenant_name_exits_1_with_a_clear_message(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    first = run_pqkms("tenant", "create", "acme", "--plan", "free", "--data-dir", data_dir)
+    assert first.returncode == 0, first.stderr
+
+    second = run_pqkms("tenant", "create", "acme", "--plan", "pro", "--data-dir", data_dir)
+
+    assert second.returncode == 1
+    assert second.stdout == ""
+    assert "a tenant named 'acme' already exists" in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+def test_settings_come_from_the_environment_too(tmp_path: Path) -> None:
+    data_dir = tmp_path / "from-env"
+    env = clean_env(PQKMS_DATA_DIR=str(data_dir))
+
+    result = run_pqkms("tenant", "create", "acme", "--plan", "enterprise", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert (data_dir / "pqkms.db").exists()
+
+
+def test_unknown_plan_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_pqkms(
+        "tenant", "create", "acme", "--plan", "gold", "--data-dir", str(tmp_path / "d")
+    )
+
+    assert result.returncode == 2
+    assert "invalid choice: 'gold'" in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_wrong_master_key_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    assert run_pqkms("db", "init", "--data-dir", str(data_dir)).returncode == 0
+    other_key = tmp_path / "other.key"
+    other_key.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+
+    result = run_pqkms(
+        "tenant", "create", "acme", "--plan", "free",
+        "--data-dir", str(data_dir), "--master-key-file", str(other_key),
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert "master key does not match" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_db_init_is_idempotent(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = run_pqkms("db", "init", "--data-dir", str(data_dir))
+    key = (data_dir / "master.key").read_text()
+    second = run_pqkms("db", "init", "--data-dir", str(data_dir))
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert (data_dir / "master.key").read_text() == key
+    assert second.stdout.startswith("database ready: sqlite+aiosqlite:///")
+    assert key.strip() not in first.stdout + first.stderr
+
+
+def test_explicit_database_url_needs_an_existing_master_key(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'elsewhere.db'}"
+    missing = tmp_path / "missing.key"
+
+    result = run_pqkms(
+        "tenant", "create", "acme", "--plan", "free",
+        "--database-url", url, "--master-key-file", str(missing),
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+    assert not missing.exists()
+
+
+def test_database_password_file_goes_into_the_url_not_the_output(tmp_path: Path) -> None:
+    assert (
+        database_url_with_password("postgresql+asyncpg://pqkms@db:5432/pqkms", "p@ss/w:rd")
+        == "postgresql+asyncpg://pqkms:p%40ss%2Fw%3Ard@db:5432/pqkms"
+    )
+    password_file = tmp_path / "password"
+    password_file.write_text("s3cret-password\n")
+    # Nothing listens on port 9 (discard): the connection fails, and the message that
+    # says so must not contain the password.
+    result = run_pqkms(
+        "db", "init", "--database-url", "postgresql+asyncpg://pqkms@127.0.0.1:9/pqkms",
+        "--database-password-file", str(password_file), "--data-dir", str(tmp_path / "d"),
+    )  # fmt: skip
+
+    assert result.returncode != 0
+    assert "s3cret-password" not in result.stdout + result.stderr

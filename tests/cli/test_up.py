@@ -1,0 +1,259 @@
+"""``pqkms up``: port checks, supervision with stand-in children, and the real stack."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pqkms.nats_embedded import find_free_port
+from pqkms.stack import bridge_available
+from tests.cli.processes import (
+    RunningCommand,
+    alive,
+    clean_env,
+    descendants,
+    run_pqkms,
+    start_pqkms,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port some other program is listening on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.skipif(not bridge_available(), reason="api_bridge is not installed")
+def test_up_refuses_a_taken_http_port_with_one_clear_line(tmp_path: Path, taken_port: int) -> None:
+    data_dir = tmp_path / "data"
+    result = run_pqkms(
+        "up", "--data-dir", str(data_dir),
+        "--http-port", str(taken_port), "--nats-port", str(find_free_port()),
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"pqkms up: port {taken_port} is already in use; choose another with --http-port"
+    ]
+    assert result.stdout == ""
+    # Ports are checked before anything is created.
+    assert not data_dir.exists()
+
+
+def test_up_refuses_a_taken_nats_port(tmp_path: Path, taken_port: int) -> None:
+    result = run_pqkms(
+        "up", "--data-dir", str(tmp_path / "data"), "--no-bridge",
+        "--nats-port", str(taken_port),
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert f"port {taken_port} is already in use; choose another with --nats-port" in (
+        result.stderr
+    )
+
+
+def test_health_fails_fast_when_nothing_answers() -> None:
+    started = time.monotonic()
+    result = run_pqkms(
+        "health", "--nats-url", f"nats://127.0.0.1:{find_free_port()}", "--timeout", "1"
+    )
+
+    assert result.returncode == 1
+    assert "unhealthy" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 10
+
+
+def test_up_ports_also_come_from_the_environment(tmp_path: Path, taken_port: int) -> None:
+    env = clean_env(PQKMS_NATS_PORT=str(taken_port), PQKMS_DATA_DIR=str(tmp_path / "d"))
+
+    result = run_pqkms("up", "--no-bridge", env=env)
+
+    assert result.returncode == 1
+    assert f"port {taken_port} is already in use" in result.stderr
+
+
+# -- the supervisor with stand-in children -------------------------------------------------
+
+_DRIVER = """
+import sys
+from pathlib import Path
+from pqkms.stack import ChildCommands, StackSettings, run_stack, StackError
+import logging
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+data_dir, http_port, nats_port, events, here, *extra = sys.argv[1:]
+worker = [sys.executable, str(Path(here) / "standin_worker.py"), events, *extra]
+bridge = [sys.executable, str(Path(here) / "standin_bridge.py"), events]
+settings = StackSettings(
+    data_dir=data_dir, http_port=int(http_port), nats_port=int(nats_port), workers=2,
+    start_timeout_seconds=float(__import__("os").environ.get("STANDIN_TIMEOUT", "30")),
+)
+try:
+    sys.exit(run_stack(settings, commands=ChildCommands(worker=worker, bridge=bridge)))
+except StackError as exc:
+    print(f"pqkms up: {exc}", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def _start_driver(
+    tmp_path: Path, *extra: str, timeout: float = 30
+) -> tuple[RunningCommand, int, int]:
+    """The supervisor with stand-in children; returns it, its HTTP and its NATS port."""
+    http_port, nats_port = find_free_port(), find_free_port()
+    argv = [
+        sys.executable, "-c", _DRIVER, str(tmp_path / "data"),
+        str(http_port), str(nats_port), str(tmp_path / "events"), str(HERE), *extra,
+    ]  # fmt: skip
+    return RunningCommand(argv, clean_env(STANDIN_TIMEOUT=str(timeout))), http_port, nats_port
+
+
+def _events(tmp_path: Path) -> list[str]:
+    path = tmp_path / "events"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _worker_pids(tmp_path: Path) -> list[int]:
+    return [int(line.split()[2]) for line in _events(tmp_path) if line.startswith("start worker")]
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_supervisor_restarts_a_dead_worker_and_stops_in_order(tmp_path: Path) -> None:
+    driver, http_port, nats_port = _start_driver(tmp_path)
+    try:
+        ready = driver.wait_for_stdout("pqkms ready:", timeout=30)
+        assert "HTTP http://127.0.0.1:" in ready and "NATS nats://127.0.0.1:" in ready
+        hint = driver.wait_for_stdout("next:", timeout=5)
+        assert hint == f"next: pqkms tenant create NAME --plan free --data-dir {tmp_path / 'data'}"
+        # The master key and the database exist before any worker starts.
+        _wait(lambda: len(_worker_pids(tmp_path)) == 2, 10, "two workers")
+        assert all(
+            "key=True db=True" in line for line in _events(tmp_path) if "start worker" in line
+        )
+        assert (tmp_path / "data" / "master.key").stat().st_mode & 0o777 == 0o600
+
+        # `pqkms health` (the compose healthcheck) sees the same stack, failing over
+        # from a dead server in the list to a live one.
+        dead = find_free_port()
+        nats_urls = f"nats://127.0.0.1:{dead},nats://127.0.0.1:{nats_port}"
+        assert run_pqkms("health", "--nats-url", nats_urls).returncode == 0
+        healthz = f"http://127.0.0.1:{http_port}/healthz"
+        assert run_pqkms("health", "--http-url", healthz).returncode == 0
+
+        victim = _worker_pids(tmp_path)[0]
+        subprocess.run(["kill", "-KILL", str(victim)], check=True)
+        _wait(lambda: len(_worker_pids(tmp_path)) == 3, 10, "the worker to be restarted")
+        children = descendants(driver.pid)
+        assert len(children) == 4  # nats-server, two workers, bridge
+
+        assert driver.stop(signal.SIGTERM, timeout=30) == 0
+    finally:
+        driver.kill()
+
+    assert "exited with code -9; restarting in" in driver.stderr
+    events = _events(tmp_path)
+    stops = [line for line in events if line.startswith("stop")]
+    assert stops[0].startswith("stop bridge")
+    assert len(stops) == 3
+    # Workers were stopped while nats-server still ran, so they could drain.
+    assert all(line.endswith("nats-up") for line in stops[1:])
+    assert not [pid for pid in children if alive(pid)]
+
+
+def test_supervisor_gives_up_when_workers_never_get_ready(tmp_path: Path) -> None:
+    driver, _, _ = _start_driver(tmp_path, "--fail", "cannot open the key store", timeout=4)
+    try:
+        code = driver.wait(timeout=30)
+    finally:
+        driver.kill()
+
+    assert code == 1
+    assert "not ready after 4s, still waiting for a worker health ping" in driver.stderr
+    assert "fatal: cannot open the key store" in driver.stderr
+    assert driver.drain_stdout() == []  # never claimed to be ready
+    assert not descendants(driver.pid)
+
+
+def test_ctrl_c_during_start_stops_cleanly(tmp_path: Path) -> None:
+    driver, _, _ = _start_driver(tmp_path, "--fail", "never ready", timeout=60)
+    try:
+        _wait(lambda: (tmp_path / "data" / "logs" / "nats.log").exists(), 15, "nats-server")
+        time.sleep(0.5)
+        children = descendants(driver.pid)
+        code = driver.stop(signal.SIGINT, timeout=30)
+    finally:
+        driver.kill()
+
+    assert code == 0
+    assert not [pid for pid in children if alive(pid)]
+
+
+# -- the real stack ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_pqkms_up_serves_http_and_nats_and_stops_cleanly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    http_port, nats_port = find_free_port(), find_free_port()
+    up = start_pqkms(
+        "up", "--data-dir", str(data_dir), "--http-port", str(http_port),
+        "--nats-port", str(nats_port), "--workers", "2",
+    )  # fmt: skip
+    try:
+        ready = up.wait_for_stdout("pqkms ready:", timeout=90)
+        assert f"HTTP http://127.0.0.1:{http_port}" in ready
+        assert f"NATS nats://127.0.0.1:{nats_port}" in ready
+        workers = [pid for pid in descendants(up.pid) if "-m worker" in _cmdline(pid)]
+        assert len(workers) == 2
+
+        created = run_pqkms(
+            "tenant", "create", "acme", "--plan", "pro", "--data-dir", str(data_dir)
+        )
+        assert created.returncode == 0, created.stderr
+        api_key = json.loads(created.stdout)["api_key"]
+        base = f"http://127.0.0.1:{http_port}"
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+        generated = httpx.post(
+            f"{base}/api/v1/kms/keys/generate",
+            json={"algorithm": "Kyber768"},
+            headers={"X-API-Key": api_key},
+            timeout=30,
+        )
+        assert generated.status_code == 201, generated.text
+        assert generated.json()["data"]["key_version"] == 1
+
+        children = descendants(up.pid)
+        assert up.stop(signal.SIGTERM, timeout=60) == 0
+    finally:
+        up.kill()
+
+    assert not [pid for pid in children if alive(pid)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
