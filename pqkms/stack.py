@@ -44,6 +44,7 @@ __all__ = [
     "SupervisedProcess",
     "bridge_available",
     "check_ports",
+    "with_fallback_nats_port",
     "port_available",
     "run_stack",
 ]
@@ -119,6 +120,30 @@ def check_ports(settings: StackSettings, *, with_bridge: bool) -> None:
         seen.add(port)
         if not port_available(port, host):
             raise StackError(f"port {port} is already in use; choose another with {option}")
+
+
+def with_fallback_nats_port(settings: StackSettings) -> StackSettings:
+    """Move the embedded nats-server off 4222 when that default port is taken.
+
+    Machines often run a system NATS on 4222 already. When the user did not ask for a
+    port (no ``--nats-port``, no ``PQKMS_NATS_PORT``), the embedded server takes a free
+    one instead of refusing to start; the ready line prints the URL to use. A port the
+    user asked for is never changed.
+    """
+    if "nats_port" in settings.model_fields_set:
+        return settings
+    if port_available(settings.nats_port, settings.nats_host):
+        return settings
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((settings.nats_host, 0))
+        free = int(sock.getsockname()[1])
+    _log.warning(
+        "port %d is in use (another NATS server?); the embedded nats-server uses port %d "
+        "instead (choose one with --nats-port)",
+        settings.nats_port,
+        free,
+    )
+    return settings.model_copy(update={"nats_port": free})
 
 
 def bridge_available() -> bool:
@@ -543,6 +568,7 @@ async def _run(settings: StackSettings, out: IO[str], commands: ChildCommands) -
     with_bridge = settings.bridge and commands.bridge is not None
     if settings.bridge and not with_bridge:
         _log.warning("api_bridge is not installed; starting without the HTTP bridge")
+    settings = with_fallback_nats_port(settings)
     check_ports(settings, with_bridge=with_bridge)
     layout = _prepare_layout(settings)
     # Relative paths are resolved once so every child sees the same files.
