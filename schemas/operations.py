@@ -6,15 +6,17 @@ operation means adding one row here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
-from schemas import kem, keys, signature
+from schemas import batch, jobs, kem, keys, signature
 from schemas.errors import ErrorCode
 from schemas.subjects import Subject
 
-__all__ = ["OPERATIONS", "Operation", "operation_for"]
+__all__ = ["JOB_OPERATIONS", "OPERATIONS", "Operation", "operation_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,8 @@ class Operation:
     summary: str
     not_found_code: ErrorCode
     success_status: int = 200
+    # Rate-limit tokens of one request, from its decoded JSON body (default: one).
+    cost: Callable[[Mapping[str, Any]], int] | None = None
 
 
 _KEM = ErrorCode.KEM_KEY_NOT_FOUND
@@ -75,9 +79,35 @@ OPERATIONS: tuple[Operation, ...] = (
               keys.KeyInfo, "Retire a version (decrypt and verify only)", _KMS),
     Operation(Subject.KEYS_ARCHIVE, "POST", "/api/v1/kms/keys/archive",
               keys.ArchiveKeyRequest, keys.KeyInfo, "Archive a retired version", _KMS),
+    Operation(Subject.KEM_ENCRYPT_BATCH, "POST", "/api/v1/kem/encrypt/batch",
+              batch.EncryptBatchRequest, batch.BatchResult,
+              "Encrypt many plaintexts; one result or error per item", _KEM,
+              cost=batch.batch_cost),
+    Operation(Subject.KEM_DECRYPT_BATCH, "POST", "/api/v1/kem/decrypt/batch",
+              batch.DecryptBatchRequest, batch.BatchResult,
+              "Decrypt many ciphertexts; one result or error per item", _KEM,
+              cost=batch.batch_cost),
+    Operation(Subject.SIGNATURE_SIGN_BATCH, "POST", "/api/v1/signature/sign/batch",
+              batch.SignBatchRequest, batch.BatchResult,
+              "Sign many messages; one result or error per item", _SIG, cost=batch.batch_cost),
+    Operation(Subject.SIGNATURE_VERIFY_BATCH, "POST", "/api/v1/signature/verify/batch",
+              batch.VerifyBatchRequest, batch.BatchResult,
+              "Verify many signatures; one result or error per item", _SIG,
+              cost=batch.batch_cost),
 )
 
-_BY_SUBJECT = {operation.subject: operation for operation in OPERATIONS}
+# Jobs are NATS only (no HTTP route): their results are read chunk by chunk.
+_JOB = ErrorCode.NOT_FOUND
+JOB_OPERATIONS: tuple[Operation, ...] = (
+    Operation(Subject.JOBS_SUBMIT, "POST", "", jobs.JobSubmitRequest, jobs.JobSubmitted,
+              "Queue one chunk of a durable bulk job", _JOB),
+    Operation(Subject.JOBS_STATUS, "POST", "", jobs.JobStatusRequest, jobs.JobStatus,
+              "Progress of a bulk job", _JOB),
+    Operation(Subject.JOBS_RESULTS, "POST", "", jobs.JobResultsRequest,
+              jobs.JobChunkResults, "The results of one finished chunk of a job", _JOB),
+)
+
+_BY_SUBJECT = {operation.subject: operation for operation in OPERATIONS + JOB_OPERATIONS}
 
 
 def operation_for(subject: Subject) -> Operation:

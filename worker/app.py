@@ -13,12 +13,15 @@ from faststream.security import SASLPlaintext
 
 from schemas.envelope import new_request_id, success_envelope
 from schemas.subjects import QUEUE_GROUP, Subject
+from worker.bulk_config import get_bulk_settings
 from worker.config import Settings
+from worker.handlers.batch import batch_router
 from worker.handlers.envelope import EnvelopeHandler
 from worker.handlers.kem import kem_router
 from worker.handlers.keys import keys_router
 from worker.handlers.signatures import signature_router
 from worker.services.auth import Authenticator
+from worker.services.batch import BatchService
 from worker.services.crypto_runner import CryptoRunner
 from worker.services.kem import KemService
 from worker.services.key_access import KeyAccess
@@ -40,6 +43,7 @@ class WorkerServices:
     keys: KeyLifecycleService
     kem: KemService
     signatures: SignatureService
+    batch: BatchService
     runner: CryptoRunner
 
 
@@ -50,11 +54,15 @@ def build_services(
     runner = CryptoRunner(settings.crypto_threads)
     access = KeyAccess(store)
     handler = EnvelopeHandler(Authenticator(store), rate_limiter, settings)
+    kem = KemService(access, runner, settings.max_message_bytes)
+    signatures = SignatureService(access, runner, settings.max_message_bytes)
     return WorkerServices(
         handler=handler,
         keys=KeyLifecycleService(store, access, settings),
-        kem=KemService(access, runner, settings.max_message_bytes),
-        signatures=SignatureService(access, runner, settings.max_message_bytes),
+        kem=kem,
+        signatures=signatures,
+        batch=BatchService(kem, signatures, get_bulk_settings().batch_max_items,
+                           settings.nats_max_payload()),
         runner=runner,
     )
 
@@ -82,6 +90,7 @@ def build_broker(settings: Settings, services: WorkerServices) -> NatsBroker:
     broker.include_router(kem_router(services.handler, services.kem))
     broker.include_router(signature_router(services.handler, services.signatures))
     broker.include_router(keys_router(services.handler, services.keys))
+    broker.include_router(batch_router(services.handler, services.batch))
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
 
     @broker.subscriber(Subject.HEALTH_PING.value, queue=QUEUE_GROUP, title="health ping")

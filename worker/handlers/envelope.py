@@ -1,6 +1,7 @@
 """The one place where requests become envelopes and errors become error envelopes.
 
-Order per request: JSON body → API key → rate limit → validation → service. Any
+Order per request: JSON body → API key → rate limit (an operation may count several
+tokens, e.g. one per batch item) → validation → service. Any
 exception that is not a ``ServiceError`` becomes ``ERR_INTERNAL_001`` with a generic
 message and a log line; nothing from it reaches the wire.
 """
@@ -97,9 +98,17 @@ class EnvelopeHandler:
                 header_value(headers, HEADER_API_KEY), request_id
             )
             tenant_id = caller.tenant_id
-            await self._rate_limiter.acquire(
-                caller.tenant_id, self._settings.limits_for(caller.plan)
-            )
+            limits = self._settings.limits_for(caller.plan)
+            cost = operation.cost(body) if operation.cost else 1
+            if limits.burst is not None and cost > limits.burst:
+                # All or nothing: a request the bucket can never hold is not a 429.
+                raise ServiceError(
+                    ErrorCode.INVALID,
+                    f"Validation failed: this request counts {cost} items against the rate "
+                    f"limit, over the plan's burst of {limits.burst}; send at most "
+                    f"{limits.burst} items per request",
+                )
+            await self._rate_limiter.acquire(caller.tenant_id, limits, cost)
             try:
                 request = operation.request.model_validate(body)
             except ValidationError as exc:
