@@ -1,0 +1,69 @@
+"""``python -m bench``: the whole benchmark (≈ 3 minutes), ``--quick`` (≈ 1 minute)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.fixture import OPERATIONS
+from bench.run import RESULTS_DIR, BenchConfig, run_bench
+
+
+def parse_args(argv: list[str] | None = None) -> BenchConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="pqkms side by side with the crypto floor and a bare nats-py responder",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="short cells (0.6 s each, 0.2 s warm-up): under a minute")
+    parser.add_argument("--duration", type=float, help="seconds per cell (default 3)")
+    parser.add_argument("--warmup", type=float, help="unrecorded seconds per cell (default 0.5)")
+    parser.add_argument("--ops", type=int, help="at most this many operations per cell")
+    parser.add_argument("--in-flight", type=int, default=200)
+    parser.add_argument("--http-in-flight", type=int, default=64)
+    parser.add_argument("--http-connections", type=int, default=8,
+                        help="httpx pool size (default 8; httpx slows down with big pools)")
+    parser.add_argument("--operations", default=",".join(OPERATIONS),
+                        help="comma-separated subset of " + ",".join(OPERATIONS))
+    parser.add_argument("--processes", default="1,2",
+                        help="process / worker counts, comma-separated (default 1,2)")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP bridge")
+    parser.add_argument("--worker-log-level", default="INFO")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
+                        help="directory for the JSON result (default bench/results)")
+    parser.add_argument("--no-save", action="store_true", help="do not write the JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the stack's temp directory")
+    args = parser.parse_args(argv)
+
+    config = BenchConfig()
+    if args.quick:
+        config.duration, config.warmup = 0.6, 0.2
+    if args.duration is not None:
+        config.duration = args.duration
+    if args.warmup is not None:
+        config.warmup = args.warmup
+    if args.ops is not None:
+        config.max_ops = args.ops
+    config.in_flight = args.in_flight
+    config.http_in_flight = args.http_in_flight
+    config.http_connections = args.http_connections
+    config.operations = tuple(op for op in args.operations.split(",") if op)
+    unknown = set(config.operations) - set(OPERATIONS)
+    if unknown:
+        parser.error(f"unknown operations: {', '.join(sorted(unknown))}")
+    config.processes = tuple(int(n) for n in args.processes.split(",") if n)
+    config.http = not args.no_http
+    config.worker_log_level = args.worker_log_level
+    config.out_dir = None if args.no_save else args.out
+    config.keep_stack_dir = args.keep
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    report = run_bench(parse_args(argv))
+    print()
+    print(report.table())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Profile one pqkms worker under load with py-spy (``pip install py-spy``).
+
+``python -m bench.profile_worker --operation encrypt --seconds 10`` starts its own
+stack with one worker, drives the operation with 200 requests in flight, records the
+worker with ``py-spy record`` (collapsed stacks) and prints where its CPU goes:
+the heaviest functions by inclusive and by self time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+import uvloop
+
+from bench.clients import PQKMS_SUBJECTS, nats_call
+from bench.cpu import CpuMeter
+from bench.fixture import OPERATIONS
+from bench.measure import closed_loop
+from bench.run import _pqkms_bodies
+from bench.stack import BenchStack
+
+__all__ = ["CATEGORIES", "categorize_collapsed", "summarize_collapsed"]
+
+# Where a sample's CPU goes, first match from the leaf up wins for the innermost
+# interesting frame; checked in this order on the whole stack.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("database (SQLAlchemy + aiosqlite, incl. its thread)",
+     ("aiosqlite/", "sqlalchemy/", "sqlmodel/", "worker/store/")),
+    ("crypto (HPKE / ML-DSA)", ("worker/crypto/",)),
+    ("crypto thread pool hand-off", ("concurrent/futures/", "crypto_runner.py")),
+    ("request log line (structlog)", ("structlog/",)),
+    ("uuid4 (request / message ids)", ("uuid4 ",)),
+    ("pydantic validation + dump", ("pydantic/", "pydantic_core", "schemas/")),
+    ("auth + rate limit", ("services/auth.py", "services/rate_limit.py",
+                           "services/shared_rate_limiter.py")),
+    ("pqkms handler / services (own code)", ("worker/handlers/", "worker/services/")),
+    ("FastStream + fast_depends + anyio", ("faststream/", "fast_depends/", "anyio/")),
+    ("nats-py client (parse, publish, flush)", ("nats/",)),
+    ("event loop (uvloop: I/O, callbacks)", ("asyncio/runners.py",)),
+)
+
+
+_RATE = 250
+
+
+def summarize_collapsed(path: Path, top: int = 30) -> str:
+    """Inclusive and self sample shares per function from py-spy's collapsed output."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [_short(frame) for frame in stack.split(";")]
+        total += count
+        for frame in set(frames):
+            inclusive[frame] += count
+        own[frames[-1]] += count
+    if not total:
+        return "no samples"
+    lines = [f"{total} samples"]
+    for title, counter in (("inclusive", inclusive), ("self", own)):
+        lines.append(f"\n-- {title} --")
+        for frame, count in counter.most_common(top):
+            lines.append(f"{100 * count / total:6.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+def categorize_collapsed(path: Path) -> tuple[int, dict[str, int]]:
+    """Samples per cost category (see ``CATEGORIES``); the first category whose marker
+    appears anywhere in a stack takes the sample."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        for name, markers in CATEGORIES:
+            if any(marker in stack for marker in markers):
+                counts[name] += count
+                break
+        else:
+            counts["other"] += count
+    return total, dict(counts)
+
+
+def _short(frame: str) -> str:
+    # py-spy frames look like "function (path/to/file.py:123)"; drop the line number
+    # and keep the path from site-packages or the project root on.
+    name, _, location = frame.partition(" (")
+    location = location.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in location:
+            location = location.split(marker, 1)[1]
+            break
+    return f"{name} ({location})"
+
+
+async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
+                   log_level: str, gil: bool) -> tuple[float, float]:
+    """Requests completed during the recording and the worker's CPU µs per request."""
+    cpu: dict[str, float] = {}
+    requests = 0.0
+    root = Path(tempfile.mkdtemp(prefix="pqkms-profile-"))
+    stack = BenchStack(root, worker_log_level=log_level)
+    try:
+        stack.start_nats()
+        await stack.init_store()
+        await stack.start_workers(1)
+        client = await nats.connect(stack.nats_url, pending_size=64 * 1024 * 1024)
+        await stack.generate_keys(client)
+        bodies = await _pqkms_bodies(stack, client, bytes(range(256)) * 4)
+        call = nats_call(client, PQKMS_SUBJECTS[operation], operation, bodies[operation],
+                         stack.api_key)
+        spy = shutil.which("py-spy")
+        if spy is None:
+            raise SystemExit("py-spy is not installed: pip install py-spy")
+        recorder = await asyncio.create_subprocess_exec(
+            spy, "record", "--pid", str(stack.workers[0].pid), "--duration", str(int(seconds)),
+            "--rate", str(_RATE), "--format", "raw", "--output", str(out), "--nonblocking",
+            *(["--gil"] if gil else []),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        meter = CpuMeter({"worker": [stack.workers[0].pid]})
+        meter.start()
+        started = time.perf_counter()
+        measurement = await closed_loop(call, in_flight, seconds + 1.0, 10**9, 0.5)
+        cpu = meter.per_op_us(measurement.ops)
+        requests = measurement.ops_per_s * int(seconds)
+        print(f"{operation}: {measurement.ops_per_s:,.0f} ops/s during the profile "
+              f"({time.perf_counter() - started:.1f} s), worker CPU "
+              f"{cpu.get('worker', 0):,.0f} µs per request")
+        _, errors = await recorder.communicate()
+        if recorder.returncode != 0:
+            print(errors.decode(errors="replace"))
+        await client.close()
+    finally:
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return requests, cpu.get("worker", 0.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_worker")
+    parser.add_argument("--operation", choices=OPERATIONS, default="encrypt")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--in-flight", type=int, default=200)
+    parser.add_argument("--worker-log-level", default="INFO")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/pqkms-worker-profile.txt"))
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--gil", action="store_true",
+                        help="sample only the thread holding the GIL (no double counting of "
+                             "threads waiting for it)")
+    args = parser.parse_args(argv)
+    requests, cpu_per_request = uvloop.run(_profile(args.operation, args.seconds, args.in_flight,
+                                          args.out, args.worker_log_level, args.gil))
+    if args.out.exists():
+        total, counts = categorize_collapsed(args.out)
+        print(f"\nwhere the worker's time goes per request ({total} samples at {_RATE}/s"
+              f"{', GIL holder only' if args.gil else ', every active thread'}, "
+              f"{requests:,.0f} requests):")
+        sampled = 0.0
+        for name, count in sorted(counts.items(), key=lambda item: -item[1]):
+            micros = 1e6 * count / _RATE / max(requests, 1.0)
+            sampled += micros
+            print(f"  {100 * count / total:5.1f}%  {micros:7.0f} µs  {name}")
+        print(f"         {sampled:7.0f} µs  sampled in total; the process used "
+              f"{cpu_per_request:,.0f} µs CPU per request (/proc)")
+        if args.gil:
+            print(f"         {cpu_per_request - sampled:7.0f} µs  CPU outside the GIL: thread "
+                  "hand-offs and GIL waits, kernel, sqlite's C code, crypto without the GIL")
+        print()
+        print(summarize_collapsed(args.out, args.top))
+        print(f"\ncollapsed stacks: {args.out} (flamegraph.pl or speedscope can render them)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""One benchmark run: crypto floor, transport floor, pqkms over NATS and HTTP."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import nats
+import orjson
+
+from bench.clients import FLOOR_SUBJECTS, PQKMS_SUBJECTS, Bodies, http_call, nats_call
+from bench.cpu import CpuMeter
+from bench.fixture import OPERATIONS, LocalKeys, Seeds
+from bench.floor import CryptoFloor
+from bench.measure import Call, Measurement, closed_loop
+from bench.report import Report, Row, machine_info
+from bench.stack import BenchStack
+from schemas.subjects import HEADER_API_KEY
+
+__all__ = ["RESULTS_DIR", "BenchConfig", "run_bench"]
+
+RESULTS_DIR = Path(__file__).parent / "results"
+BATCH_SUBJECT = "pqkms.v1.kem.encrypt.batch"
+NOT_IMPLEMENTED = "n/a (not implemented)"
+
+
+@dataclass
+class BenchConfig:
+    """How long and how hard to measure."""
+
+    duration: float = 3.0  # seconds per measured cell
+    warmup: float = 0.5  # unrecorded seconds before each cell
+    max_ops: int = 1_000_000_000  # cap per cell (the smoke test uses 50)
+    in_flight: int = 200
+    http_in_flight: int = 64
+    # httpx's pool gets slower per request as it grows (≈ 16 ms of client CPU per request
+    # with 64 connections here, ≈ 3.6 ms with 8): many requests share a few connections.
+    http_connections: int = 8
+    batch_items: int = 100
+    batch_in_flight: int = 4
+    processes: tuple[int, ...] = (1, 2)
+    operations: tuple[str, ...] = OPERATIONS
+    http: bool = True
+    worker_log_level: str = "INFO"
+    out_dir: Path | None = field(default_factory=lambda: RESULTS_DIR)
+    keep_stack_dir: bool = False
+    progress: Callable[[str], None] | None = print
+
+
+def run_bench(config: BenchConfig) -> Report:
+    """Measure everything, print progress, write the JSON (unless ``out_dir`` is None)."""
+    import uvloop
+
+    settings = {key: value for key, value in asdict(config).items()
+                if key not in {"progress", "out_dir"}}
+    report = Report(config=settings, machine=machine_info())
+    report.notes.append(
+        "The load generator (one asyncio process) shares the machine's cores with "
+        "nats-server and the workers; throughput rows include that competition."
+    )
+    report.machine["loadavg_at_start"] = _loadavg()
+    seeds = Seeds.fresh()
+    _crypto_floor(config, report, seeds)
+    root = Path(tempfile.mkdtemp(prefix="pqkms-bench-"))
+    stack = BenchStack(root, worker_log_level=config.worker_log_level)
+    try:
+        uvloop.run(_over_the_wire(config, report, stack, seeds))
+    finally:
+        stack.stop()
+        if config.keep_stack_dir:
+            _say(config, f"stack files kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    report.machine["loadavg_at_end"] = _loadavg()
+    if config.out_dir is not None:
+        path = report.write(config.out_dir)
+        report.notes.append(f"written to {path}")
+        _say(config, f"results written to {path}")
+    return report
+
+
+def _loadavg() -> str | None:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return None
+
+
+def _say(config: BenchConfig, text: str) -> None:
+    if config.progress is not None:
+        config.progress(text)
+
+
+def _crypto_floor(config: BenchConfig, report: Report, seeds: Seeds) -> None:
+    for processes in config.processes:
+        floor = CryptoFloor(processes, seeds)
+        try:
+            for operation in config.operations:
+                _say(config, f"crypto floor: {operation}, {processes} process(es)")
+                measurement = floor.measure(operation, config.duration, config.max_ops,
+                                            config.warmup)
+                report.add(Row.measured(f"crypto/{operation}/{processes}p", "crypto floor",
+                                        operation, processes, None, measurement))
+        finally:
+            floor.close()
+
+
+async def _measure(config: BenchConfig, call: Call, in_flight: int,
+                   meter: CpuMeter | None) -> tuple[Measurement, dict[str, float] | None]:
+    if meter is not None:
+        meter.start()
+    measurement = await closed_loop(call, in_flight, config.duration, config.max_ops,
+                                    0.0 if meter is None else config.warmup)
+    return measurement, None if meter is None else meter.per_op_us(measurement.ops)
+
+
+async def _over_the_wire(config: BenchConfig, report: Report, stack: BenchStack,
+                         seeds: Seeds) -> None:
+    stack.start_nats()
+    assert stack.nats is not None
+    nats_pid = stack.nats.process.pid
+    client = await nats.connect(stack.nats_url, pending_size=64 * 1024 * 1024)
+    try:
+        await _transport_floor(config, report, stack, seeds, client, nats_pid)
+        await _pqkms_nats(config, report, stack, client, nats_pid)
+        if config.http:
+            await _pqkms_http(config, report, stack)
+        await _batches(config, report, stack, client, nats_pid)
+        await _not_implemented(config, report)
+    finally:
+        await client.close()
+
+
+def _in_flights(config: BenchConfig, processes: int) -> list[int]:
+    # Latency (1 in flight) once with one server process; throughput with each count.
+    return [1, config.in_flight] if processes == config.processes[0] else [config.in_flight]
+
+
+async def _transport_floor(config: BenchConfig, report: Report, stack: BenchStack,
+                           seeds: Seeds, client: nats.NATS, nats_pid: int) -> None:
+    keys = LocalKeys(seeds)
+    bodies = Bodies(keys.payload, keys.ciphertext, keys.signature)
+    for processes in config.processes:
+        await stack.start_responders(processes, seeds)
+        meter = CpuMeter({"servers": [p.pid for p in stack.responders], "nats": [nats_pid]})
+        for operation in config.operations:
+            for in_flight in _in_flights(config, processes):
+                _say(config, f"bare nats-py responder: {operation}, {processes} process(es), "
+                             f"{in_flight} in flight")
+                call = nats_call(client, FLOOR_SUBJECTS[operation], operation, bodies[operation])
+                measurement, cpu = await _measure(config, call, in_flight, meter)
+                report.add(Row.measured(
+                    f"transport/{operation}/{processes}p/{in_flight}", "bare nats-py",
+                    operation, processes, in_flight, measurement,
+                    floor=f"crypto/{operation}/{processes}p" if in_flight > 1 else None,
+                    cpu_us_per_op=cpu,
+                ))
+    stack.stop_responders()
+
+
+async def _pqkms_bodies(stack: BenchStack, client: nats.NATS, payload: bytes) -> Bodies:
+    """A real ciphertext and signature from the service for decrypt and verify."""
+    headers = {HEADER_API_KEY: stack.api_key}
+    scratch = Bodies(payload, b"", b"")
+    sealed = orjson.loads((await client.request(
+        PQKMS_SUBJECTS["encrypt"], scratch["encrypt"], timeout=10, headers=headers)).data)
+    signed = orjson.loads((await client.request(
+        PQKMS_SUBJECTS["sign"], scratch["sign"], timeout=10, headers=headers)).data)
+    return Bodies(payload, base64.b64decode(sealed["data"]["ciphertext"]),
+                  base64.b64decode(signed["data"]["signature"]))
+
+
+async def _pqkms_nats(config: BenchConfig, report: Report, stack: BenchStack,
+                      client: nats.NATS, nats_pid: int) -> None:
+    await stack.init_store()
+    await stack.start_workers(1)
+    await stack.generate_keys(client)
+    bodies = await _pqkms_bodies(stack, client, bytes(range(256)) * 4)
+    for workers in config.processes:
+        await stack.start_workers(workers)
+        meter = CpuMeter({"servers": [p.pid for p in stack.workers], "nats": [nats_pid]})
+        for operation in config.operations:
+            for in_flight in _in_flights(config, workers):
+                _say(config, f"pqkms over NATS: {operation}, {workers} worker(s), "
+                             f"{in_flight} in flight")
+                call = nats_call(client, PQKMS_SUBJECTS[operation], operation,
+                                 bodies[operation], stack.api_key)
+                measurement, cpu = await _measure(config, call, in_flight, meter)
+                floor_processes = workers if in_flight > 1 else config.processes[0]
+                report.add(Row.measured(
+                    f"nats/{operation}/{workers}w/{in_flight}", "pqkms NATS", operation,
+                    workers, in_flight, measurement,
+                    floor=f"transport/{operation}/{floor_processes}p/{in_flight}",
+                    crypto_floor=f"crypto/{operation}/{workers}p" if in_flight > 1 else None,
+                    cpu_us_per_op=cpu,
+                ))
+
+
+async def _pqkms_http(config: BenchConfig, report: Report, stack: BenchStack) -> None:
+    workers = len(stack.workers)
+    stack.start_bridge()
+    if not await stack.wait_for_bridge():
+        note = "n/a (bridge did not start; see bridge.log)"
+        report.notes.append(f"HTTP bridge: {note}")
+        report.add(Row("http/encrypt", "pqkms HTTP", "encrypt", workers, None, note=note))
+        return
+    assert stack.bridge is not None
+    payload = bytes(range(256)) * 4
+    bodies = Bodies(payload, b"", b"")
+    pids = [p.pid for p in stack.workers]
+    meter = CpuMeter({"servers": pids, "bridge": [stack.bridge.pid]})
+    for in_flight in (1, config.http_in_flight):
+        _say(config, f"pqkms over HTTP: encrypt, {workers} worker(s), {in_flight} in flight")
+        connections = min(in_flight, config.http_connections)
+        limits = httpx.Limits(max_connections=connections,
+                              max_keepalive_connections=connections)
+        async with httpx.AsyncClient(
+            base_url=stack.http_url, limits=limits, timeout=30.0,
+            headers={HEADER_API_KEY: stack.api_key, "Content-Type": "application/json"},
+        ) as http:
+            measurement, cpu = await _measure(
+                config, http_call(http, "encrypt", bodies["encrypt"]), in_flight, meter)
+        nats_flight = config.in_flight if in_flight > 1 else 1
+        report.add(Row.measured(
+            f"http/encrypt/{workers}w/{in_flight}", "pqkms HTTP", "encrypt", workers,
+            in_flight, measurement, floor=f"nats/encrypt/{workers}w/{nats_flight}",
+            cpu_us_per_op=cpu,
+        ))
+
+
+def _batch_body(payload: bytes, items: int) -> bytes:
+    item = {"plaintext": base64.b64encode(payload).decode()}
+    return orjson.dumps({"items": [item] * items, "key_version": 1, "algorithm": "Kyber768"})
+
+
+def _batch_error(reply: bytes, items: int) -> str | None:
+    try:
+        data = orjson.loads(reply)["data"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return reply[:200].decode(errors="replace")
+    if data.get("succeeded") != items:
+        return f"{data.get('failed')} of {items} items failed"
+    return None
+
+
+async def _batches(config: BenchConfig, report: Report, stack: BenchStack,
+                   client: nats.NATS, nats_pid: int) -> None:
+    """Encrypt batches of ``batch_items`` when the worker serves them, else n/a."""
+    workers = len(stack.workers)
+    items = config.batch_items
+    body = _batch_body(bytes(range(256)) * 4, items)
+    headers = {HEADER_API_KEY: stack.api_key}
+    try:
+        probe = await client.request(BATCH_SUBJECT, body, timeout=30, headers=headers)
+        problem = _batch_error(probe.data, items)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        problem = "no responder"
+    if problem is not None:
+        note = NOT_IMPLEMENTED if problem == "no responder" else f"n/a ({problem[:60]})"
+        report.add(Row("batch/encrypt", f"pqkms batch ({items} items)", "encrypt", workers,
+                       None, note=note))
+        return
+
+    async def call() -> str | None:
+        try:
+            reply = await client.request(BATCH_SUBJECT, body, timeout=60, headers=headers)
+        except Exception as exc:
+            return type(exc).__name__
+        return _batch_error(reply.data, items)
+
+    _say(config, f"pqkms batch over NATS: encrypt x {items}, {workers} worker(s), "
+                 f"{config.batch_in_flight} batches in flight")
+    meter = CpuMeter({"servers": [p.pid for p in stack.workers], "nats": [nats_pid]})
+    measurement, cpu = await _measure(config, call, config.batch_in_flight, meter)
+    # Figures per item: ops count items, latencies stay per batch.
+    measurement.ops *= items
+    per_item = {name: round(value / items, 1) for name, value in (cpu or {}).items()}
+    report.add(Row.measured(
+        f"batch/encrypt/{workers}w/{config.batch_in_flight}", f"pqkms batch ({items} items)",
+        "encrypt", workers, config.batch_in_flight, measurement,
+        floor=f"crypto/encrypt/{workers}p", crypto_floor=f"crypto/encrypt/{workers}p",
+        cpu_us_per_op=per_item,
+        note="ops/s counts items; p50/p99 are per batch",
+    ))
+
+
+async def _not_implemented(config: BenchConfig, report: Report) -> None:
+    workers = max(config.processes)
+    report.add(Row("job/encrypt", "pqkms durable job (100k items)", "encrypt", workers, None,
+                   note=NOT_IMPLEMENTED))

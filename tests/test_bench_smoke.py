@@ -1,0 +1,43 @@
+"""The benchmark runs end to end in its tiniest configuration (figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import parse_args
+from bench.fixture import OPERATIONS
+from bench.run import run_bench
+
+pytestmark = pytest.mark.integration
+
+
+def test_tiniest_benchmark_measures_every_layer_and_writes_json(tmp_path: Path) -> None:
+    config = parse_args(["--ops", "50", "--duration", "5", "--warmup", "0",
+                         "--in-flight", "10", "--http-in-flight", "4", "--processes", "1",
+                         "--out", str(tmp_path)])
+    config.progress = None
+
+    report = run_bench(config)
+
+    measured = {row.key: row for row in report.rows if row.figures is not None}
+    for operation in OPERATIONS:
+        for key in (f"crypto/{operation}/1p", f"transport/{operation}/1p/10",
+                    f"nats/{operation}/1w/1", f"nats/{operation}/1w/10"):
+            assert key in measured, key
+            figures = measured[key].figures
+            assert figures is not None
+            # Every request got a success envelope back (decrypt opened, verify was valid).
+            assert figures["errors"] == 0, (key, figures["first_error"])
+            assert 0 < figures["ops"] <= 50
+    not_implemented = {row.key: row.note for row in report.rows if row.figures is None}
+    assert not_implemented["job/encrypt"] == "n/a (not implemented)"
+
+    written = list(tmp_path.glob("*.json"))
+    assert len(written) == 1
+    saved = json.loads(written[0].read_text())
+    assert {row["key"] for row in saved["rows"]} == {row.key for row in report.rows}
+    assert len(saved["targets"]) == 6
+    assert "pqkms NATS" in report.table()
