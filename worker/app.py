@@ -61,8 +61,8 @@ def build_services(
         keys=KeyLifecycleService(store, access, settings),
         kem=kem,
         signatures=signatures,
-        batch=BatchService(kem, signatures, get_bulk_settings().batch_max_items,
-                           settings.nats_max_payload()),
+        batch=BatchService(access, runner, settings.max_message_bytes,
+                           get_bulk_settings().batch_max_items, settings.nats_max_payload()),
         runner=runner,
     )
 
