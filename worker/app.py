@@ -13,13 +13,15 @@ from faststream.security import SASLPlaintext
 
 from schemas.envelope import new_request_id, success_envelope
 from schemas.subjects import QUEUE_GROUP, Subject
-from worker.bulk_config import get_bulk_settings
+from worker.bulk_config import BulkSettings, get_bulk_settings
 from worker.config import Settings
 from worker.handlers.batch import batch_router
 from worker.handlers.envelope import EnvelopeHandler
+from worker.handlers.jobs import jobs_router
 from worker.handlers.kem import kem_router
 from worker.handlers.keys import keys_router
 from worker.handlers.signatures import signature_router
+from worker.jobs import JobRunner, JobService, JobStreams
 from worker.services.auth import Authenticator
 from worker.services.batch import BatchService
 from worker.services.crypto_runner import CryptoRunner
@@ -32,7 +34,13 @@ from worker.services.signatures import SignatureService
 if TYPE_CHECKING:
     from worker.store import KeyStore
 
-__all__ = ["WorkerServices", "build_broker", "build_services", "nats_servers"]
+__all__ = [
+    "WorkerServices",
+    "build_broker",
+    "build_job_runner",
+    "build_services",
+    "nats_servers",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,9 @@ class WorkerServices:
     signatures: SignatureService
     batch: BatchService
     runner: CryptoRunner
+    authenticator: Authenticator
+    rate_limiter: RateLimiter
+    bulk: BulkSettings
 
 
 def build_services(
@@ -53,7 +64,9 @@ def build_services(
     """Wire services to a store and a rate limiter."""
     runner = CryptoRunner(settings.crypto_threads)
     access = KeyAccess(store)
-    handler = EnvelopeHandler(Authenticator(store), rate_limiter, settings)
+    authenticator = Authenticator(store)
+    handler = EnvelopeHandler(authenticator, rate_limiter, settings)
+    bulk = get_bulk_settings()
     kem = KemService(access, runner, settings.max_message_bytes)
     signatures = SignatureService(access, runner, settings.max_message_bytes)
     return WorkerServices(
@@ -62,8 +75,11 @@ def build_services(
         kem=kem,
         signatures=signatures,
         batch=BatchService(access, runner, settings.max_message_bytes,
-                           get_bulk_settings().batch_max_items, settings.nats_max_payload()),
+                           bulk.batch_max_items, settings.nats_max_payload()),
         runner=runner,
+        authenticator=authenticator,
+        rate_limiter=rate_limiter,
+        bulk=bulk,
     )
 
 
@@ -91,6 +107,8 @@ def build_broker(settings: Settings, services: WorkerServices) -> NatsBroker:
     broker.include_router(signature_router(services.handler, services.signatures))
     broker.include_router(keys_router(services.handler, services.keys))
     broker.include_router(batch_router(services.handler, services.batch))
+    streams = JobStreams(lambda: broker.connection, services.bulk)
+    broker.include_router(jobs_router(services.handler, JobService(streams, services.batch)))
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
 
     @broker.subscriber(Subject.HEALTH_PING.value, queue=QUEUE_GROUP, title="health ping")
@@ -99,3 +117,17 @@ def build_broker(settings: Settings, services: WorkerServices) -> NatsBroker:
         return NatsResponse(orjson.dumps(body))
 
     return broker
+
+
+def build_job_runner(settings: Settings, services: WorkerServices, broker: NatsBroker) -> JobRunner:
+    """The chunk runner of durable jobs, on the broker's connection (start it after
+    ``broker.start()``)."""
+    return JobRunner(
+        JobStreams(lambda: broker.connection, services.bulk),
+        services.batch,
+        services.authenticator,
+        services.rate_limiter,
+        settings,
+        concurrency=services.bulk.job_concurrency,
+        ack_wait=services.bulk.job_ack_wait_seconds,
+    )

@@ -8,7 +8,7 @@ import sys
 
 import structlog
 
-from worker.app import build_broker, build_services
+from worker.app import build_broker, build_job_runner, build_services
 from worker.config import Settings
 from worker.logging_setup import configure_logging
 from worker.services.rate_limit import KvRateLimiter
@@ -35,6 +35,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     limiter = SwitchableRateLimiter()
     services = build_services(settings, store, limiter)
     broker = build_broker(settings, services)
+    jobs = build_job_runner(settings, services, broker)
     try:
         await broker.connect()
         try:
@@ -43,9 +44,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         except Exception as exc:  # NATS without JetStream: limits hold per worker only
             _log.warning("rate_limits_not_shared", reason=type(exc).__name__)
         await broker.start()
+        jobs.start()
         _log.info("worker_ready", nats=settings.nats_url.split(",")[0])
         await stop.wait()
     finally:
+        await jobs.stop()
         await broker.stop()
         services.runner.close()
         await store.close()

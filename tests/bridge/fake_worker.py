@@ -43,6 +43,7 @@ from schemas import (
     success_envelope,
     utc_timestamp,
 )
+from schemas.batch import BATCH_OF
 from schemas.operations import operation_for
 
 __all__ = ["FakeWorker", "Received"]
@@ -125,6 +126,10 @@ def _realistic_result(subject: Subject, body: dict[str, Any]) -> dict[str, Any]:
         Subject.KEYS_RETIRE: lambda: _key_info(any_algorithm, version, "retired"),
         Subject.KEYS_ARCHIVE: lambda: _key_info(any_algorithm, version, "archived"),
     }
+    if subject in BATCH_OF:
+        items = body.get("items") or []
+        data = [{"data": _realistic_result(BATCH_OF[subject], body)} for _ in items]
+        return {"results": data, "total": len(data), "succeeded": len(data), "failed": 0}
     result: dict[str, Any] = results[subject]()
     return result
 

@@ -1,0 +1,425 @@
+"""A Python client for microservices: every pqkms operation over NATS, batches and jobs.
+
+```python
+async with await PqkmsClient.connect("nats://127.0.0.1:4222", api_key) as client:
+    sealed = await client.encrypt(b"hello", key_version=1)
+    assert await client.decrypt(sealed["ciphertext"], key_version=1) == b"hello"
+    job_id = await client.submit_job("kem.encrypt", [{"plaintext": ...}], key_version=1)
+    await client.wait_for_job(job_id)
+    async for result in client.job_results(job_id):
+        ...
+```
+
+Requests that were not processed are retried: ``ERR_RATE_001`` after the reply's
+``retry_after``, ``ERR_SERVICE_001`` and "no worker listening" with a short back-off.
+A timeout is not retried (the request may have been processed). ``SyncPqkmsClient``
+offers the same methods without ``await``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats
+import orjson
+from nats.aio.client import Client
+from nats.errors import (
+    ConnectionClosedError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+)
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from schemas.batch import DEFAULT_MAX_BATCH_ITEMS, REPLY_ENVELOPE_BYTES, item_reply_bound
+from schemas.errors import ErrorCode
+from schemas.jobs import JobOperation
+from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID, Subject
+
+__all__ = [
+    "DEFAULT_MESSAGE_LIMIT",
+    "PqkmsClient",
+    "PqkmsError",
+    "SyncPqkmsClient",
+    "split_items",
+]
+
+T = TypeVar("T")
+
+# A worker's default message limit: PQKMS_MAX_MESSAGE_BYTES (1 MiB) * 4/3 + 64 KiB.
+DEFAULT_MESSAGE_LIMIT = 1024 * 1024 * 4 // 3 + 64 * 1024
+_HEADROOM = 8192  # the request's own fields around its items
+_RETRIED = {ErrorCode.RATE_LIMITED.value, ErrorCode.SERVICE_UNAVAILABLE.value}
+
+
+def _b64(data: bytes | str) -> str:
+    return data if isinstance(data, str) else base64.b64encode(data).decode("ascii")
+
+
+class PqkmsError(Exception):
+    """An error envelope: ``code`` (e.g. ``ERR_KEM_005``), ``message``, ``request_id``."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None,
+                 retry_after: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
+def split_items(
+    operation: JobOperation | str,
+    items: Sequence[dict[str, Any]],
+    max_items: int = DEFAULT_MAX_BATCH_ITEMS,
+    message_limit: int = DEFAULT_MESSAGE_LIMIT,
+) -> list[list[dict[str, Any]]]:
+    """Cut items into batches (or job chunks) whose request and reply each fit in one
+    message, with at most ``max_items`` items each."""
+    single = JobOperation(operation).subject
+    budget = message_limit - _HEADROOM
+    groups: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    request_bytes = reply_bytes = REPLY_ENVELOPE_BYTES
+    for item in items:
+        item_request = len(orjson.dumps(item)) + 1
+        item_reply = item_reply_bound(single, item)
+        if current and (len(current) >= max_items or request_bytes + item_request > budget
+                        or reply_bytes + item_reply > budget):
+            groups.append(current)
+            current, request_bytes, reply_bytes = [], REPLY_ENVELOPE_BYTES, REPLY_ENVELOPE_BYTES
+        current.append(item)
+        request_bytes += item_request
+        reply_bytes += item_reply
+    if current:
+        groups.append(current)
+    return groups
+
+
+@dataclass
+class _Retry:
+    attempts: int = 30
+    backoff: float = 0.2
+    max_backoff: float = 5.0
+
+
+class PqkmsClient:
+    """Async client on a nats-py connection (its own, from :meth:`connect`, or yours)."""
+
+    def __init__(self, connection: Client, api_key: str, *, timeout: float = 30.0,
+                 retries: int = 30, message_limit: int = DEFAULT_MESSAGE_LIMIT,
+                 max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+                 owns_connection: bool = False) -> None:
+        self._nc = connection
+        self._api_key = api_key
+        self._timeout = timeout
+        self._retry = _Retry(attempts=retries)
+        self._message_limit = message_limit
+        self._max_batch_items = max_batch_items
+        self._owns = owns_connection
+
+    @classmethod
+    async def connect(cls, servers: str | list[str], api_key: str,
+                      **options: Any) -> PqkmsClient:
+        """Connect to NATS (reconnecting forever) and return a client owning the link."""
+        connection = await nats.connect(servers, max_reconnect_attempts=-1,
+                                        reconnect_time_wait=1)
+        return cls(connection, api_key, owns_connection=True, **options)
+
+    async def close(self) -> None:
+        """Close the connection if this client opened it."""
+        if self._owns:
+            await self._nc.drain()
+
+    async def __aenter__(self) -> PqkmsClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    # -- transport ---------------------------------------------------------------------
+
+    async def request(self, subject: Subject | str, body: dict[str, Any],
+                      timeout: float | None = None, *,
+                      idempotent: bool = False) -> dict[str, Any]:
+        """One request; returns the envelope's ``data`` or raises :class:`PqkmsError`.
+
+        ``idempotent`` requests (job submit, status, results) are also retried after a
+        timeout or a lost connection, since repeating them changes nothing.
+        """
+        payload = orjson.dumps(body)
+        headers = {HEADER_API_KEY: self._api_key, HEADER_REQUEST_ID: str(uuid.uuid4())}
+        delay = self._retry.backoff
+        for attempt in range(self._retry.attempts + 1):
+            last = attempt == self._retry.attempts
+            try:
+                reply = await self._nc.request(str(subject), payload, headers=headers,
+                                               timeout=timeout or self._timeout)
+            except NoRespondersError:
+                if last:
+                    raise PqkmsError(ErrorCode.SERVICE_UNAVAILABLE.value,
+                                     "No pqkms worker is listening") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry.max_backoff)
+                continue
+            except (NatsTimeoutError, ConnectionClosedError, OutboundBufferLimitError):
+                if not idempotent or last:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry.max_backoff)
+                continue
+            envelope = orjson.loads(reply.data)
+            error = envelope.get("error")
+            if error is None:
+                data: dict[str, Any] = envelope["data"]
+                return data
+            code = error.get("code", ErrorCode.INTERNAL.value)
+            if code in _RETRIED and not last:
+                wait = error.get("retry_after")
+                await asyncio.sleep(float(wait) if wait else delay)
+                delay = min(delay * 2, self._retry.max_backoff)
+                continue
+            raise PqkmsError(code, error.get("message", ""), envelope.get("request_id"),
+                             error.get("retry_after"))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- KEM -----------------------------------------------------------------------------
+
+    async def encrypt(self, plaintext: bytes, key_version: int, *, algorithm: str | None = None,
+                      mode: str | None = None, salt: bytes | None = None) -> dict[str, Any]:
+        """``kem/encrypt``: returns ``ciphertext`` (base64), ``key_version``, ``algorithm``."""
+        body = _fields(plaintext=_b64(plaintext), key_version=key_version, algorithm=algorithm,
+                       mode=mode, salt=_b64(salt) if salt is not None else None)
+        return await self.request(Subject.KEM_ENCRYPT, body)
+
+    async def decrypt(self, ciphertext: bytes | str, key_version: int, *,
+                      algorithm: str | None = None) -> bytes:
+        """``kem/decrypt``: the plaintext bytes."""
+        data = await self.request(Subject.KEM_DECRYPT, _fields(
+            ciphertext=_b64(ciphertext), key_version=key_version, algorithm=algorithm))
+        return base64.b64decode(data["plaintext"])
+
+    async def encapsulate(self, key_version: int, *,
+                          algorithm: str | None = None) -> dict[str, Any]:
+        """``kem/encapsulate``."""
+        return await self.request(Subject.KEM_ENCAPSULATE,
+                                  _fields(key_version=key_version, algorithm=algorithm))
+
+    async def decapsulate(self, kem_ciphertext: bytes | str, key_version: int, *,
+                          algorithm: str | None = None) -> dict[str, Any]:
+        """``kem/decapsulate``."""
+        return await self.request(Subject.KEM_DECAPSULATE, _fields(
+            kem_ciphertext=_b64(kem_ciphertext), key_version=key_version, algorithm=algorithm))
+
+    async def wrap_key(self, symmetric_key: bytes, key_version: int, *,
+                       algorithm: str | None = None) -> dict[str, Any]:
+        """``kem/key/wrap``."""
+        return await self.request(Subject.KEM_KEY_WRAP, _fields(
+            symmetric_key=_b64(symmetric_key), key_version=key_version, algorithm=algorithm))
+
+    async def unwrap_key(self, wrapped_key: bytes | str, key_version: int, *,
+                         algorithm: str | None = None) -> bytes:
+        """``kem/key/unwrap``: the symmetric key bytes."""
+        data = await self.request(Subject.KEM_KEY_UNWRAP, _fields(
+            wrapped_key=_b64(wrapped_key), key_version=key_version, algorithm=algorithm))
+        return base64.b64decode(data["symmetric_key"])
+
+    # -- signatures ------------------------------------------------------------------------
+
+    async def sign(self, message: bytes, key_version: int, *, algorithm: str | None = None,
+                   context: bytes | None = None) -> dict[str, Any]:
+        """``signature/sign``."""
+        return await self.request(Subject.SIGNATURE_SIGN, _fields(
+            message=_b64(message), key_version=key_version, algorithm=algorithm,
+            context=_b64(context) if context is not None else None))
+
+    async def verify(self, message: bytes, signature: bytes | str, key_version: int, *,
+                     algorithm: str | None = None, context: bytes | None = None) -> bool:
+        """``signature/verify``: whether the signature is valid."""
+        data = await self.request(Subject.SIGNATURE_VERIFY, _fields(
+            message=_b64(message), signature=_b64(signature), key_version=key_version,
+            algorithm=algorithm, context=_b64(context) if context is not None else None))
+        return bool(data["valid"])
+
+    async def sign_hash(self, digest: bytes, hash_algorithm: str, key_version: int, *,
+                        algorithm: str | None = None) -> dict[str, Any]:
+        """``signature/sign-hash``."""
+        return await self.request(Subject.SIGNATURE_SIGN_HASH, _fields(
+            hash=_b64(digest), hash_algorithm=hash_algorithm, key_version=key_version,
+            algorithm=algorithm))
+
+    async def verify_hash(self, digest: bytes, hash_algorithm: str, signature: bytes | str,
+                          key_version: int, *, algorithm: str | None = None) -> bool:
+        """``signature/verify-hash``: whether the signature is valid."""
+        data = await self.request(Subject.SIGNATURE_VERIFY_HASH, _fields(
+            hash=_b64(digest), hash_algorithm=hash_algorithm, signature=_b64(signature),
+            key_version=key_version, algorithm=algorithm))
+        return bool(data["valid"])
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def generate_key(self, algorithm: str) -> dict[str, Any]:
+        """``kms/keys/generate``."""
+        return await self.request(Subject.KEYS_GENERATE, {"algorithm": algorithm})
+
+    async def list_keys(self, algorithm: str | None = None,
+                        status: str | None = None) -> dict[str, Any]:
+        """``kms/keys`` (list)."""
+        return await self.request(Subject.KEYS_LIST,
+                                  _fields(algorithm=algorithm, status=status))
+
+    async def active_key(self, algorithm: str) -> dict[str, Any]:
+        """``kms/keys/active``."""
+        return await self.request(Subject.KEYS_ACTIVE, {"algorithm": algorithm})
+
+    async def get_key(self, algorithm: str, key_version: int) -> dict[str, Any]:
+        """``kms/keys/{algorithm}/{version}``."""
+        return await self.request(Subject.KEYS_GET,
+                                  {"algorithm": algorithm, "key_version": key_version})
+
+    async def rotate_key(self, algorithm: str) -> dict[str, Any]:
+        """``kms/keys/rotate``."""
+        return await self.request(Subject.KEYS_ROTATE, {"algorithm": algorithm})
+
+    async def retire_key(self, algorithm: str, key_version: int) -> dict[str, Any]:
+        """``kms/keys/retire``."""
+        return await self.request(Subject.KEYS_RETIRE,
+                                  {"algorithm": algorithm, "key_version": key_version})
+
+    async def archive_key(self, algorithm: str, key_version: int) -> dict[str, Any]:
+        """``kms/keys/archive``."""
+        return await self.request(Subject.KEYS_ARCHIVE,
+                                  {"algorithm": algorithm, "key_version": key_version})
+
+    # -- batches ---------------------------------------------------------------------------
+
+    async def batch(self, operation: JobOperation | str, items: Sequence[dict[str, Any]], *,
+                    key_version: int | None = None,
+                    algorithm: str | None = None) -> list[dict[str, Any]]:
+        """Every item's result (``data`` or ``error``, with its ``reference``), in order;
+        split into as many batch requests as the limits need."""
+        op = JobOperation(operation)
+        results: list[dict[str, Any]] = []
+        for group in split_items(op, items, self._max_batch_items, self._message_limit):
+            data = await self.request(op.batch_subject, _fields(
+                items=group, key_version=key_version, algorithm=algorithm))
+            results.extend(data["results"])
+        return results
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def submit_chunk(self, job_id: str, operation: JobOperation | str, chunk_index: int,
+                           total_chunks: int, items: Sequence[dict[str, Any]], *,
+                           key_version: int | None = None,
+                           algorithm: str | None = None) -> dict[str, Any]:
+        """Queue one chunk of a job (safe to repeat: de-duplicated)."""
+        return await self.request(Subject.JOBS_SUBMIT, _fields(
+            job_id=job_id, operation=JobOperation(operation).value, chunk_index=chunk_index,
+            total_chunks=total_chunks, items=list(items), key_version=key_version,
+            algorithm=algorithm), idempotent=True)
+
+    async def submit_job(self, operation: JobOperation | str, items: Sequence[dict[str, Any]],
+                         *, job_id: str | None = None, chunk_items: int = 500,
+                         key_version: int | None = None, algorithm: str | None = None,
+                         concurrency: int = 4) -> str:
+        """Split items into chunks and queue them all; returns the job id. Submitting the
+        same items with the same job id again queues nothing twice."""
+        job_id = job_id or uuid.uuid4().hex
+        chunks = split_items(operation, items, min(chunk_items, self._max_batch_items),
+                             self._message_limit)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(index: int, chunk: list[dict[str, Any]]) -> None:
+            async with gate:
+                await self.submit_chunk(job_id, operation, index, len(chunks), chunk,
+                                        key_version=key_version, algorithm=algorithm)
+
+        await asyncio.gather(*(one(index, chunk) for index, chunk in enumerate(chunks)))
+        return job_id
+
+    async def job_status(self, job_id: str) -> dict[str, Any]:
+        """``chunks_done`` of ``total_chunks``, item counts, ``state``."""
+        return await self.request(Subject.JOBS_STATUS, {"job_id": job_id}, idempotent=True)
+
+    async def wait_for_job(self, job_id: str, *, poll_seconds: float = 0.5,
+                           timeout: float | None = None,
+                           progress: Callable[[dict[str, Any]], None] | None = None,
+                           ) -> dict[str, Any]:
+        """Poll the status until the job is completed; returns the final status."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            status = await self.job_status(job_id)
+            if progress is not None:
+                progress(status)
+            if status["state"] == "completed":
+                return status
+            if deadline is not None and loop.time() > deadline:
+                raise TimeoutError(f"job {job_id} not completed after {timeout} s")
+            await asyncio.sleep(poll_seconds)
+
+    async def chunk_results(self, job_id: str, chunk_index: int) -> dict[str, Any]:
+        """One finished chunk's results (``PqkmsError`` ERR_NOT_FOUND_001 until done)."""
+        return await self.request(Subject.JOBS_RESULTS,
+                                  {"job_id": job_id, "chunk_index": chunk_index},
+                                  idempotent=True)
+
+    async def job_results(self, job_id: str, *,
+                          start_chunk: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Every item's result of a completed job, chunk by chunk, in submit order."""
+        status = await self.job_status(job_id)
+        for index in range(start_chunk, int(status["total_chunks"])):
+            chunk = await self.chunk_results(job_id, index)
+            for result in chunk["results"]:
+                yield result
+
+
+def _fields(**fields: Any) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+class SyncPqkmsClient:
+    """The async client's methods, blocking, on an event loop in a background thread."""
+
+    def __init__(self, servers: str | list[str], api_key: str, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="pqkms-client")
+        self._thread.start()
+        self._client = self._run(PqkmsClient.connect(servers, api_key, **options))
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if name == "job_results":
+            return lambda *args, **kwargs: self._iterate(method(*args, **kwargs))
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._run(method(*args, **kwargs))
+
+        return call
+
+    def _iterate(self, results: AsyncIterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        async def collect() -> list[dict[str, Any]]:
+            return [result async for result in results]
+
+        yield from self._run(collect())
+
+    def close(self) -> None:
+        """Close the connection and stop the background loop."""
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> SyncPqkmsClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+"""The Python client (pqkms.client) against the real stack, and its batch splitting."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+
+import pytest
+
+from pqkms.client import (
+    DEFAULT_MESSAGE_LIMIT,
+    PqkmsClient,
+    PqkmsError,
+    SyncPqkmsClient,
+    split_items,
+)
+from schemas.algorithms import Plan
+from tests.support.stack import LocalStack
+
+pytestmark = pytest.mark.integration
+
+
+def test_split_items_respects_count_request_and_reply_limits() -> None:
+    small = [{"plaintext": "AA=="}] * 2500
+    groups = split_items("kem.encrypt", small, max_items=1000)
+    assert sum(map(len, groups)) == 2500
+    # ~1.6 KB of reply per small encryption: the reply bound cuts before 1000 items.
+    assert all(len(group) < 1000 for group in groups) and len(groups) == 3
+    big = [{"plaintext": base64.b64encode(b"x" * 600_000).decode()}] * 3
+    assert [len(group) for group in split_items("kem.encrypt", big)] == [1, 1, 1]
+    verify = [{"message": "AA==", "signature": "AA=="}] * 1500
+    assert [len(g) for g in split_items("signature.verify", verify)] == [1000, 500]
+    assert DEFAULT_MESSAGE_LIMIT == 1463637
+
+
+async def test_every_operation_through_the_client(stack: LocalStack, api_key: str) -> None:
+    async with await PqkmsClient.connect(stack.nats_url, api_key) as client:
+        assert (await client.generate_key("Kyber768"))["key_version"] == 1
+        await client.generate_key("Dilithium3")
+        sealed = await client.encrypt(b"hello", 1)
+        assert await client.decrypt(sealed["ciphertext"], 1) == b"hello"
+        encapsulated = await client.encapsulate(1)
+        assert (await client.decapsulate(encapsulated["kem_ciphertext"], 1))[
+            "shared_secret"] == encapsulated["shared_secret"]
+        wrapped = await client.wrap_key(b"k" * 32, 1)
+        assert await client.unwrap_key(wrapped["wrapped_key"], 1) == b"k" * 32
+        signed = await client.sign(b"msg", 1, context=b"ctx")
+        assert await client.verify(b"msg", signed["signature"], 1, context=b"ctx")
+        assert not await client.verify(b"other", signed["signature"], 1, context=b"ctx")
+        digest = hashlib.sha256(b"msg").digest()
+        hashed = await client.sign_hash(digest, "SHA-256", 1)
+        assert await client.verify_hash(digest, "SHA-256", hashed["signature"], 1)
+        assert (await client.list_keys())["total"] == 2
+        assert (await client.active_key("Kyber768"))["key_version"] == 1
+        assert (await client.rotate_key("Kyber768"))["old_key_version"] == 1
+        assert (await client.get_key("Kyber768", 1))["status"] == "retired"
+        assert (await client.archive_key("Kyber768", 1))["status"] == "archived"
+        with pytest.raises(PqkmsError) as raised:
+            await client.decrypt(sealed["ciphertext"], 1)
+        assert raised.value.code == "ERR_FORBIDDEN_001"
+
+        items = [{"plaintext": base64.b64encode(b"%d" % n).decode(), "reference": str(n)}
+                 for n in range(1200)]
+        results = await client.batch("kem.encrypt", items, key_version=2)
+        assert [r["reference"] for r in results] == [str(n) for n in range(1200)]
+        opened = await client.batch("kem.decrypt", [{"ciphertext": r["data"]["ciphertext"]}
+                                                    for r in results], key_version=2)
+        assert [base64.b64decode(r["data"]["plaintext"]) for r in opened] == [
+            b"%d" % n for n in range(1200)]
+
+
+async def test_rate_limited_requests_are_retried_after_the_hint(stack: LocalStack) -> None:
+    free = await stack.create_tenant(Plan.FREE)  # 10 per second, burst 20
+    async with await PqkmsClient.connect(stack.nats_url, free) as client:
+        await client.generate_key("Dilithium3")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        signed = await asyncio.gather(*(client.sign(b"m", 1) for _ in range(35)))
+        assert len(signed) == 35  # every one eventually admitted, none failed
+        assert loop.time() - started >= 1.0  # ... by waiting, not by luck
+
+
+async def test_sync_client(stack: LocalStack, api_key: str) -> None:
+    def use() -> None:
+        with SyncPqkmsClient(stack.nats_url, api_key) as client:
+            client.generate_key("Kyber768")
+            sealed = client.encrypt(b"sync", 1)
+            assert client.decrypt(sealed["ciphertext"], 1) == b"sync"
+            job_id = client.submit_job("kem.encrypt", [{"plaintext": "AA=="}] * 3,
+                                       key_version=1)
+            assert client.wait_for_job(job_id, timeout=60)["items_done"] == 3
+            assert len(list(client.job_results(job_id))) == 3
+
+    await asyncio.to_thread(use)

@@ -1,0 +1,177 @@
+"""Durable jobs on JetStream: a killed worker, a restarted nats-server, re-submits.
+
+The killed-worker job has ``PQKMS_JOB_TEST_ITEMS`` items (default 100 000, about 40 s
+on two cores). These tests run their own stack: they kill workers and restart
+nats-server, which the session's shared stack must not see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pqkms.client import PqkmsClient, PqkmsError
+from schemas.algorithms import Plan
+from tests.support.stack import LocalStack
+
+pytestmark = pytest.mark.integration
+
+ITEMS = int(os.environ.get("PQKMS_JOB_TEST_ITEMS", "100000"))
+CHUNK = 500
+
+
+@pytest.fixture(scope="module")
+async def job_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
+    local = LocalStack(Path(tmp_path_factory.mktemp("jobs")),
+                       extra_env={"PQKMS_JOB_ACK_WAIT_SECONDS": "2"})
+    try:
+        await local.start(workers=2)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+async def client(job_stack: LocalStack) -> AsyncIterator[PqkmsClient]:
+    api_key = await job_stack.create_tenant(Plan.ENTERPRISE)
+    async with await PqkmsClient.connect(job_stack.nats_url, api_key) as pqkms:
+        await pqkms.generate_key("Kyber768")
+        yield pqkms
+
+
+def plaintext(n: int) -> bytes:
+    return f"item-{n}".encode()
+
+
+def encrypt_items(count: int) -> list[dict[str, Any]]:
+    return [{"plaintext": base64.b64encode(plaintext(n)).decode(), "reference": str(n)}
+            for n in range(count)]
+
+
+async def wait_for_progress(client: PqkmsClient, job_id: str, chunks: int) -> None:
+    for _ in range(6000):
+        if (await client.job_status(job_id))["chunks_done"] >= chunks:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"fewer than {chunks} chunks done")
+
+
+async def all_results(client: PqkmsClient, job_id: str) -> list[dict[str, Any]]:
+    return [result async for result in client.job_results(job_id)]
+
+
+def assert_each_item_once(results: list[dict[str, Any]], count: int) -> None:
+    assert len(results) == count
+    assert [result["reference"] for result in results] == [str(n) for n in range(count)]
+    assert all("data" in result for result in results), next(
+        r for r in results if "data" not in r)
+
+
+async def assert_every_ciphertext_decrypts(client: PqkmsClient,
+                                           results: list[dict[str, Any]]) -> None:
+    items = [{"ciphertext": r["data"]["ciphertext"], "reference": r["reference"]}
+             for r in results]
+    job_id = await client.submit_job("kem.decrypt", items, key_version=1, chunk_items=CHUNK)
+    status = await client.wait_for_job(job_id, timeout=240)
+    assert status["items_failed"] == 0 and status["items_done"] == len(items)
+    opened = await all_results(client, job_id)
+    assert [base64.b64decode(r["data"]["plaintext"]) for r in opened] == [
+        plaintext(int(r["reference"])) for r in results]
+
+
+async def test_job_survives_a_killed_worker(job_stack: LocalStack, client: PqkmsClient) -> None:
+    job_id = await client.submit_job("kem.encrypt", encrypt_items(ITEMS), key_version=1,
+                                     chunk_items=CHUNK)
+    total_chunks = -(-ITEMS // CHUNK)
+    await wait_for_progress(client, job_id, max(1, total_chunks // 5))
+    victim = job_stack.workers[0]
+    victim.kill()  # SIGKILL: no chance to hand its chunks back
+    victim.wait()
+    status = await client.wait_for_job(job_id, timeout=240)
+    assert status["chunks_done"] == status["total_chunks"] == total_chunks
+    assert (status["items_done"], status["items_failed"]) == (ITEMS, 0)
+    results = await all_results(client, job_id)
+    assert_each_item_once(results, ITEMS)
+    await assert_every_ciphertext_decrypts(client, results)
+    job_stack.workers.remove(victim)
+    job_stack.start_worker()
+    await job_stack.wait_for_workers(2)
+
+
+async def test_job_survives_a_nats_server_restart(job_stack: LocalStack,
+                                                  client: PqkmsClient) -> None:
+    count = min(ITEMS, 20_000)
+    job_id = await client.submit_job("kem.encrypt", encrypt_items(count), key_version=1,
+                                     chunk_items=CHUNK)
+    await wait_for_progress(client, job_id, 2)
+    job_stack.stop_nats()  # the JetStream file store stays in place
+    await asyncio.sleep(1.0)
+    job_stack.start_nats()
+    status = await client.wait_for_job(job_id, timeout=240)
+    assert (status["items_done"], status["items_failed"]) == (count, 0)
+    results = await all_results(client, job_id)
+    assert_each_item_once(results, count)
+    assert all(job_stack.workers[n].poll() is None for n in range(2))
+
+
+async def test_resubmitting_a_finished_job_adds_no_results(client: PqkmsClient) -> None:
+    items = encrypt_items(2000)
+    job_id = await client.submit_job("kem.encrypt", items, key_version=1, chunk_items=CHUNK)
+    await client.wait_for_job(job_id, timeout=120)
+    first = await all_results(client, job_id)
+
+    chunks = [items[n:n + CHUNK] for n in range(0, len(items), CHUNK)]
+    for index, chunk in enumerate(chunks):
+        again = await client.submit_chunk(job_id, "kem.encrypt", index, len(chunks), chunk,
+                                          key_version=1)
+        assert (again["queued"], again["duplicate"]) == (False, True)
+    await asyncio.sleep(1.0)
+    status = await client.job_status(job_id)
+    assert (status["chunks_done"], status["items_done"]) == (4, 2000)
+    assert await all_results(client, job_id) == first  # the very same results, once each
+
+
+async def test_a_job_belongs_to_its_tenant(job_stack: LocalStack, client: PqkmsClient) -> None:
+    job_id = await client.submit_job("kem.encrypt", encrypt_items(10), key_version=1)
+    await client.wait_for_job(job_id, timeout=60)
+    other_key = await job_stack.create_tenant(Plan.ENTERPRISE)
+    async with await PqkmsClient.connect(job_stack.nats_url, other_key) as other:
+        for call in (other.job_status(job_id), other.chunk_results(job_id, 0)):
+            with pytest.raises(PqkmsError) as raised:
+                await call
+            assert raised.value.code == "ERR_NOT_FOUND_001"
+        # The same id is a different job for another tenant: its own items, its own results.
+        await other.generate_key("Kyber768")
+        await other.submit_job("kem.encrypt", encrypt_items(3), job_id=job_id, key_version=1)
+        status = await other.wait_for_job(job_id, timeout=60)
+        assert status["items_done"] == 3
+    assert (await client.job_status(job_id))["items_done"] == 10
+
+
+async def test_a_job_with_bad_items_completes_with_item_errors(client: PqkmsClient) -> None:
+    items = [{"plaintext": "AA=="}, {"plaintext": "bad"}, {"plaintext": "AA==", "key_version": 7}]
+    job_id = await client.submit_job("kem.encrypt", items, key_version=1)
+    status = await client.wait_for_job(job_id, timeout=60)
+    assert (status["items_succeeded"], status["items_failed"]) == (1, 2)
+    results = await all_results(client, job_id)
+    assert [sorted(r) for r in results] == [["data"], ["error"], ["error"]]
+    assert results[2]["error"]["code"] == "ERR_KEM_005"
+
+
+async def test_submit_is_validated(client: PqkmsClient) -> None:
+    job_id = uuid.uuid4().hex
+    with pytest.raises(PqkmsError, match="chunk_index must be less than total_chunks"):
+        await client.submit_chunk(job_id, "kem.encrypt", 2, 2, [{"plaintext": "AA=="}])
+    await client.submit_chunk(job_id, "kem.encrypt", 0, 2, [{"plaintext": "AA=="}],
+                              key_version=1)
+    with pytest.raises(PqkmsError, match=r"was submitted with operation kem\.encrypt and 2"):
+        await client.submit_chunk(job_id, "kem.decrypt", 1, 2, [{"ciphertext": "AA=="}])
+    with pytest.raises(PqkmsError, match="job_id"):
+        await client.submit_chunk("no spaces", "kem.encrypt", 0, 1, [{"plaintext": "AA=="}])

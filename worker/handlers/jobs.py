@@ -1,0 +1,44 @@
+"""Job subjects → JobService (NATS only: submit, status, results)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream.nats import NatsResponse, NatsRouter
+from faststream.nats.annotations import NatsMessage
+from pydantic import BaseModel
+
+from schemas.jobs import JobSubmitRequest
+from schemas.operations import operation_for
+from schemas.subjects import HEADER_API_KEY, QUEUE_GROUP, Subject
+from worker.handlers.envelope import EnvelopeHandler, header_value
+from worker.handlers.routing import MAX_IN_FLIGHT_PER_SUBJECT, subscribe
+from worker.jobs.service import JobService
+from worker.services.context import Caller
+
+__all__ = ["jobs_router"]
+
+
+def jobs_router(handler: EnvelopeHandler, service: JobService) -> NatsRouter:
+    """Subscribers for job submit, status and results."""
+    router = NatsRouter()
+    subscribe(router, handler, Subject.JOBS_STATUS, service.status)
+    subscribe(router, handler, Subject.JOBS_RESULTS, service.results)
+    submit = operation_for(Subject.JOBS_SUBMIT)
+
+    async def on_jobs_submit(msg: NatsMessage) -> NatsResponse:
+        # The chunk keeps the submitter's API key (in its headers) for the worker that
+        # runs it; the envelope handler has already authenticated it.
+        api_key = header_value(msg.headers, HEADER_API_KEY) or ""
+
+        async def call(caller: Caller, request: Any) -> BaseModel:
+            assert isinstance(request, JobSubmitRequest)
+            return await service.submit(caller, request, api_key)
+
+        body, headers = await handler.handle(submit, call, msg.body, msg.headers)
+        return NatsResponse(body, headers=headers)
+
+    router.subscriber(Subject.JOBS_SUBMIT.value, queue=QUEUE_GROUP,
+                      max_workers=MAX_IN_FLIGHT_PER_SUBJECT, title=Subject.JOBS_SUBMIT.value,
+                      description=submit.summary)(on_jobs_submit)
+    return router

@@ -1,0 +1,212 @@
+"""Job submit, status and results: the request/reply side of durable jobs (no crypto here).
+
+A job is addressed by (tenant, job id): the tenant comes from the caller's API key, so
+one tenant can never see, extend or read another tenant's job, even with the same id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from nats.js import api
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from pydantic import BaseModel, ValidationError
+
+from schemas import batch
+from schemas.envelope import utc_timestamp
+from schemas.errors import ErrorCode
+from schemas.jobs import (
+    JOB_CHUNKS_STREAM,
+    JOB_RESULTS_STREAM,
+    JobChunkResults,
+    JobOperation,
+    JobResultsRequest,
+    JobState,
+    JobStatus,
+    JobStatusRequest,
+    JobSubmitRequest,
+    JobSubmitted,
+    chunk_message_id,
+    chunk_subject,
+    job_key,
+    results_subject,
+)
+from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID
+from schemas.validation import describe_validation_error
+from worker.errors import ServiceError
+from worker.jobs.streams import JobStreams
+from worker.services.batch import BatchService
+from worker.services.context import Caller
+
+__all__ = ["HEADER_FAILED", "HEADER_ITEMS", "JobService", "chunk_headers_of"]
+
+HEADER_ITEMS = "Pqkms-Items"
+HEADER_FAILED = "Pqkms-Failed"
+# Room for the chunk's own JSON wrapper and headers inside one message.
+_CHUNK_HEADROOM = 4096
+
+_BATCH_MODELS: dict[JobOperation, type[BaseModel]] = {
+    JobOperation.KEM_ENCRYPT: batch.EncryptBatchRequest,
+    JobOperation.KEM_DECRYPT: batch.DecryptBatchRequest,
+    JobOperation.SIGNATURE_SIGN: batch.SignBatchRequest,
+    JobOperation.SIGNATURE_VERIFY: batch.VerifyBatchRequest,
+}
+
+
+def chunk_headers_of(api_key: str, request_id: str, message_id: str) -> dict[str, str]:
+    """Headers of a chunk message: the submitter's API key travels here, never in a body."""
+    return {"Nats-Msg-Id": message_id, HEADER_API_KEY: api_key, HEADER_REQUEST_ID: request_id}
+
+
+def _not_found(job_id: str) -> ServiceError:
+    return ServiceError(ErrorCode.NOT_FOUND, f"Job {job_id} not found")
+
+
+class JobService:
+    """Queues chunks on JetStream and reads a job's progress and results back."""
+
+    def __init__(self, streams: JobStreams, batches: BatchService) -> None:
+        self._streams = streams
+        self._batches = batches
+
+    async def submit(
+        self, caller: Caller, request: JobSubmitRequest, api_key: str
+    ) -> JobSubmitted:
+        """Queue one chunk (de-duplicated by ``Nats-Msg-Id``); a chunk with results already
+        is not queued again."""
+        operation = request.operation
+        if request.chunk_index >= request.total_chunks:
+            raise ServiceError(ErrorCode.INVALID,
+                               "Validation failed: chunk_index must be less than total_chunks")
+        defaults: dict[str, Any] = {"items": request.items}
+        if request.key_version is not None:
+            defaults["key_version"] = request.key_version
+        if request.algorithm is not None:
+            defaults["algorithm"] = request.algorithm
+        try:
+            _BATCH_MODELS[operation].model_validate(defaults)
+        except ValidationError as exc:
+            raise ServiceError(ErrorCode.INVALID, describe_validation_error(exc)) from None
+        self._batches.check_limits(operation.subject, request.items, _CHUNK_HEADROOM)
+
+        kv = await self._streams.ensure()
+        js = self._streams.js
+        tenant, job_id, index = caller.tenant_id, request.job_id, request.chunk_index
+        await self._register(kv, caller, request)
+        submitted = JobSubmitted(job_id=job_id, chunk_index=index,
+                                 total_chunks=request.total_chunks, items=len(request.items),
+                                 queued=False, duplicate=True)
+        if await self._has_results(tenant, job_id, index):
+            return submitted
+        body: dict[str, Any] = {"operation": operation.value, "items": request.items}
+        if request.key_version is not None:
+            body["key_version"] = request.key_version
+        if request.algorithm is not None:
+            body["algorithm"] = request.algorithm
+        ack = await js.publish(
+            chunk_subject(tenant, job_id, index), orjson.dumps(body),
+            stream=JOB_CHUNKS_STREAM,
+            headers=chunk_headers_of(api_key, caller.request_id,
+                                     chunk_message_id(tenant, job_id, index)),
+        )
+        return submitted.model_copy(update={"queued": not ack.duplicate,
+                                            "duplicate": bool(ack.duplicate)})
+
+    async def _register(self, kv: Any, caller: Caller, request: JobSubmitRequest) -> None:
+        key = job_key(caller.tenant_id, request.job_id)
+        record = {"operation": request.operation.value, "total_chunks": request.total_chunks,
+                  "created_at": utc_timestamp()}
+        try:
+            await kv.create(key, orjson.dumps(record))
+            return
+        except KeyWrongLastSequenceError:
+            pass
+        except Exception as exc:  # nats-py raises a plain APIError for "key exists"
+            if "wrong last sequence" not in str(exc).lower():
+                raise
+        existing = orjson.loads((await kv.get(key)).value or b"{}")
+        if (existing.get("operation"), existing.get("total_chunks")) != (
+            record["operation"], record["total_chunks"]
+        ):
+            raise ServiceError(
+                ErrorCode.INVALID,
+                f"Validation failed: job {request.job_id} was submitted with operation "
+                f"{existing.get('operation')} and {existing.get('total_chunks')} chunks; "
+                "use a new job_id for a different job",
+            )
+
+    async def _has_results(self, tenant: str, job_id: str, index: int) -> bool:
+        try:
+            await self._streams.js.get_last_msg(JOB_RESULTS_STREAM,
+                                                results_subject(tenant, job_id, index))
+        except NotFoundError:
+            return False
+        return True
+
+    async def _job_record(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        kv = await self._streams.ensure()
+        try:
+            entry = await kv.get(job_key(caller.tenant_id, job_id))
+        except KeyNotFoundError:
+            raise _not_found(job_id) from None
+        record: dict[str, Any] = orjson.loads(entry.value or b"{}")
+        return record
+
+    async def status(self, caller: Caller, request: JobStatusRequest) -> JobStatus:
+        """Chunks with results out of the total, and item counts so far."""
+        record = await self._job_record(caller, request.job_id)
+        js = self._streams.js
+        pattern = results_subject(caller.tenant_id, request.job_id, "*")
+        info = await js.stream_info(JOB_RESULTS_STREAM, subjects_filter=pattern)
+        done = len(info.state.subjects or {})
+        items = failed = 0
+        if done:
+            items, failed = await self._counts(pattern, done)
+        total = int(record["total_chunks"])
+        return JobStatus(
+            job_id=request.job_id,
+            operation=JobOperation(record["operation"]),
+            state=JobState.COMPLETED if done >= total else JobState.RUNNING,
+            total_chunks=total,
+            chunks_done=done,
+            items_done=items,
+            items_succeeded=items - failed,
+            items_failed=failed,
+            created_at=str(record["created_at"]),
+        )
+
+    async def _counts(self, pattern: str, expected: int) -> tuple[int, int]:
+        """Item and failure counts from the results' headers, without their bodies."""
+        subscription = await self._streams.js.subscribe(
+            pattern, stream=JOB_RESULTS_STREAM, ordered_consumer=True, headers_only=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        items = failed = 0
+        try:
+            for _ in range(expected):
+                try:
+                    message = await subscription.next_msg(timeout=5.0)
+                except TimeoutError:
+                    break
+                headers = message.headers or {}
+                items += int(headers.get(HEADER_ITEMS, 0))
+                failed += int(headers.get(HEADER_FAILED, 0))
+        finally:
+            await subscription.unsubscribe()
+        return items, failed
+
+    async def results(self, caller: Caller, request: JobResultsRequest) -> JobChunkResults:
+        """One finished chunk's results; 404 while it is not done."""
+        await self._job_record(caller, request.job_id)
+        try:
+            message = await self._streams.js.get_last_msg(
+                JOB_RESULTS_STREAM,
+                results_subject(caller.tenant_id, request.job_id, request.chunk_index),
+            )
+        except NotFoundError:
+            raise ServiceError(
+                ErrorCode.NOT_FOUND,
+                f"Chunk {request.chunk_index} of job {request.job_id} has no results yet",
+            ) from None
+        return JobChunkResults.model_validate_json(message.data or b"{}")

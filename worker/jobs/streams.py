@@ -1,0 +1,120 @@
+"""The JetStream objects of jobs, created on first use and re-checked after a failure.
+
+- ``PQKMS_JOBS``: work-queue stream of chunks (``pqkms.v1.jobs.chunks.<tenant>.<job>.<n>``);
+  a chunk is deleted once a worker acks it. ``Nats-Msg-Id`` de-duplicates re-submits.
+- ``PQKMS_JOB_RESULTS``: one message per chunk subject (``max_msgs_per_subject=1``), so
+  a chunk processed twice still has exactly one set of results.
+- ``pqkms_jobs``: key-value bucket, one entry per job (operation, chunk count, created).
+- ``pqkms-job-workers``: the durable pull consumer every worker shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from schemas.jobs import (
+    JOB_CHUNK_PREFIX,
+    JOB_CHUNKS_STREAM,
+    JOB_RESULTS_PREFIX,
+    JOB_RESULTS_STREAM,
+    JOBS_BUCKET,
+)
+from worker.bulk_config import BulkSettings
+
+__all__ = ["CONSUMER", "JobStreams"]
+
+CONSUMER = "pqkms-job-workers"
+_log = structlog.get_logger("pqkms.worker")
+
+
+class JobStreams:
+    """Hands out the JetStream context, the jobs bucket and the consumer config."""
+
+    def __init__(self, connection: Callable[[], Client], settings: BulkSettings) -> None:
+        self._connection = connection
+        self._settings = settings
+        self._lock = asyncio.Lock()
+        self._kv: KeyValue | None = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of the worker's connection."""
+        return self._connection().jetstream(timeout=10.0)
+
+    def consumer_config(self) -> api.ConsumerConfig:
+        """The shared durable pull consumer."""
+        return api.ConsumerConfig(
+            durable_name=CONSUMER,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self._settings.job_ack_wait_seconds,
+            max_ack_pending=10_000,
+            filter_subject=f"{JOB_CHUNK_PREFIX}.>",
+        )
+
+    async def ensure(self) -> KeyValue:
+        """Create (or update) the streams and bucket once; returns the bucket."""
+        if self._kv is not None:
+            return self._kv
+        async with self._lock:
+            if self._kv is None:
+                self._kv = await self._create()
+        return self._kv
+
+    def forget(self) -> None:
+        """After a JetStream failure: check the objects again on next use."""
+        self._kv = None
+
+    async def _create(self) -> KeyValue:
+        js = self.js
+        retention = self._settings.job_retention_hours * 3600
+        window = min(self._settings.job_dedup_window_minutes * 60, retention)
+        replicas = self._settings.job_stream_replicas
+        await _add_or_update(js, api.StreamConfig(
+            name=JOB_CHUNKS_STREAM,
+            subjects=[f"{JOB_CHUNK_PREFIX}.>"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            max_age=retention,
+            duplicate_window=window,
+            num_replicas=replicas,
+        ))
+        await _add_or_update(js, api.StreamConfig(
+            name=JOB_RESULTS_STREAM,
+            subjects=[f"{JOB_RESULTS_PREFIX}.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=retention,
+            max_msgs_per_subject=1,
+            duplicate_window=window,
+            num_replicas=replicas,
+        ))
+        try:
+            kv = await js.create_key_value(bucket=JOBS_BUCKET, history=1, ttl=retention,
+                                           replicas=replicas)
+        except BadRequestError:  # exists with other settings: use it as it is
+            kv = await js.key_value(JOBS_BUCKET)
+        return kv
+
+    async def ensure_consumer(self) -> None:
+        """Create the shared durable consumer, or bring its settings up to date."""
+        js = self.js
+        config = self.consumer_config()
+        try:
+            await js.add_consumer(JOB_CHUNKS_STREAM, config)
+        except BadRequestError as exc:
+            _log.warning("job_consumer_kept", reason=exc.description)
+
+
+async def _add_or_update(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # Exists with another configuration (e.g. a changed retention): update it.
+        await js.update_stream(config)

@@ -1,0 +1,249 @@
+"""Batches: many encrypt, decrypt, sign or verify items through the single-item services.
+
+Each item is validated and run on its own; a bad item becomes its own error object and
+never fails the others. A batch is one request: each key version it names is looked up
+(existence, state, material) once, and every item sees that answer. Rate limiting is
+the transport's (one token per item, all or nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from schemas import batch, kem, signature
+from schemas.algorithms import Algorithm
+from schemas.batch import (
+    MAX_REFERENCE_CHARS,
+    REPLY_ENVELOPE_BYTES,
+    BatchItemError,
+    BatchItemResult,
+    BatchResult,
+    item_reply_bound,
+)
+from schemas.errors import ErrorCode
+from schemas.subjects import Subject
+from schemas.validation import describe_validation_error
+from worker.crypto import KemKey, SignatureKey
+from worker.errors import ServiceError
+from worker.services.context import Caller
+from worker.services.crypto_runner import CryptoRunner
+from worker.services.kem import KemService
+from worker.services.key_access import KeyAccess, Usage
+from worker.services.signatures import SignatureService
+
+__all__ = ["BatchService"]
+
+_log = structlog.get_logger("pqkms.worker")
+
+SingleCall = Callable[[Caller, Any], Awaitable[BaseModel]]
+# Items started together: signing runs in the crypto thread pool, so a few in flight
+# keep its threads busy; KEM calls run inline and gain nothing from more.
+_WINDOW = 8
+
+
+def _error(code: ErrorCode, message: str | None, reference: str | None) -> BatchItemResult:
+    return BatchItemResult(
+        reference=reference,
+        error=BatchItemError(code=code.value, error_code=code.value,
+                             message=message or code.default_message),
+    )
+
+
+_KeyId = tuple[Algorithm, int, Usage]
+
+
+class _BatchKeys(KeyAccess):
+    """A ``KeyAccess`` that answers each key version once per batch (errors included)."""
+
+    def __init__(self, keys: KeyAccess) -> None:  # no super().__init__: it only delegates
+        self._inner = keys
+        self._kem: dict[_KeyId, KemKey | ServiceError] = {}
+        self._signature: dict[_KeyId, SignatureKey | ServiceError] = {}
+
+    async def kem_key(
+        self, caller: Caller, algorithm: Algorithm, version: int, usage: Usage
+    ) -> KemKey:
+        """The inner answer, remembered for the rest of the batch."""
+        found = self._kem.get((algorithm, version, usage))
+        if found is None:
+            try:
+                found = await self._inner.kem_key(caller, algorithm, version, usage)
+            except ServiceError as exc:
+                found = exc
+            self._kem[(algorithm, version, usage)] = found
+        if isinstance(found, ServiceError):
+            raise ServiceError(found.code, found.message)
+        return found
+
+    async def signature_key(
+        self, caller: Caller, algorithm: Algorithm, version: int, usage: Usage
+    ) -> SignatureKey:
+        """The inner answer, remembered for the rest of the batch."""
+        found = self._signature.get((algorithm, version, usage))
+        if found is None:
+            try:
+                found = await self._inner.signature_key(caller, algorithm, version, usage)
+            except ServiceError as exc:
+                found = exc
+            self._signature[(algorithm, version, usage)] = found
+        if isinstance(found, ServiceError):
+            raise ServiceError(found.code, found.message)
+        return found
+
+
+class BatchService:
+    """Runs batches of single operations; also checks job chunks against the same limits."""
+
+    def __init__(
+        self,
+        keys: KeyAccess,
+        runner: CryptoRunner,
+        max_message_bytes: int,
+        max_items: int,
+        message_limit: int,
+    ) -> None:
+        self._keys = keys
+        self._runner = runner
+        self._max_message_bytes = max_message_bytes
+        self._max_items = max_items
+        self._message_limit = message_limit
+
+    def _single_calls(self) -> dict[Subject, tuple[type[BaseModel], SingleCall]]:
+        """The single-item services, on a key view private to one batch."""
+        keys = _BatchKeys(self._keys)
+        kem_service = KemService(keys, self._runner, self._max_message_bytes)
+        signatures = SignatureService(keys, self._runner, self._max_message_bytes)
+        return {
+            Subject.KEM_ENCRYPT: (kem.EncryptRequest, kem_service.encrypt),
+            Subject.KEM_DECRYPT: (kem.DecryptRequest, kem_service.decrypt),
+            Subject.SIGNATURE_SIGN: (signature.SignRequest, signatures.sign),
+            Subject.SIGNATURE_VERIFY: (signature.VerifyRequest, signatures.verify),
+        }
+
+    @property
+    def max_items(self) -> int:
+        """Most items in one batch or job chunk."""
+        return self._max_items
+
+    async def encrypt(self, caller: Caller, request: batch.EncryptBatchRequest) -> BatchResult:
+        """``kem/encrypt/batch``."""
+        return await self._checked_run(Subject.KEM_ENCRYPT, caller, request.items,
+                                       request.key_version, request.algorithm)
+
+    async def decrypt(self, caller: Caller, request: batch.DecryptBatchRequest) -> BatchResult:
+        """``kem/decrypt/batch``."""
+        return await self._checked_run(Subject.KEM_DECRYPT, caller, request.items,
+                                       request.key_version, request.algorithm)
+
+    async def sign(self, caller: Caller, request: batch.SignBatchRequest) -> BatchResult:
+        """``signature/sign/batch``."""
+        return await self._checked_run(Subject.SIGNATURE_SIGN, caller, request.items,
+                                       request.key_version, request.algorithm)
+
+    async def verify(self, caller: Caller, request: batch.VerifyBatchRequest) -> BatchResult:
+        """``signature/verify/batch``."""
+        return await self._checked_run(Subject.SIGNATURE_VERIFY, caller, request.items,
+                                       request.key_version, request.algorithm)
+
+    async def _checked_run(
+        self, single: Subject, caller: Caller, items: Sequence[Any],
+        key_version: int | None, algorithm: str | None,
+    ) -> BatchResult:
+        self.check_limits(single, items)
+        return await self.run(single, caller, items, key_version, algorithm)
+
+    def check_limits(self, single: Subject, items: Sequence[Any], headroom: int = 0) -> None:
+        """400 when a batch has too many items, or its request or reply would not fit in
+        one message (less ``headroom`` bytes kept for a wrapper)."""
+        if len(items) > self._max_items:
+            raise ServiceError(
+                ErrorCode.INVALID,
+                f"Validation failed: items holds {len(items)} items, over the limit of "
+                f"{self._max_items} per batch; split it or submit a bulk job",
+            )
+        limit = self._message_limit - headroom
+        size = len(orjson.dumps(list(items)))
+        if size > limit:
+            raise ServiceError(
+                ErrorCode.INVALID,
+                f"Validation failed: the batch's items are {size} bytes, over the "
+                f"{limit}-byte limit of one request; send fewer or smaller items",
+            )
+        reply = REPLY_ENVELOPE_BYTES + sum(item_reply_bound(single, item) for item in items)
+        if reply > limit:
+            fitting = max(1, len(items) * limit // reply)
+            raise ServiceError(
+                ErrorCode.INVALID,
+                f"Validation failed: the batch's reply could reach {reply} bytes, over the "
+                f"{limit}-byte limit of one message; send at most about {fitting} such "
+                "items per batch",
+            )
+
+    async def run(
+        self,
+        single: Subject,
+        caller: Caller,
+        items: Sequence[Any],
+        key_version: int | None = None,
+        algorithm: str | None = None,
+    ) -> BatchResult:
+        """Every item through the single operation, results in item order."""
+        model, call = self._single_calls()[single]
+        defaults: dict[str, Any] = {}
+        if key_version is not None:
+            defaults["key_version"] = key_version
+        if algorithm is not None:
+            defaults["algorithm"] = algorithm
+        results: list[BatchItemResult] = []
+        for start in range(0, len(items), _WINDOW):
+            window = items[start:start + _WINDOW]
+            results.extend(await asyncio.gather(
+                *(self._one(single, model, call, caller, item, defaults) for item in window)
+            ))
+        failed = sum(1 for result in results if result.error is not None)
+        return BatchResult(results=results, total=len(results),
+                           succeeded=len(results) - failed, failed=failed)
+
+    async def _one(
+        self,
+        single: Subject,
+        model: type[BaseModel],
+        call: SingleCall,
+        caller: Caller,
+        item: Any,
+        defaults: Mapping[str, Any],
+    ) -> BatchItemResult:
+        if not isinstance(item, dict):
+            return _error(ErrorCode.INVALID, "Validation failed: item must be a JSON object",
+                          None)
+        fields = dict(item)
+        reference = fields.pop("reference", None)
+        if reference is not None and not (
+            isinstance(reference, str) and len(reference) <= MAX_REFERENCE_CHARS
+        ):
+            return _error(
+                ErrorCode.INVALID,
+                f"Validation failed: reference must be a string of at most "
+                f"{MAX_REFERENCE_CHARS} characters",
+                None,
+            )
+        try:
+            request = model.model_validate({**defaults, **fields})
+        except ValidationError as exc:
+            return _error(ErrorCode.INVALID, describe_validation_error(exc), reference)
+        try:
+            result = await call(caller, request)
+        except ServiceError as exc:
+            return _error(exc.code, exc.message, reference)
+        except Exception:
+            # Type and traceback only; never the item.
+            _log.exception("batch_item_failed", subject=single.value,
+                           request_id=caller.request_id, tenant_id=caller.tenant_id)
+            return _error(ErrorCode.INTERNAL, None, reference)
+        return BatchItemResult(reference=reference, data=result.model_dump(mode="json"))
