@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from typing import TYPE_CHECKING
@@ -26,6 +27,10 @@ class Authenticator:
         self._store = store
         self._ttl = ttl_seconds
         self._cache: BoundedCache[bytes, tuple[float, TenantRecord]] = BoundedCache(max_entries)
+        # Lookups in flight by key fingerprint: when a cached entry expires under load,
+        # the requests that arrive meanwhile share one database query instead of
+        # queueing hundreds of identical ones for the connection pool.
+        self._pending: dict[bytes, asyncio.Task[TenantRecord | None]] = {}
 
     async def authenticate(self, api_key: str | None, request_id: str) -> Caller:
         """The caller for a key, or 401 ``ERR_AUTH_001``."""
@@ -37,9 +42,24 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             tenant = cached[1]
         else:
-            found = await self._store.authenticate(api_key)
+            found = await self._lookup(fingerprint, api_key)
             if found is None:
                 raise ServiceError(ErrorCode.AUTH)
             tenant = found
             self._cache.put(fingerprint, (now + self._ttl, tenant))
         return Caller(tenant_id=tenant.tenant_id, plan=tenant.plan, request_id=request_id)
+
+    async def _lookup(self, fingerprint: bytes, api_key: str) -> TenantRecord | None:
+        task = self._pending.get(fingerprint)
+        if task is None:
+            task = asyncio.ensure_future(self._store.authenticate(api_key))
+            self._pending[fingerprint] = task
+            task.add_done_callback(lambda done: self._finished(fingerprint, done))
+        # shield: one cancelled request must not cancel the lookup the others wait for.
+        return await asyncio.shield(task)
+
+    def _finished(self, fingerprint: bytes, task: asyncio.Task[TenantRecord | None]) -> None:
+        if self._pending.get(fingerprint) is task:
+            del self._pending[fingerprint]
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case every waiter was cancelled

@@ -26,7 +26,7 @@ from worker.services.key_material import BoundedCache
 if TYPE_CHECKING:
     from worker.store import KeyRecord, KeyStore
 
-__all__ = ["KeyAccess", "Usage", "check_usable"]
+__all__ = ["KeyAccess", "Usage", "check_status", "check_usable"]
 
 T = TypeVar("T")
 LoadedT = TypeVar("LoadedT")
@@ -42,12 +42,19 @@ class Usage(Enum):
 
 def check_usable(record: KeyRecord, usage: Usage) -> None:
     """Raise 403 when the key's state forbids this use."""
-    name = f"Key version {record.version} of {record.algorithm.value}"
-    if record.status is KeyStatus.ARCHIVED:
+    check_status(record.status, record.algorithm, record.version, usage)
+
+
+def check_status(status: KeyStatus, algorithm: Algorithm, version: int, usage: Usage) -> None:
+    """Raise 403 when ``status`` forbids this use of the key version."""
+    if status is KeyStatus.ACTIVE:
+        return
+    name = f"Key version {version} of {algorithm.value}"
+    if status is KeyStatus.ARCHIVED:
         raise ServiceError(
             ErrorCode.FORBIDDEN, f"{name} is archived: archived keys cannot be used"
         )
-    if record.status is KeyStatus.RETIRED and usage is Usage.PROTECT:
+    if status is KeyStatus.RETIRED and usage is Usage.PROTECT:
         raise ServiceError(
             ErrorCode.FORBIDDEN,
             f"{name} is retired: retired keys can only decrypt and verify",
@@ -66,31 +73,6 @@ class KeyAccess:
             BoundedCache(max_cached_keys)
         )
 
-    async def _usable_record(
-        self,
-        caller: Caller,
-        algorithm: Algorithm,
-        version: int,
-        usage: Usage,
-        not_found: ErrorCode,
-    ) -> KeyRecord:
-        record = await self._store.get_key(caller.tenant_id, algorithm, version)
-        if record is None:
-            raise ServiceError(
-                not_found, f"Key version {version} not found for {algorithm.value}"
-            )
-        check_usable(record, usage)
-        return record
-
-    async def _seed(self, caller: Caller, algorithm: Algorithm, version: int,
-                    not_found: ErrorCode) -> bytes:
-        loaded = await self._store.load_seed(caller.tenant_id, algorithm, version)
-        if loaded is None:
-            raise ServiceError(
-                not_found, f"Key version {version} not found for {algorithm.value}"
-            )
-        return loaded[1]
-
     async def _loaded(
         self,
         cache: BoundedCache[CacheKey, LoadedT],
@@ -101,13 +83,26 @@ class KeyAccess:
         usage: Usage,
         not_found: ErrorCode,
     ) -> LoadedT:
-        # The state is read on every call; only the expanded key object is cached.
-        await self._usable_record(caller, algorithm, version, usage, not_found)
-        cache_key = (caller.tenant_id, algorithm, version)
+        # The state is read from the database on every call; only the expanded key
+        # object is cached. A cached key costs one status lookup; a miss reads the row
+        # once (status and seed together).
+        tenant_id = caller.tenant_id
+        cache_key = (tenant_id, algorithm, version)
         key = cache.get(cache_key)
-        if key is None:
-            key = load(await self._seed(caller, algorithm, version, not_found))
-            cache.put(cache_key, key)
+        if key is not None:
+            status = await self._store.get_key_status(tenant_id, algorithm, version)
+            if status is None:
+                cache.discard(cache_key)
+                raise _not_found(not_found, algorithm, version)
+            check_status(status, algorithm, version, usage)
+            return key
+        loaded = await self._store.load_seed(tenant_id, algorithm, version)
+        if loaded is None:
+            raise _not_found(not_found, algorithm, version)
+        record, seed = loaded
+        check_usable(record, usage)
+        key = load(seed)
+        cache.put(cache_key, key)
         return key
 
     async def kem_key(
@@ -131,6 +126,10 @@ class KeyAccess:
         """Drop cached material of one version (after retire or archive)."""
         self._kem_keys.discard((tenant_id, algorithm, version))
         self._signature_keys.discard((tenant_id, algorithm, version))
+
+
+def _not_found(code: ErrorCode, algorithm: Algorithm, version: int) -> ServiceError:
+    return ServiceError(code, f"Key version {version} not found for {algorithm.value}")
 
 
 def _supported(factory: Callable[[], T]) -> T:

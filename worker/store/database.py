@@ -24,7 +24,9 @@ from sqlmodel import SQLModel
 from worker.store import tables as _tables  # noqa: F401  (registers the tables)
 
 __all__ = [
+    "POOL_SIZE",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "STATUS_POOL_OPTIONS",
     "WRITE_TRANSACTION",
     "create_engine_for",
     "create_schema",
@@ -34,6 +36,18 @@ __all__ = [
 # Execution option naming a write transaction; see the module docstring.
 WRITE_TRANSACTION = "pqkms_write_transaction"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Pooled connections per engine, all kept open: a worker runs many requests at once,
+# and SQLAlchemy's default (5, plus 10 overflow connections closed on return) churned
+# connections under load. Past this many, requests wait for a connection (the status
+# read, the one per-request query, does not use this pool on SQLite).
+POOL_SIZE = 10
+# The PostgreSQL engine of the per-request status read: no pre-ping round trip per
+# checkout (KeyStore retries once on a dead connection instead).
+STATUS_POOL_OPTIONS: dict[str, Any] = {
+    "pool_size": POOL_SIZE,
+    "max_overflow": 0,
+    "pool_pre_ping": False,
+}
 # Any constant: serialises concurrent schema creation on PostgreSQL.
 _PG_SCHEMA_LOCK_ID = 0x70716B6D73
 
@@ -62,6 +76,9 @@ def create_engine_for(
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # (In-memory databases get a single-connection pool that takes no sizes.)
+            engine_kwargs.setdefault("pool_size", POOL_SIZE)
+            engine_kwargs.setdefault("max_overflow", 0)
         engine = create_async_engine(parsed, connect_args=args, **engine_kwargs)
         _configure_sqlite(engine)
         return engine
@@ -69,6 +86,8 @@ def create_engine_for(
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+asyncpg")
         engine_kwargs.setdefault("pool_pre_ping", True)
+        engine_kwargs.setdefault("pool_size", POOL_SIZE)
+        engine_kwargs.setdefault("max_overflow", 0)
         return create_async_engine(parsed, connect_args=args, **engine_kwargs)
     raise ValueError(f"Unsupported database backend {backend!r}; use SQLite or PostgreSQL")
 

@@ -13,12 +13,14 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
@@ -38,6 +40,7 @@ from worker.store.master_key import (
     unwrap_seed,
     wrap_seed,
 )
+from worker.store.status_reader import SqliteStatusReader, sqlite_reader_path
 from worker.store.tables import (
     ROW_SCHEMA_VERSION,
     ApiKey,
@@ -69,6 +72,17 @@ _MISMATCH_MESSAGE = (
 )
 
 T = TypeVar("T")
+
+# The status query in asyncpg's placeholder style (see worker.store.status_reader).
+_PG_STATUS_QUERY = (
+    "SELECT status FROM pqkms_key_version WHERE tenant_id = $1 AND algorithm = $2 AND version = $3"
+)
+# A connection the status read found dead (server restart, network): asyncpg's errors.
+_PG_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+)
 
 
 class TenantExists(ValueError):
@@ -154,10 +168,26 @@ def _not_found(algorithm: Algorithm, version: int) -> ServiceError:
 class KeyStore:
     """Persistence of tenants, API keys and wrapped key versions."""
 
-    def __init__(self, engine: AsyncEngine, master_key: MasterKey) -> None:
-        """Wrap an engine; prefer :meth:`open`, which also checks the master key."""
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        master_key: MasterKey,
+        *,
+        status_engine: AsyncEngine | None = None,
+    ) -> None:
+        """Wrap an engine; prefer :meth:`open`, which also checks the master key.
+
+        ``status_engine`` (PostgreSQL only) serves the per-request status read; without
+        it that read uses ``engine``.
+        """
         self._engine = engine
         self._master = master_key
+        # The per-request status read (see worker.store.status_reader): a synchronous
+        # sqlite3 reader where SQLite allows one, else one statement on a pooled
+        # asyncpg connection.
+        path = sqlite_reader_path(engine.url) if database.is_sqlite(engine) else None
+        self._status_reader = None if path is None else SqliteStatusReader(path)
+        self._status_engine = status_engine
 
     @classmethod
     async def open(
@@ -171,13 +201,18 @@ class KeyStore:
         """Connect, create the schema if asked, and refuse a master key that is not this
         database's (:class:`MasterKeyMismatch`)."""
         engine = create_engine_for(database_url, connect_args=connect_args)
-        store = cls(engine, master_key)
+        status_engine = None
+        if not database.is_sqlite(engine):
+            status_engine = create_engine_for(
+                database_url, connect_args=connect_args, **database.STATUS_POOL_OPTIONS
+            )
+        store = cls(engine, master_key, status_engine=status_engine)
         try:
             if create_schema:
                 await database.create_schema(engine)
             await store._check_schema_and_master_key()
         except BaseException:
-            await engine.dispose()
+            await store.close()
             raise
         return store
 
@@ -192,7 +227,11 @@ class KeyStore:
         return self._master.kek_id
 
     async def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection and the status reader."""
+        if self._status_reader is not None:
+            self._status_reader.close()
+        if self._status_engine is not None:
+            await self._status_engine.dispose()
         await self._engine.dispose()
 
     # -- transactions -----------------------------------------------------------------
@@ -360,6 +399,56 @@ class KeyStore:
         async with self._session(write=False) as session:
             row = await self._find_version(session, tenant_id, algorithm, version)
         return None if row is None else _key_record(row)
+
+    async def get_key_status(
+        self, tenant_id: str, algorithm: Algorithm, version: int
+    ) -> KeyStatus | None:
+        """The current status of one key version of the tenant, or ``None``.
+
+        Read fresh from the database on every call (it is checked before every crypto
+        operation), through the cheapest path the backend allows.
+        """
+        algorithm_name = Algorithm(algorithm).value
+        if self._status_reader is not None:
+            try:
+                status = self._status_reader.status(tenant_id, algorithm_name, version)
+            except sqlite3.Error:
+                # Busy or unreadable: drop the reader's connection, take the async path.
+                self._status_reader.close()
+                record = await self.get_key(tenant_id, algorithm, version)
+                return None if record is None else record.status
+            return None if status is None else KeyStatus(status)
+        if database.is_sqlite(self._engine):
+            # No synchronous reader (e.g. in-memory): stay on the session path, whose
+            # connections get SQLite's begin hook.
+            record = await self.get_key(tenant_id, algorithm, version)
+            return None if record is None else record.status
+        found = await self._pg_status(tenant_id, algorithm_name, version)
+        return None if found is None else KeyStatus(found)
+
+    async def _pg_status(self, tenant_id: str, algorithm: str, version: int) -> str | None:
+        """One statement on the driver connection: no ORM, no BEGIN/ROLLBACK round trips
+        (asyncpg runs it in its own implicit transaction, so it sees every commit).
+
+        The status engine skips the pre-ping round trip; a connection found dead is
+        invalidated and the read retried once on a fresh one.
+        """
+        engine = self._status_engine or self._engine
+        for attempt in (1, 2):
+            async with engine.connect() as conn:
+                driver = (await conn.get_raw_connection()).driver_connection
+                assert driver is not None  # a checked-out connection has its driver's
+                try:
+                    found = await driver.fetchval(
+                        _PG_STATUS_QUERY, tenant_id, algorithm, version
+                    )
+                except _PG_CONNECTION_ERRORS:
+                    await conn.invalidate()
+                    if attempt == 2:
+                        raise
+                    continue
+            return None if found is None else str(found)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def get_active_key(self, tenant_id: str, algorithm: Algorithm) -> KeyRecord | None:
         """The tenant's active version for an algorithm, or ``None``."""
