@@ -11,12 +11,10 @@ import pytest
 from schemas.algorithms import Plan
 from schemas.subjects import Subject
 from tests.support.stack import LocalStack, NatsCaller
+from tests.support.wire import b64
 
 pytestmark = pytest.mark.integration
 
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 async def generate(call: NatsCaller, algorithm: str) -> None:

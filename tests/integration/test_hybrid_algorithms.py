@@ -7,7 +7,6 @@ bridge is part of the stack), and SLH-DSA refused with a clear 400.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 from typing import Any
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from schemas.algorithms import Algorithm
 from schemas.subjects import Subject
 from tests.support.stack import LocalStack, NatsCaller
+from tests.support.wire import b64, generate, unb64
 from worker.crypto.ciphertext_format import Header, Mode
 from worker.crypto.composite_mldsa import CompositeSignatureKey
 
@@ -27,18 +27,7 @@ XWING_SPKI_HEADER = bytes.fromhex("308204d4300d060b2b0601040183e62d81c87a038204c
 COMPOSITE_SPKI_HEADER = bytes.fromhex("308207f2300a06082b0601050507062d038207e200")
 
 
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
-
-def unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
-
-
-async def generate(call: NatsCaller, algorithm: str) -> dict[str, Any]:
-    reply = await call(Subject.KEYS_GENERATE, {"algorithm": algorithm})
-    assert reply.code is None, reply.body
-    return reply.data
 
 
 # --- X-Wing -------------------------------------------------------------------------------

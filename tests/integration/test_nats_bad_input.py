@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,12 @@ import pytest
 from schemas.algorithms import Plan
 from schemas.subjects import Subject
 from tests.support.stack import LocalStack, NatsCaller
+from tests.support.wire import b64
 
 pytestmark = pytest.mark.integration
 
 VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "wycheproof"
 
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import re
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 
 from schemas.subjects import Subject
 from tests.support.stack import NatsCaller
+from tests.support.wire import b64, generate, unb64
 
 pytestmark = pytest.mark.integration
 
@@ -19,18 +19,7 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
-
-def unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
-
-
-async def generate(call: NatsCaller, algorithm: str) -> dict[str, Any]:
-    reply = await call(Subject.KEYS_GENERATE, {"algorithm": algorithm})
-    assert reply.code is None, reply.body
-    return reply.data
 
 
 async def test_success_envelope_shape_and_request_id_echo(call: NatsCaller) -> None:

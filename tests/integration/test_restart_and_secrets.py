@@ -14,12 +14,10 @@ import pytest
 from schemas.algorithms import Plan
 from schemas.subjects import Subject
 from tests.support.stack import LocalStack, NatsCaller
+from tests.support.wire import b64
 
 pytestmark = pytest.mark.integration
 
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 async def test_restart_keeps_keys_and_old_ciphertexts_decrypt(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ import orjson
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NotFoundError
 
 from schemas.batch import BatchItemError, BatchItemResult, BatchResult
 from schemas.envelope import new_request_id
@@ -132,7 +131,7 @@ class JobRunner:
         tenant, job_id, index = parts[0], parts[1], int(parts[2])
         heartbeat = asyncio.create_task(self._keep_alive(message))
         try:
-            if await self._has_results(tenant, job_id, index):
+            if await self._streams.has_results(tenant, job_id, index):
                 await message.ack()
                 return
             outcome = await self._run_chunk(message, tenant)
@@ -164,14 +163,6 @@ class JobRunner:
             await asyncio.sleep(self._heartbeat)
             with contextlib.suppress(Exception):
                 await message.in_progress()
-
-    async def _has_results(self, tenant: str, job_id: str, index: int) -> bool:
-        try:
-            await self._streams.js.get_last_msg(JOB_RESULTS_STREAM,
-                                                results_subject(tenant, job_id, index))
-        except NotFoundError:
-            return False
-        return True
 
     async def _run_chunk(self, message: Msg, tenant: str) -> BatchResult | None:
         """The chunk's results; ``None`` for a chunk that must be dropped."""

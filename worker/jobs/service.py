@@ -97,7 +97,7 @@ class JobService:
         submitted = JobSubmitted(job_id=job_id, chunk_index=index,
                                  total_chunks=request.total_chunks, items=len(request.items),
                                  queued=False, duplicate=True)
-        if await self._has_results(tenant, job_id, index):
+        if await self._streams.has_results(tenant, job_id, index):
             return submitted
         body: dict[str, Any] = {"operation": operation.value, "items": request.items}
         if request.key_version is not None:
@@ -135,14 +135,6 @@ class JobService:
                 f"{existing.get('operation')} and {existing.get('total_chunks')} chunks; "
                 "use a new job_id for a different job",
             )
-
-    async def _has_results(self, tenant: str, job_id: str, index: int) -> bool:
-        try:
-            await self._streams.js.get_last_msg(JOB_RESULTS_STREAM,
-                                                results_subject(tenant, job_id, index))
-        except NotFoundError:
-            return False
-        return True
 
     async def _job_record(self, caller: Caller, job_id: str) -> dict[str, Any]:
         kv = await self._streams.ensure()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas.jobs import (
@@ -25,6 +25,7 @@ from schemas.jobs import (
     JOB_RESULTS_PREFIX,
     JOB_RESULTS_STREAM,
     JOBS_BUCKET,
+    results_subject,
 )
 from worker.bulk_config import BulkSettings
 
@@ -101,6 +102,14 @@ class JobStreams:
         except BadRequestError:  # exists with other settings: use it as it is
             kv = await js.key_value(JOBS_BUCKET)
         return kv
+
+    async def has_results(self, tenant: str, job_id: str, index: int) -> bool:
+        """Whether a chunk's results are already in the results stream."""
+        try:
+            await self.js.get_last_msg(JOB_RESULTS_STREAM, results_subject(tenant, job_id, index))
+        except NotFoundError:
+            return False
+        return True
 
     async def ensure_consumer(self) -> None:
         """Create the shared durable consumer, or bring its settings up to date."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -56,6 +56,7 @@ def _error(code: ErrorCode, message: str | None, reference: str | None) -> Batch
 
 
 _KeyId = tuple[Algorithm, int, Usage]
+LoadedT = TypeVar("LoadedT")
 
 
 class _BatchKeys(KeyAccess):
@@ -66,35 +67,41 @@ class _BatchKeys(KeyAccess):
         self._kem: dict[_KeyId, KemKey | ServiceError] = {}
         self._signature: dict[_KeyId, SignatureKey | ServiceError] = {}
 
+    async def _remember(
+        self,
+        memo: dict[_KeyId, LoadedT | ServiceError],
+        load: Callable[[], Awaitable[LoadedT]],
+        key_id: _KeyId,
+    ) -> LoadedT:
+        found = memo.get(key_id)
+        if found is None:
+            try:
+                found = await load()
+            except ServiceError as exc:
+                found = exc
+            memo[key_id] = found
+        if isinstance(found, ServiceError):
+            raise ServiceError(found.code, found.message)
+        return found
+
     async def kem_key(
         self, caller: Caller, algorithm: Algorithm, version: int, usage: Usage
     ) -> KemKey:
         """The inner answer, remembered for the rest of the batch."""
-        found = self._kem.get((algorithm, version, usage))
-        if found is None:
-            try:
-                found = await self._inner.kem_key(caller, algorithm, version, usage)
-            except ServiceError as exc:
-                found = exc
-            self._kem[(algorithm, version, usage)] = found
-        if isinstance(found, ServiceError):
-            raise ServiceError(found.code, found.message)
-        return found
+        return await self._remember(
+            self._kem, lambda: self._inner.kem_key(caller, algorithm, version, usage),
+            (algorithm, version, usage),
+        )
 
     async def signature_key(
         self, caller: Caller, algorithm: Algorithm, version: int, usage: Usage
     ) -> SignatureKey:
         """The inner answer, remembered for the rest of the batch."""
-        found = self._signature.get((algorithm, version, usage))
-        if found is None:
-            try:
-                found = await self._inner.signature_key(caller, algorithm, version, usage)
-            except ServiceError as exc:
-                found = exc
-            self._signature[(algorithm, version, usage)] = found
-        if isinstance(found, ServiceError):
-            raise ServiceError(found.code, found.message)
-        return found
+        return await self._remember(
+            self._signature,
+            lambda: self._inner.signature_key(caller, algorithm, version, usage),
+            (algorithm, version, usage),
+        )
 
 
 class BatchService:
