@@ -1,0 +1,151 @@
+"""``pqkms batch``: a file through a durable job, interrupted with Ctrl-C and resumed.
+
+Its own stack: the "pro" plan is held to 500 items/s (burst 500) so that the 2 000-item
+run is surely still going when it is interrupted after its second chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pqkms.batch_files import state_path
+from pqkms.client import PqkmsClient
+from schemas.algorithms import Plan
+from tests.support.stack import LocalStack
+
+pytestmark = pytest.mark.integration
+
+ITEMS = 2000
+CHUNK = 50
+
+
+@pytest.fixture(scope="module")
+async def batch_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
+    local = LocalStack(Path(tmp_path_factory.mktemp("batch-cli")),
+                       extra_env={"PQKMS_PRO_RATE_PER_SECOND": "500",
+                                  "PQKMS_PRO_BURST": "500"})
+    try:
+        await local.start(workers=2)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+async def api_key(batch_stack: LocalStack) -> str:
+    key = await batch_stack.create_tenant(Plan.PRO)
+    async with await PqkmsClient.connect(batch_stack.nats_url, key) as client:
+        await client.generate_key("Kyber768")
+    return key
+
+
+def plaintext(n: int) -> bytes:
+    return f"row {n}: \u00e9t\u00e9 {'x' * (n % 50)}".encode()
+
+
+def batch(stack: LocalStack, api_key: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PQKMS_API_KEY": api_key}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pqkms", "batch", *args, "--key-version", "1",
+         "--nats-url", stack.nats_url, "--chunk-size", str(CHUNK)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 60) -> str:
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr
+    return stderr
+
+
+def read_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_batch_encrypt_resumes_after_ctrl_c_then_decrypts(
+        batch_stack: LocalStack, api_key: str, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    with source.open("w") as lines:
+        for n in range(ITEMS):
+            item = {"plaintext": base64.b64encode(plaintext(n)).decode(), "reference": f"r{n}"}
+            lines.write(json.dumps(item) + "\n")
+    sealed, state = tmp_path / "sealed.jsonl", state_path(tmp_path / "sealed.jsonl")
+
+    first = batch(batch_stack, api_key, "encrypt", "--in", str(source), "--out", str(sealed))
+    deadline = time.monotonic() + 30
+    while True:
+        assert first.poll() is None, first.communicate()[1]
+        assert time.monotonic() < deadline, "no chunk written in 30 s"
+        if state.exists() and json.loads(state.read_text())["chunks_written"] >= 2:
+            break
+        await asyncio.sleep(0.02)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=30)
+    assert first.returncode == 130, stderr
+    assert "run the same command again" in stderr
+    recorded = json.loads(state.read_text())
+    assert 2 <= recorded["chunks_written"] < ITEMS // CHUNK
+    job_id = recorded["job_id"]
+    with sealed.open("ab") as out:  # a torn line after the last complete chunk
+        out.write(b'{"reference": "r9')
+
+    second = batch(batch_stack, api_key, "encrypt", "--in", str(source), "--out", str(sealed))
+    summary = finish(second)
+    assert f"job {job_id}, resumed after {recorded['chunks_written']} chunks" in summary
+    assert "items/s" in summary
+    assert not state.exists()
+    results = read_lines(sealed)
+    assert [r["reference"] for r in results] == [f"r{n}" for n in range(ITEMS)]
+    assert all("data" in r for r in results)
+    async with await PqkmsClient.connect(batch_stack.nats_url, api_key) as client:
+        status = await client.job_status(job_id)  # the resumed run reused the job...
+    assert status["state"] == "completed" and status["total_chunks"] == ITEMS // CHUNK
+    assert status["items_done"] == ITEMS  # ... and no chunk ran twice
+
+    opened = tmp_path / "opened.jsonl"
+    finish(batch(batch_stack, api_key, "decrypt", "--in", str(sealed), "--out", str(opened)))
+    decrypted = read_lines(opened)
+    assert [r["reference"] for r in decrypted] == [f"r{n}" for n in range(ITEMS)]
+    assert [base64.b64decode(r["data"]["plaintext"]) for r in decrypted] == [  # type: ignore[index]
+        plaintext(n) for n in range(ITEMS)]
+
+
+async def test_raw_lines_and_per_item_errors(batch_stack: LocalStack, api_key: str,
+                                             tmp_path: Path) -> None:
+    source = tmp_path / "raw.txt"
+    source.write_bytes(b"alpha\nbeta\n\ngamma\n")
+    sealed = tmp_path / "raw.jsonl"
+    finish(batch(batch_stack, api_key, "encrypt", "--raw-lines", "--in", str(source),
+                 "--out", str(sealed)))
+    ciphertexts = [r["data"]["ciphertext"] for r in read_lines(sealed)]  # type: ignore[index]
+    assert len(ciphertexts) == 4
+    raw = tmp_path / "ciphertexts.txt"
+    raw.write_text("\n".join([*ciphertexts, "not-base64!"]) + "\n")
+    opened = tmp_path / "raw-opened.jsonl"
+    finish(batch(batch_stack, api_key, "decrypt", "--raw-lines", "--in", str(raw),
+                 "--out", str(opened)))
+    results = read_lines(opened)
+    assert [base64.b64decode(r["data"]["plaintext"]) for r in results[:4]] == [  # type: ignore[index]
+        b"alpha", b"beta", b"", b"gamma"]
+    assert results[4]["error"]["code"] == "ERR_INVALID_001"  # type: ignore[index]
+
+
+async def test_a_wrong_api_key_is_one_line_and_exit_1(batch_stack: LocalStack,
+                                                      tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("hello\n")
+    process = batch(batch_stack, "qph_wrong", "encrypt", "--raw-lines", "--in", str(source),
+                    "--out", str(tmp_path / "out.jsonl"))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr.startswith("pqkms batch: ERR_AUTH") and "Traceback" not in stderr, stderr
