@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import nats
 import orjson
 
 from pqkms.client import DEFAULT_MESSAGE_LIMIT, PqkmsClient, PqkmsError, split_items
@@ -342,22 +341,12 @@ class Progress:
 
 
 async def connect(servers: str, api_key: str, *, timeout: float = 10.0) -> PqkmsClient:
-    """A client owning a NATS connection that reconnects forever once established; the
-    first connection fails with :class:`BatchFileError` after ``timeout`` seconds, and
-    connection errors are not printed as tracebacks."""
-    errors: list[str] = []
-
-    async def remember(exc: Exception) -> None:
-        errors.append(str(exc) or type(exc).__name__)
-
+    """A client owning a NATS connection; :class:`BatchFileError` when NATS cannot be
+    reached within ``timeout`` seconds."""
     try:
-        connection = await asyncio.wait_for(nats.connect(
-            servers.split(","), max_reconnect_attempts=-1, reconnect_time_wait=1,
-            error_cb=remember), timeout)
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        reason = errors[-1] if errors else (str(exc) or type(exc).__name__)
-        raise BatchFileError(f"cannot connect to NATS at {servers}: {reason}") from None
-    return PqkmsClient(connection, api_key, owns_connection=True)
+        return await PqkmsClient.connect(servers, api_key, connect_timeout=timeout)
+    except ConnectionError as exc:
+        raise BatchFileError(str(exc)) from None
 
 
 # -- running -----------------------------------------------------------------------------------

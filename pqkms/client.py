@@ -124,11 +124,30 @@ class PqkmsClient:
         self._owns = owns_connection
 
     @classmethod
-    async def connect(cls, servers: str | list[str], api_key: str,
-                      **options: Any) -> PqkmsClient:
-        """Connect to NATS (reconnecting forever) and return a client owning the link."""
-        connection = await nats.connect(servers, max_reconnect_attempts=-1,
-                                        reconnect_time_wait=1)
+    async def connect(cls, servers: str | list[str], api_key: str, *,
+                      connect_timeout: float = 10.0, **options: Any) -> PqkmsClient:
+        """Connect to NATS and return a client owning the link.
+
+        Once connected the link reconnects forever; the first connection gives up after
+        ``connect_timeout`` seconds with :class:`ConnectionError`, quietly (nats-py would
+        otherwise retry it forever and print every failure).
+        """
+        if isinstance(servers, str):
+            servers = [url.strip() for url in servers.split(",") if url.strip()]
+        errors: list[str] = []
+
+        async def remember(exc: Exception) -> None:
+            errors.append(str(exc) or type(exc).__name__)
+
+        try:
+            connection = await asyncio.wait_for(nats.connect(
+                servers, max_reconnect_attempts=-1, reconnect_time_wait=1,
+                error_cb=remember), connect_timeout)
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            reason = errors[-1] if errors else (str(exc) or type(exc).__name__)
+            raise ConnectionError(
+                f"cannot connect to NATS at {', '.join(servers)}: {reason}"
+            ) from None
         return cls(connection, api_key, owns_connection=True, **options)
 
     async def close(self) -> None:
