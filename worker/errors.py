@@ -25,10 +25,15 @@ class ServiceError(Exception):
 
 
 class RateLimited(ServiceError):
-    """Over the tenant's request rate; ``retry_after`` is whole seconds."""
+    """Over the tenant's request rate.
 
-    def __init__(self, retry_after: int) -> None:
+    ``retry_after`` is the whole seconds told to callers; ``wait_seconds`` the exact time
+    until enough tokens exist, for waiters inside pqkms (bulk jobs).
+    """
+
+    def __init__(self, retry_after: int, wait_seconds: float | None = None) -> None:
         self.retry_after = max(1, retry_after)
+        self.wait_seconds = self.retry_after if wait_seconds is None else max(0.0, wait_seconds)
         super().__init__(
             ErrorCode.RATE_LIMITED,
             f"Rate limit exceeded. Retry after {self.retry_after} seconds.",

@@ -201,7 +201,7 @@ class JobRunner:
             try:
                 await self._rate_limiter.acquire(caller.tenant_id, limits, take)
             except RateLimited as exc:
-                await asyncio.sleep(exc.retry_after)
+                await asyncio.sleep(exc.wait_seconds)
                 continue
             remaining -= take
 

@@ -70,7 +70,7 @@ class InMemoryRateLimiter:
         bucket, wait = take_tokens(self._buckets.get(tenant_id), limits, cost, time.time())
         self._buckets[tenant_id] = bucket
         if wait > 0:
-            raise RateLimited(math.ceil(wait))
+            raise RateLimited(math.ceil(wait), wait)
 
 
 class KvRateLimiter:
@@ -97,7 +97,7 @@ class KvRateLimiter:
                 current, revision = None, None
             bucket, wait = take_tokens(current, limits, cost, time.time())
             if wait > 0:
-                raise RateLimited(math.ceil(wait))
+                raise RateLimited(math.ceil(wait), wait)
             payload = orjson.dumps({"tokens": bucket.tokens, "at": bucket.at})
             try:
                 if revision is None:
