@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -280,6 +281,8 @@ def test_registry_serves_composite_and_both_keys_share_one_interface() -> None:
     assert HistoricalName is MlDsa65Key
 
 
+@pytest.mark.skipif(importlib.util.find_spec("pqcrypto") is not None,
+                    reason="pqcrypto is installed, so SLH-DSA is served (test_slh_dsa.py)")
 @pytest.mark.parametrize("algorithm", [
     Algorithm.SLH_DSA_SHA2_128S, Algorithm.SLH_DSA_SHA2_128F,
     Algorithm.SLH_DSA_SHA2_192S, Algorithm.SLH_DSA_SHA2_256S,

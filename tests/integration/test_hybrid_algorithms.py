@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 from typing import Any
 
 import pytest
@@ -271,7 +272,43 @@ async def test_state_policy_applies_to_the_new_algorithms(call: NatsCaller) -> N
 
 # --- SLH-DSA ----------------------------------------------------------------------------------
 
+# The workers run in this interpreter's environment: SLH-DSA is served exactly when the
+# optional pqcrypto wheel imports here (worker/crypto/slh_dsa.py).
+PQCRYPTO = importlib.util.find_spec("pqcrypto") is not None
+SLH_DSA_SPKI_128F_HEADER = bytes.fromhex("3030300b0609608648016503040315032100")
 
+
+@pytest.mark.skipif(not PQCRYPTO, reason="SLH-DSA needs the optional pqcrypto wheel")
+async def test_slh_dsa_128f_generate_sign_verify(call: NatsCaller) -> None:
+    algorithm = "SLH-DSA-SHA2-128f"
+    generated = await generate(call, algorithm)
+    public = unb64(generated["public_key"])
+    assert public.startswith(SLH_DSA_SPKI_128F_HEADER) and len(public) == 18 + 32
+    for context in (None, b"ctx"):
+        body: dict[str, Any] = {"message": b64(b"m"), "key_version": 1, "algorithm": algorithm}
+        if context is not None:
+            body["context"] = b64(context)
+        signed = await call(Subject.SIGNATURE_SIGN, body)
+        assert signed.code is None, signed.body
+        signature = unb64(signed.data["signature"])
+        assert len(signature) == 17088
+        verified = await call(Subject.SIGNATURE_VERIFY, {**body, "signature": b64(signature)})
+        assert verified.data["valid"] is True
+        wrong = await call(Subject.SIGNATURE_VERIFY,
+                           {**body, "message": b64(b"other"), "signature": b64(signature)})
+        assert wrong.data["valid"] is False
+        short = await call(Subject.SIGNATURE_VERIFY, {**body, "signature": b64(signature[:-1])})
+        assert short.data["valid"] is False
+    hashed = {"key_version": 1, "algorithm": algorithm, "hash": b64(b"h" * 32),
+              "hash_algorithm": "SHA-256"}
+    for subject, request in ((Subject.SIGNATURE_SIGN_HASH, hashed),
+                             (Subject.SIGNATURE_VERIFY_HASH, {**hashed, "signature": b64(b"s")})):
+        reply = await call(subject, request)
+        assert reply.code == "ERR_INVALID_001", reply.body
+        assert "not supported for SLH-DSA-SHA2-128f" in reply.body["error"]["message"]
+
+
+@pytest.mark.skipif(PQCRYPTO, reason="pqcrypto is installed, so SLH-DSA is served")
 @pytest.mark.parametrize("algorithm", ["SLH-DSA-SHA2-128s", "SLH-DSA-SHA2-128f",
                                        "SLH-DSA-SHA2-192s", "SLH-DSA-SHA2-256s"])
 async def test_slh_dsa_is_a_clear_400_not_a_500(call: NatsCaller, algorithm: str) -> None:
@@ -289,6 +326,7 @@ async def test_slh_dsa_is_a_clear_400_not_a_500(call: NatsCaller, algorithm: str
         message = reply.body["error"]["message"]
         assert f"{algorithm} is not available in this deployment" in message
         assert "no SLH-DSA provider" in message
+        assert "pip install 'pqkms[slh-dsa]'" in message
 
 
 # --- HTTP bridge and the official SDK -----------------------------------------------------

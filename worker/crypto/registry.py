@@ -17,6 +17,7 @@ from worker.crypto.kem_key import KemKey
 from worker.crypto.mldsa import MlDsa65
 from worker.crypto.mlkem import MlKem768
 from worker.crypto.signature_key import SignatureKey
+from worker.crypto.slh_dsa import INSTALL_HINT, PARAMETER_SETS, providers
 from worker.crypto.xwing import XWing
 
 __all__ = [
@@ -68,17 +69,16 @@ _SIGNATURE: dict[Algorithm, SignatureAlgorithm] = {
     Algorithm.DILITHIUM3: MlDsa65(),
     Algorithm.COMPOSITE_ML_DSA: CompositeMlDsa65EcdsaP256(),
 }
+# SLH-DSA when the optional pqcrypto wheel imports (worker/crypto/slh_dsa.py).
+_SIGNATURE.update(providers())
 
 # Names on the wire with no provider in this build, and why (docs/algorithms.md).
 _SLH_DSA_MISSING = (
-    "no SLH-DSA provider is installed, and pqkms does not ship one yet "
-    "(liboqs and the pqcrypto wheel were evaluated; see docs/algorithms.md, SLH-DSA)"
+    "no SLH-DSA provider is installed: the pqcrypto wheel does not import; "
+    f"install it with {INSTALL_HINT} (see docs/algorithms.md, SLH-DSA)"
 )
 _UNAVAILABLE: dict[Algorithm, str] = {
-    Algorithm.SLH_DSA_SHA2_128S: _SLH_DSA_MISSING,
-    Algorithm.SLH_DSA_SHA2_128F: _SLH_DSA_MISSING,
-    Algorithm.SLH_DSA_SHA2_192S: _SLH_DSA_MISSING,
-    Algorithm.SLH_DSA_SHA2_256S: _SLH_DSA_MISSING,
+    algorithm: _SLH_DSA_MISSING for algorithm in PARAMETER_SETS if algorithm not in _SIGNATURE
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 
 from schemas.algorithms import HashAlgorithm
 
@@ -27,6 +28,16 @@ class SignatureKey(ABC):
     @abstractmethod
     def sign(self, message: bytes, context: bytes | None = None) -> bytes:
         """A signature over ``message`` with the optional context (at most 255 bytes)."""
+
+    async def sign_async(
+        self,
+        message: bytes,
+        context: bytes | None,
+        in_thread: Callable[[Callable[[], bytes]], Awaitable[bytes]],
+    ) -> bytes:
+        """``sign`` off the event loop: in the crypto thread pool unless a provider
+        needs another place (SLH-DSA holds the GIL and signs in a process pool)."""
+        return await in_thread(lambda: self.sign(message, context))
 
     @abstractmethod
     def verify(self, signature: bytes, message: bytes, context: bytes | None = None) -> bool:

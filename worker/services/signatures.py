@@ -46,7 +46,7 @@ class SignatureService:
         key = await self._keys.signature_key(
             caller, request.algorithm, request.key_version, Usage.PROTECT
         )
-        signed = await self._runner.in_thread(lambda: key.sign(request.message, request.context))
+        signed = await key.sign_async(request.message, request.context, self._runner.in_thread)
         return signature.SignResult(
             signature=b64encode(signed),
             key_version=request.key_version,
