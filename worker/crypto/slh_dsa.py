@@ -31,6 +31,7 @@ from typing import Final
 from schemas.algorithms import Algorithm, HashAlgorithm
 from worker.crypto.errors import InvalidInput
 from worker.crypto.signature_key import SignatureKey
+from worker.crypto.spki import encode_spki
 
 __all__ = [
     "INSTALL_HINT",
@@ -67,36 +68,6 @@ PARAMETER_SETS: Final[dict[Algorithm, ParameterSet]] = {
     Algorithm.SLH_DSA_SHA2_256S: ParameterSet("slh_dsa_sha2_256s", "2.16.840.1.101.3.4.3.24",
                                               32, 29792),
 }
-
-
-def _der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes([length])
-    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
-def _der_oid(dotted: str) -> bytes:
-    arcs = [int(part) for part in dotted.split(".")]
-    body = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        body.extend(reversed(chunk))
-    return b"\x06" + _der_length(len(body)) + bytes(body)
-
-
-def _spki(oid: str, public_raw: bytes) -> bytes:
-    """``SEQUENCE { SEQUENCE { OID } , BIT STRING (raw key) }``, parameters absent."""
-    algorithm = _der_oid(oid)
-    algorithm_id = b"\x30" + _der_length(len(algorithm)) + algorithm
-    bits = b"\x00" + public_raw
-    bit_string = b"\x03" + _der_length(len(bits)) + bits
-    body = algorithm_id + bit_string
-    return b"\x30" + _der_length(len(body)) + body
 
 
 def _module(name: str) -> ModuleType:
@@ -229,7 +200,7 @@ class SlhDsa:
             raise InvalidInput(f"{self._algorithm.value} private key must be "
                                f"{self.seed_size} bytes")
         public_raw = seed[2 * self._params.n:]
-        return SlhDsaKey(_spki(self._params.oid, public_raw), self._algorithm.value,
+        return SlhDsaKey(encode_spki(self._params.oid, public_raw), self._algorithm.value,
                          self._params, bytes(seed), public_raw)
 
 
