@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
 
 __all__ = ["configure_logging"]
@@ -14,7 +15,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     """Configure structlog once for the process (call from ``run``, never at import)."""
     use_json = (not sys.stderr.isatty()) if json is None else json
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=orjson.dumps)
         if use_json
         else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
@@ -32,6 +33,11 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # orjson renders bytes: written as they are, one line per event.
+        logger_factory=(
+            structlog.BytesLoggerFactory(sys.stderr.buffer)
+            if use_json
+            else structlog.PrintLoggerFactory(sys.stderr)
+        ),
         cache_logger_on_first_use=True,
     )

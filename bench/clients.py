@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Mapping
 
-import httpx
 import nats
 import orjson
 
+from bench.http_client import HttpPool
 from bench.measure import Call
 from bench.responder import SUBJECT_PREFIX
 from schemas.subjects import HEADER_API_KEY, Subject
@@ -77,18 +78,19 @@ def nats_call(client: nats.NATS, subject: str, operation: str, body: bytes,
     return call
 
 
-def http_call(client: httpx.AsyncClient, operation: str, body: bytes) -> Call:
-    """One HTTP POST per call through a pooled client; 200 and a success envelope."""
+def http_call(pool: HttpPool, operation: str, body: bytes) -> Call:
+    """One HTTP POST per call on a pooled keep-alive connection; 200 and a success
+    envelope."""
     path = HTTP_PATHS[operation]
-    post = client.post
+    post = pool.post
 
     async def call() -> str | None:
         try:
-            response = await post(path, content=body)
-        except httpx.HTTPError as exc:
+            response = await post(path, body)
+        except (OSError, EOFError, asyncio.IncompleteReadError, ValueError) as exc:
             return type(exc).__name__
-        if response.status_code != 200:
-            return f"HTTP {response.status_code}: {response.text[:200]}"
-        return _check(operation, response.content)
+        if response.status != 200:
+            return f"HTTP {response.status}: {response.body[:200].decode(errors='replace')}"
+        return _check(operation, response.body)
 
     return call

@@ -24,7 +24,7 @@ from bench.clients import PQKMS_SUBJECTS, nats_call
 from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS
 from bench.measure import closed_loop
-from bench.run import _pqkms_bodies
+from bench.run import _batch_body, _pqkms_bodies, batch_call
 from bench.stack import BenchStack
 
 __all__ = ["CATEGORIES", "categorize_collapsed", "summarize_collapsed"]
@@ -109,7 +109,7 @@ def _short(frame: str) -> str:
 
 
 async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
-                   log_level: str, gil: bool) -> tuple[float, float]:
+                   log_level: str, gil: bool, batch_items: int = 0) -> tuple[float, float]:
     """Requests completed during the recording and the worker's CPU µs per request."""
     cpu: dict[str, float] = {}
     requests = 0.0
@@ -122,8 +122,12 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
         client = await nats.connect(stack.nats_url, pending_size=64 * 1024 * 1024)
         await stack.generate_keys(client)
         bodies = await _pqkms_bodies(stack, client, bytes(range(256)) * 4)
-        call = nats_call(client, PQKMS_SUBJECTS[operation], operation, bodies[operation],
-                         stack.api_key)
+        if batch_items:
+            call = batch_call(client, _batch_body(bytes(range(256)) * 4, batch_items),
+                              batch_items, stack.api_key)
+        else:
+            call = nats_call(client, PQKMS_SUBJECTS[operation], operation, bodies[operation],
+                             stack.api_key)
         spy = shutil.which("py-spy")
         if spy is None:
             raise SystemExit("py-spy is not installed: pip install py-spy")
@@ -160,12 +164,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-log-level", default="INFO")
     parser.add_argument("--out", type=Path, default=Path("/tmp/pqkms-worker-profile.txt"))
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=0, metavar="ITEMS",
+                        help="profile encrypt batches of ITEMS items instead (in flight: "
+                             "--in-flight batches)")
     parser.add_argument("--gil", action="store_true",
                         help="sample only the thread holding the GIL (no double counting of "
                              "threads waiting for it)")
     args = parser.parse_args(argv)
     requests, cpu_per_request = uvloop.run(_profile(args.operation, args.seconds, args.in_flight,
-                                          args.out, args.worker_log_level, args.gil))
+                                          args.out, args.worker_log_level, args.gil,
+                                                    args.batch))
     if args.out.exists():
         total, counts = categorize_collapsed(args.out)
         print(f"\nwhere the worker's time goes per request ({total} samples at {_RATE}/s"

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import httpx
 import nats
 import orjson
 
@@ -18,6 +17,7 @@ from bench.clients import FLOOR_SUBJECTS, PQKMS_SUBJECTS, Bodies, http_call, nat
 from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS, LocalKeys, Seeds
 from bench.floor import CryptoFloor
+from bench.http_client import HttpPool
 from bench.measure import Call, Measurement, closed_loop
 from bench.report import Report, Row, machine_info
 from bench.stack import BenchStack
@@ -39,9 +39,10 @@ class BenchConfig:
     max_ops: int = 1_000_000_000  # cap per cell (the smoke test uses 50)
     in_flight: int = 200
     http_in_flight: int = 64
-    # httpx's pool gets slower per request as it grows (≈ 16 ms of client CPU per request
-    # with 64 connections here, ≈ 3.6 ms with 8): many requests share a few connections.
-    http_connections: int = 8
+    # Keep-alive connections of the lean HTTP client (bench/http_client.py), one request
+    # at a time on each: with as many connections as requests in flight nothing queues
+    # in the client.
+    http_connections: int = 64
     batch_items: int = 100
     batch_in_flight: int = 4
     job_items: int = 100_000  # items in the durable job (capped by max_ops)
@@ -220,14 +221,12 @@ async def _pqkms_http(config: BenchConfig, report: Report, stack: BenchStack) ->
     for in_flight in (1, config.http_in_flight):
         _say(config, f"pqkms over HTTP: encrypt, {workers} worker(s), {in_flight} in flight")
         connections = min(in_flight, config.http_connections)
-        limits = httpx.Limits(max_connections=connections,
-                              max_keepalive_connections=connections)
-        async with httpx.AsyncClient(
-            base_url=stack.http_url, limits=limits, timeout=30.0,
-            headers={HEADER_API_KEY: stack.api_key, "Content-Type": "application/json"},
-        ) as http:
+        pool = HttpPool(stack.http_url, connections, headers={HEADER_API_KEY: stack.api_key})
+        try:
             measurement, cpu = await _measure(
-                config, http_call(http, "encrypt", bodies["encrypt"]), in_flight, meter)
+                config, http_call(pool, "encrypt", bodies["encrypt"]), in_flight, meter)
+        finally:
+            await pool.close()
         nats_flight = config.in_flight if in_flight > 1 else 1
         report.add(Row.measured(
             f"http/encrypt/{workers}w/{in_flight}", "pqkms HTTP", "encrypt", workers,
@@ -251,6 +250,20 @@ def _batch_error(reply: bytes, items: int) -> str | None:
     return None
 
 
+def batch_call(client: nats.NATS, body: bytes, items: int, api_key: str) -> Call:
+    """One encrypt batch of ``items`` per call; every item must succeed."""
+    headers = {HEADER_API_KEY: api_key}
+
+    async def call() -> str | None:
+        try:
+            reply = await client.request(BATCH_SUBJECT, body, timeout=60, headers=headers)
+        except Exception as exc:
+            return type(exc).__name__
+        return _batch_error(reply.data, items)
+
+    return call
+
+
 async def _batches(config: BenchConfig, report: Report, stack: BenchStack,
                    client: nats.NATS, nats_pid: int) -> None:
     """Encrypt batches of ``batch_items`` when the worker serves them, else n/a."""
@@ -269,13 +282,7 @@ async def _batches(config: BenchConfig, report: Report, stack: BenchStack,
                        None, note=note))
         return
 
-    async def call() -> str | None:
-        try:
-            reply = await client.request(BATCH_SUBJECT, body, timeout=60, headers=headers)
-        except Exception as exc:
-            return type(exc).__name__
-        return _batch_error(reply.data, items)
-
+    call = batch_call(client, body, items, stack.api_key)
     _say(config, f"pqkms batch over NATS: encrypt x {items}, {workers} worker(s), "
                  f"{config.batch_in_flight} batches in flight")
     meter = CpuMeter({"servers": [p.pid for p in stack.workers], "nats": [nats_pid]})

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import orjson
 import structlog
 
 __all__ = ["configure_logging"]
@@ -13,8 +16,16 @@ __all__ = ["configure_logging"]
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger once per process."""
     use_json = (not sys.stderr.isatty()) if json is None else json
+    # JSON through orjson, written as bytes: the one line per request stays cheap.
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        if use_json
+        else structlog.dev.ConsoleRenderer()
+    )
+    logger_factory: Callable[..., Any] = (
+        structlog.BytesLoggerFactory(sys.stderr.buffer)
+        if use_json
+        else structlog.PrintLoggerFactory(sys.stderr)
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s")
     # FastStream narrates every task at INFO; our one line per request is enough.
@@ -30,6 +41,6 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelName(level.upper())
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )

@@ -10,12 +10,21 @@ from faststream.nats.message import NatsMessage
 
 from schemas.operations import operation_for
 from schemas.subjects import QUEUE_GROUP, Subject
+from worker.handlers.direct import DirectResponder
 from worker.handlers.envelope import EnvelopeHandler, ServiceCall
 
-__all__ = ["MAX_IN_FLIGHT_PER_SUBJECT", "subscribe"]
+__all__ = ["DATA_PLANE_SUBJECTS", "MAX_IN_FLIGHT_PER_SUBJECT", "subscribe"]
 
 # Requests handled concurrently per subject and worker process.
 MAX_IN_FLIGHT_PER_SUBJECT = 64
+# The crypto subjects, served by the direct responder when the worker has one.
+DATA_PLANE_SUBJECTS = frozenset({
+    Subject.KEM_ENCRYPT, Subject.KEM_DECRYPT, Subject.KEM_ENCAPSULATE,
+    Subject.KEM_DECAPSULATE, Subject.KEM_KEY_WRAP, Subject.KEM_KEY_UNWRAP,
+    Subject.SIGNATURE_SIGN, Subject.SIGNATURE_VERIFY, Subject.SIGNATURE_SIGN_HASH,
+    Subject.SIGNATURE_VERIFY_HASH, Subject.KEM_ENCRYPT_BATCH, Subject.KEM_DECRYPT_BATCH,
+    Subject.SIGNATURE_SIGN_BATCH, Subject.SIGNATURE_VERIFY_BATCH,
+})
 
 
 async def _message_itself(msg: NatsMessage) -> NatsMessage:
@@ -25,9 +34,17 @@ async def _message_itself(msg: NatsMessage) -> NatsMessage:
 
 
 def subscribe(
-    router: NatsRouter, handler: EnvelopeHandler, subject: Subject, call: ServiceCall
+    router: NatsRouter,
+    handler: EnvelopeHandler,
+    subject: Subject,
+    call: ServiceCall,
+    direct: DirectResponder | None = None,
 ) -> None:
-    """Serve ``subject`` with ``call`` through the envelope handler."""
+    """Serve ``subject`` with ``call`` through the envelope handler: on the direct
+    responder for data-plane subjects when one is given, else as a FastStream subscriber."""
+    if direct is not None and subject in DATA_PLANE_SUBJECTS:
+        direct.add(subject, call)
+        return
     operation = operation_for(subject)
 
     # The message reaches the handler through the decoder below, as the handler's one

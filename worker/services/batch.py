@@ -43,8 +43,10 @@ _log = structlog.get_logger("pqkms.worker")
 
 SingleCall = Callable[[Caller, Any], Awaitable[BaseModel]]
 # Items started together: signing runs in the crypto thread pool, so a few in flight
-# keep its threads busy; KEM calls run inline and gain nothing from more.
+# keep its threads busy. KEM calls run inline on the event loop: they gain nothing from
+# running together and would pay for a task each, so they run one after another.
 _WINDOW = 8
+_INLINE_SUBJECTS = frozenset({Subject.KEM_ENCRYPT, Subject.KEM_DECRYPT})
 
 
 def _error(code: ErrorCode, message: str | None, reference: str | None) -> BatchItemResult:
@@ -208,11 +210,16 @@ class BatchService:
         if algorithm is not None:
             defaults["algorithm"] = algorithm
         results: list[BatchItemResult] = []
-        for start in range(0, len(items), _WINDOW):
-            window = items[start:start + _WINDOW]
-            results.extend(await asyncio.gather(
-                *(self._one(single, model, call, caller, item, defaults) for item in window)
-            ))
+        if single in _INLINE_SUBJECTS:
+            for item in items:
+                results.append(await self._one(single, model, call, caller, item, defaults))
+        else:
+            for start in range(0, len(items), _WINDOW):
+                window = items[start:start + _WINDOW]
+                results.extend(await asyncio.gather(
+                    *(self._one(single, model, call, caller, item, defaults)
+                      for item in window)
+                ))
         failed = sum(1 for result in results if result.error is not None)
         return BatchResult(results=results, total=len(results),
                            succeeded=len(results) - failed, failed=failed)

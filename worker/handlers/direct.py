@@ -1,0 +1,108 @@
+"""The data plane's fast path: crypto subjects served straight on the broker's connection.
+
+FastStream stays the worker's framework: it owns the NATS connection, its reconnects
+and shutdown, the JetStream jobs, the key-management and health subjects. Only the
+request/reply crypto subjects (encrypt, sign, their batches...) skip its per-message
+machinery — a task, a semaphore, context scopes and middlewares, ≈ 330 µs per message
+here, more than the crypto itself — and are served by a plain nats-py subscription on
+the same connection, in the same queue group, through the same envelope handler. The
+replies are byte for byte the same; see docs/performance.md for the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from schemas.operations import Operation, operation_for
+from schemas.subjects import QUEUE_GROUP, Subject
+from worker.handlers.envelope import EnvelopeHandler, ServiceCall
+
+__all__ = ["DirectResponder", "DirectRoute"]
+
+_log = structlog.get_logger("pqkms.worker")
+# Messages a subscription may hold before nats-py drops them as a slow consumer: far
+# above what the in-flight bound lets pile up, so backpressure comes from the bound.
+_PENDING_MESSAGES = 1_000_000
+_PENDING_BYTES = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DirectRoute:
+    """One subject and the service call that answers it."""
+
+    operation: Operation
+    call: ServiceCall
+
+
+class DirectResponder:
+    """Serves its routes on a nats-py connection; at most ``max_in_flight`` at once."""
+
+    def __init__(self, handler: EnvelopeHandler, max_in_flight: int) -> None:
+        self._handler = handler
+        self._routes: dict[str, DirectRoute] = {}
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._running: set[asyncio.Task[None]] = set()
+        self._subscriptions: list[Subscription] = []
+        self._connection: NatsClient | None = None
+
+    def add(self, subject: Subject, call: ServiceCall) -> None:
+        """Serve ``subject`` with ``call`` once started."""
+        self._routes[subject.value] = DirectRoute(operation_for(subject), call)
+
+    @property
+    def subjects(self) -> Sequence[str]:
+        """The subjects this responder serves."""
+        return tuple(self._routes)
+
+    async def start(self, connection: NatsClient) -> None:
+        """Subscribe every route in the workers' queue group."""
+        self._connection = connection
+        for subject in self._routes:
+            subscription = await connection.subscribe(
+                subject,
+                queue=QUEUE_GROUP,
+                cb=self._on_message,
+                pending_msgs_limit=_PENDING_MESSAGES,
+                pending_bytes_limit=_PENDING_BYTES,
+            )
+            self._subscriptions.append(subscription)
+        await connection.flush()
+
+    async def stop(self) -> None:
+        """Stop taking requests, then let those in flight finish and reply."""
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        self._subscriptions.clear()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _on_message(self, msg: Msg) -> None:
+        # nats-py awaits one callback at a time per subscription: take a slot (waiting
+        # here is the backpressure) and hand the request to its own task.
+        await self._slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._answer(msg))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        try:
+            route = self._routes[msg.subject]
+            body, headers = await self._handler.handle(
+                route.operation, route.call, msg.data, msg.headers
+            )
+            if msg.reply and self._connection is not None:
+                await self._connection.publish(msg.reply, body, headers=headers)
+        except Exception:
+            # The handler never raises; a failed publish (connection lost) is logged.
+            _log.exception("direct_reply_failed", subject=msg.subject)
+        finally:
+            self._slots.release()
