@@ -13,6 +13,13 @@ from starlette.responses import Response
 
 from api_bridge.errors import error_response
 from api_bridge.health import add_health_route
+from api_bridge.metrics import (
+    BridgeMetrics,
+    MeteredNatsGateway,
+    MetricsMiddleware,
+    add_metrics_route,
+    bridge_tracer,
+)
 from api_bridge.nats_gateway import NatsGateway
 from api_bridge.openapi import install_openapi
 from api_bridge.request_context import RequestLogMiddleware, context_of
@@ -63,7 +70,8 @@ async def _validation_exception(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the bridge app; NATS is connected in its lifespan (in the background)."""
-    gateway = NatsGateway(settings)
+    metrics = BridgeMetrics()
+    gateway: NatsGateway = MeteredNatsGateway(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,8 +92,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.gateway = gateway
     add_operation_routes(app, gateway, settings.nats_max_payload())
     add_health_route(app, gateway)
+    add_metrics_route(app, metrics)
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_exception)
+    # Inside the log middleware (added last, so outermost): a crash it turns into a 500
+    # is counted as one.
+    app.add_middleware(MetricsMiddleware, metrics=metrics, tracer=bridge_tracer(settings))
     app.add_middleware(RequestLogMiddleware)
     install_openapi(app, [operation.request for operation in OPERATIONS])
     return app

@@ -24,6 +24,7 @@ from api_bridge.errors import BridgeError
 from schemas.errors import ErrorCode
 from schemas.subjects import HEADER_REQUEST_ID, Subject
 from worker.config import Settings
+from worker.nats_security import nats_security, refusal_reason
 
 __all__ = ["NatsGateway", "Reply"]
 
@@ -79,6 +80,8 @@ class NatsGateway:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
+        # Conflicting credentials / unreadable TLS files fail here, at start.
+        self._security = nats_security(settings).nats_py_options()
         self._client: NatsClient | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[None] | None = None
@@ -197,7 +200,6 @@ class NatsGateway:
 
     async def _connect(self, client: NatsClient) -> None:
         settings = self._settings
-        password = settings.nats_password.get_secret_value() if settings.nats_password else None
         await client.connect(
             servers=self._servers,
             name="pqkms-bridge",
@@ -208,8 +210,7 @@ class NatsGateway:
             reconnect_time_wait=_RECONNECT_WAIT_SECONDS,  # type: ignore[arg-type]
             connect_timeout=_CONNECT_TIMEOUT_SECONDS,
             pending_size=max(_MIN_PENDING_BYTES, 2 * settings.nats_max_payload()),
-            user=settings.nats_user,
-            password=password,
+            **self._security,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             error_cb=self._on_error,
@@ -239,6 +240,7 @@ class NatsGateway:
         if not self.is_connected and not self._reported_down:
             self._reported_down = True
             log.warning("nats_unreachable", error_type=type(exc).__name__,
-                        retry_every_seconds=_RECONNECT_WAIT_SECONDS)
+                        retry_every_seconds=_RECONNECT_WAIT_SECONDS,
+                        refused=refusal_reason(exc))
         else:
             log.debug("nats_error", error_type=type(exc).__name__)

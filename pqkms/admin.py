@@ -1,25 +1,31 @@
-"""Operator tasks on the key store: first-run setup, schema creation, tenants.
+"""Operator tasks on the key store: first-run setup, schema migrations, tenants.
 
-These run in the ``pqkms`` command (``up``, ``db init``, ``tenant create``), never in a
-worker. The worker package is imported lazily so ``pqkms --help`` stays fast.
+These run in the ``pqkms`` command (``up``, ``db init``, ``db upgrade``, ``db current``,
+``tenant create``), never in a worker: workers only check that the schema is at head.
+The worker package is imported lazily so ``pqkms --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from schemas.algorithms import Plan
+from schemas.algorithms import Algorithm, Plan
 from worker.config import Settings
 
 if TYPE_CHECKING:
     from worker.store import KeyStore, MasterKey
+    from worker.store.migrations import SchemaState, SchemaUpgrade
+    from worker.store.rotation_policies import RotationPolicyRecord
 
 __all__ = [
     "CreatedTenant",
+    "SchemaReport",
     "StoreInfo",
+    "clear_rotation_policy",
     "create_tenant",
     "database_errors",
     "database_url_with_password",
@@ -27,7 +33,12 @@ __all__ = [
     "initialise_store",
     "load_master_key",
     "open_store",
+    "read_schema_state",
     "redacted_database_url",
+    "run_master_key_command",
+    "rotation_policies",
+    "set_rotation_policy",
+    "upgrade_schema",
 ]
 
 
@@ -38,6 +49,17 @@ class StoreInfo:
     database_url: str
     master_key_file: Path | None
     kek_id: str
+    schema: SchemaUpgrade
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaReport:
+    """What :func:`upgrade_schema` did; safe to print (no secrets)."""
+
+    database_url: str
+    schema: SchemaUpgrade
+    # The master key checked against the database, or None when none was available.
+    kek_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +147,12 @@ async def open_store(
 async def initialise_store(settings: Settings) -> StoreInfo:
     """Create the data directory, master key and schema if missing; idempotent.
 
-    Run once before any worker starts so that workers never race on schema creation or
-    on recording the master key's check value.
+    Upgrades the schema to head (like :func:`upgrade_schema`), then creates the master
+    key if needed and records its check value. Run once before any worker starts: workers
+    never change the schema, and never race on recording the check value.
     """
-    store = await open_store(settings, create_key=True, create_schema=True)
+    schema = await _upgrade_to_head(settings)
+    store = await open_store(settings, create_key=True, create_schema=False)
     try:
         kek_id = store.kek_id
     finally:
@@ -138,7 +162,79 @@ async def initialise_store(settings: Settings) -> StoreInfo:
         database_url=redacted_database_url(settings.resolved_database_url()),
         master_key_file=key_file,
         kek_id=kek_id,
+        schema=schema,
     )
+
+
+async def upgrade_schema(settings: Settings) -> SchemaReport:
+    """Apply every pending schema migration (``pqkms db upgrade``); idempotent.
+
+    A database created before migrations is adopted at the baseline revision, keeping
+    its rows. When a master key is available (``PQKMS_MASTER_KEY``, or an existing key
+    file) it is then checked against the database, so a wrong key stops a deployment
+    here; a key is never created.
+    """
+    schema = await _upgrade_to_head(settings)
+    kek_id = None
+    if _master_key_available(settings):
+        store = await open_store(settings, create_key=False, create_schema=False)
+        try:
+            kek_id = store.kek_id
+        finally:
+            await store.close()
+    return SchemaReport(
+        database_url=redacted_database_url(settings.resolved_database_url()),
+        schema=schema,
+        kek_id=kek_id,
+    )
+
+
+async def read_schema_state(settings: Settings) -> SchemaState:
+    """The database's schema revision and this pqkms's head (``pqkms db current``).
+
+    Changes nothing: a SQLite file that does not exist is reported as empty, not created.
+    """
+    from worker.store.database import create_engine_for, schema_state
+    from worker.store.migrations import SchemaState, head_revision
+
+    url = settings.resolved_database_url()
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None and not sqlite_file.exists():
+        return SchemaState(None, head_revision())
+    engine = create_engine_for(url)
+    try:
+        return await schema_state(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _upgrade_to_head(settings: Settings) -> SchemaUpgrade:
+    from worker.store.database import create_engine_for, create_schema
+
+    if _uses_default_sqlite(settings):
+        _make_private_dir(settings.data_dir)
+    engine = create_engine_for(settings.resolved_database_url())
+    try:
+        return await create_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+def _master_key_available(settings: Settings) -> bool:
+    return settings.master_key is not None or settings.resolved_master_key_file().exists()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (``None`` for other backends and in-memory databases)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
 
 
 async def create_tenant(settings: Settings, name: str, plan: Plan) -> CreatedTenant:
@@ -146,10 +242,12 @@ async def create_tenant(settings: Settings, name: str, plan: Plan) -> CreatedTen
 
     On the default local layout (SQLite in the data directory) the master key and the
     schema are created when missing, so this works before the first ``pqkms up``. With
-    an explicit database URL the master key must already exist: a fresh key would not
-    match the database's and would only leave a useless file behind.
+    an explicit database URL the master key must already exist (a fresh key would not
+    match the database's and would only leave a useless file behind) and the schema
+    must be at head: upgrades there are the operator's explicit ``pqkms db upgrade``.
     """
-    store = await open_store(settings, create_key=_uses_default_sqlite(settings))
+    local = _uses_default_sqlite(settings)
+    store = await open_store(settings, create_key=local, create_schema=local)
     try:
         record, api_key = await store.create_tenant(name, plan)
     finally:
@@ -165,5 +263,124 @@ async def create_tenant(settings: Settings, name: str, plan: Plan) -> CreatedTen
 def _make_private_dir(path: Path) -> None:
     """Create ``path`` as 0700 if it does not exist (an existing one is left alone)."""
     if not path.exists():
-        path.mkdir(parents=True, mode=0o700)
+        try:
+            path.mkdir(parents=True, mode=0o700)
+        except FileExistsError:  # another pqkms command created it just now
+            return
         os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+async def set_rotation_policy(
+    settings: Settings, tenant_name: str, algorithm: Algorithm, period_seconds: int
+) -> dict[str, object]:
+    """Rotate the tenant's active ``algorithm`` version every ``period_seconds``.
+
+    ``LookupError`` for an unknown tenant, ``ValueError`` for a period under
+    ``PQKMS_ROTATION_MIN_PERIOD_SECONDS``. Workers pick the policy up at their next check.
+    """
+    from schemas.rotation_policy import format_rotation_period
+    from worker.store.rotation_policies import RotationPolicyStore
+
+    shortest = settings.rotation_min_period_seconds
+    if period_seconds < shortest:
+        raise ValueError(f"the rotation period must be at least {format_rotation_period(shortest)}")
+    store = await open_store(settings, create_key=False, create_schema=False)
+    try:
+        tenant_id = await _tenant_id_named(store, tenant_name)
+        record = await RotationPolicyStore(store.engine).set_policy(
+            tenant_id, algorithm, period_seconds
+        )
+    finally:
+        await store.close()
+    return _rotation_policy_json(tenant_name, record)
+
+
+async def rotation_policies(settings: Settings, tenant_name: str) -> list[dict[str, object]]:
+    """The tenant's rotation policies (``LookupError`` for an unknown tenant)."""
+    from worker.store.rotation_policies import RotationPolicyStore
+
+    store = await open_store(settings, create_key=False, create_schema=False)
+    try:
+        tenant_id = await _tenant_id_named(store, tenant_name)
+        records = await RotationPolicyStore(store.engine).list_policies(tenant_id)
+    finally:
+        await store.close()
+    return [_rotation_policy_json(tenant_name, record) for record in records]
+
+
+async def clear_rotation_policy(settings: Settings, tenant_name: str, algorithm: Algorithm) -> bool:
+    """Stop scheduled rotation of one algorithm; whether there was a policy."""
+    from worker.store.rotation_policies import RotationPolicyStore
+
+    store = await open_store(settings, create_key=False, create_schema=False)
+    try:
+        tenant_id = await _tenant_id_named(store, tenant_name)
+        return await RotationPolicyStore(store.engine).delete_policy(tenant_id, algorithm)
+    finally:
+        await store.close()
+
+
+async def _tenant_id_named(store: KeyStore, name: str) -> str:
+    tenant = await store.get_tenant_by_name(name)
+    if tenant is None:
+        raise LookupError(f"no tenant named {name!r}")
+    return tenant.tenant_id
+
+
+def _rotation_policy_json(tenant_name: str, record: RotationPolicyRecord) -> dict[str, object]:
+    from schemas.envelope import utc_timestamp
+    from schemas.rotation_policy import format_rotation_period
+
+    return {
+        "tenant": tenant_name,
+        "tenant_id": record.tenant_id,
+        "algorithm": record.algorithm.value,
+        "rotation_period": format_rotation_period(record.rotation_period_seconds),
+        "rotation_period_seconds": record.rotation_period_seconds,
+        "updated_at": utc_timestamp(record.updated_at),
+    }
+
+
+async def run_master_key_command(
+    settings: Settings,
+    action: str,
+    *,
+    kek_ids: Sequence[str] = (),
+    batch_size: int = 100,
+    retire_old: bool = False,
+) -> dict[str, Any]:
+    """Run ``pqkms master-key ACTION`` (``status``, ``add``, ``rotate``, ``rewrap``,
+    ``prune``) and
+    return the JSON object it prints (key ids and counts, never key bytes).
+
+    These commands rewrite the keyring file, so they need the file form of the master
+    key; the inline ``PQKMS_MASTER_KEY`` holds one key and is refused.
+    """
+    from worker.store import MasterKeyError, kek_rotation
+
+    if settings.master_key is not None:
+        raise MasterKeyError(
+            "master key rotation needs the keyring file (PQKMS_MASTER_KEY_FILE / "
+            "--master-key-file); the inline PQKMS_MASTER_KEY holds one key and cannot "
+            "be rewritten"
+        )
+    path = settings.resolved_master_key_file()
+    url = settings.resolved_database_url()
+    if action == "status":
+        return (await kek_rotation.master_key_status(path, url)).as_json_dict()
+    if action == "add":
+        return (await kek_rotation.add_master_key(path, url)).as_json_dict()
+    if action in ("rotate", "rewrap"):
+        report = await kek_rotation.rotate_master_key(
+            path,
+            url,
+            kek_id=kek_ids[0] if kek_ids else None,
+            rewrap_only=action == "rewrap",
+            batch_size=batch_size,
+            retire_old=retire_old,
+        )
+        return report.as_json_dict()
+    if action == "prune":
+        pruned = await kek_rotation.prune_master_keys(path, url, kek_ids=kek_ids or None)
+        return {"dropped": list(pruned.dropped), "kept_in_use": list(pruned.kept_in_use)}
+    raise ValueError(f"unknown master-key action {action!r}")

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from schemas.algorithms import Plan
+from schemas.algorithms import Algorithm, Plan
 from worker.config import Settings
 
 __all__ = ["build_parser", "main"]
@@ -59,6 +59,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _rotation_period(text: str) -> int:
+    from schemas.rotation_policy import parse_rotation_period
+
+    try:
+        return parse_rotation_period(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", metavar="DIR", help="SQLite file, master key, logs (env PQKMS_DATA_DIR)"
@@ -80,6 +89,65 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
         help="password for the database URL, read from a file such as a container "
         "secret (env PQKMS_DATABASE_PASSWORD_FILE)",
     )
+
+
+def _add_master_key_commands(commands: Any) -> None:
+    master = commands.add_parser(
+        "master-key",
+        help="master key (KEK) rotation: status, add, rotate, rewrap, prune",
+        description="Rotate the master key while workers run (see docs/deploy.md, "
+        "'Master key rotation'). Every action prints one JSON object.",
+    )
+    actions = master.add_subparsers(dest="master_key_command", metavar="ACTION", required=True)
+    status = actions.add_parser(
+        "status", help="the keyring's keys, which is primary, key versions under each"
+    )
+    add = actions.add_parser(
+        "add",
+        help="stage a new key as 'next': copy the keyring to every machine, then rotate",
+    )
+    rotate = actions.add_parser(
+        "rotate",
+        help="make a new key primary and re-wrap every stored seed under it",
+        description="The new primary is --kek-id, else the key staged with 'add', else a "
+        "new key. Exit status 1 if key versions remain under older keys ('rewrap' "
+        "finishes the job).",
+    )
+    rotate.add_argument("--kek-id", metavar="ID", help="rotate to this key of the keyring")
+    rewrap = actions.add_parser(
+        "rewrap",
+        help="re-wrap what is not under the current primary (finish a rotation)",
+        description="Exit status 1 if key versions remain under older keys.",
+    )
+    for action in (rotate, rewrap):
+        action.add_argument("--batch-size", type=_positive_int, default=100, metavar="N",
+                            help="key versions re-wrapped per transaction (default 100)")
+        action.add_argument("--retire-old", action="store_true",
+                            help="then drop the keys no key version uses from the keyring")
+    prune = actions.add_parser(
+        "prune", help="drop previous keys no key version uses from the keyring"
+    )
+    prune.add_argument("--kek-id", dest="kek_ids", action="append", metavar="ID",
+                       help="drop exactly this key (repeatable); refused while rows use it")
+    for action in (status, add, rotate, rewrap, prune):
+        _add_store_options(action)
+
+
+def _add_audit_commands(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="the audit log: verify its hash chains")
+    actions = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    verify = actions.add_parser(
+        "verify",
+        help="check every audit chain in the database (and against the PQKMS_AUDIT stream)",
+        description="Exit 0 when every chain is intact, 1 with one line per problem "
+        "(chain, seq, what is wrong) otherwise. The stream cross-check runs when NATS "
+        "answers and the stream exists (see docs/audit.md).",
+    )
+    _add_store_options(verify)
+    verify.add_argument("--nats-url", metavar="URL",
+                        help="comma-separated NATS servers (env PQKMS_NATS_URL)")
+    verify.add_argument("--no-stream", action="store_true",
+                        help="check the database only, without the stream cross-check")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan", required=True, choices=[plan.value for plan in Plan], help="tenant plan"
     )
     _add_store_options(create)
+    policy = tenant_commands.add_parser(
+        "rotation-policy",
+        help="scheduled key rotation of a tenant: set, show, clear",
+        description="Workers rotate a tenant's active version of an algorithm once it is "
+        "older than the period (checked every PQKMS_ROTATION_CHECK_SECONDS).",
+    )
+    policy_commands = policy.add_subparsers(dest="policy_command", metavar="ACTION",
+                                            required=True)
+    algorithms = [algorithm.value for algorithm in Algorithm]
+    policy_set = policy_commands.add_parser("set", help="rotate every PERIOD; prints JSON")
+    policy_set.add_argument("--period", required=True, type=_rotation_period, metavar="PERIOD",
+                            help="e.g. 90d, 12h, 30m, 3600s")
+    policy_show = policy_commands.add_parser("show", help="print the policies as JSON")
+    policy_clear = policy_commands.add_parser("clear", help="stop scheduled rotation")
+    for action in (policy_set, policy_show, policy_clear):
+        action.add_argument("name", metavar="NAME", help="tenant name")
+        if action is not policy_show:
+            action.add_argument("--algorithm", required=True, choices=algorithms)
+        _add_store_options(action)
 
     database = commands.add_parser("db", help="database setup")
     db_commands = database.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -131,6 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Idempotent; run once before the first worker (compose's init service).",
     )
     _add_store_options(init)
+    upgrade = db_commands.add_parser(
+        "upgrade",
+        help="apply pending schema migrations (and check the master key if one is available)",
+        description="Idempotent; adopts a database created before migrations. Workers do "
+        "not upgrade the schema themselves: run this before starting a new pqkms version.",
+    )
+    _add_store_options(upgrade)
+    current = db_commands.add_parser(
+        "current", help="print the database's schema revision and whether it is at head"
+    )
+    _add_store_options(current)
+
+    _add_master_key_commands(commands)
+    _add_audit_commands(commands)
 
     worker = commands.add_parser("worker", help="run one worker process")
     worker.add_argument("--nats-url", metavar="URL", help="comma-separated NATS servers")
@@ -253,9 +354,41 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _store_errors() -> tuple[type[Exception], ...]:
-    from worker.store import MasterKeyError, MasterKeyMismatch, SchemaTooNew
+    from worker.store import MasterKeyError, MasterKeyMismatch
+    from worker.store.migrations import SchemaError
 
-    return (MasterKeyError, MasterKeyMismatch, SchemaTooNew)
+    return (MasterKeyError, MasterKeyMismatch, SchemaError)
+
+
+def _cmd_rotation_policy(args: argparse.Namespace) -> int:
+    from pqkms.admin import (
+        clear_rotation_policy,
+        database_errors,
+        describe_database_failure,
+        rotation_policies,
+        set_rotation_policy,
+    )
+
+    settings: Settings = _settings(Settings, args)
+    output: Any
+    try:
+        if args.policy_command == "set":
+            output = asyncio.run(set_rotation_policy(
+                settings, args.name, Algorithm(args.algorithm), args.period))
+        elif args.policy_command == "show":
+            output = asyncio.run(rotation_policies(settings, args.name))
+        else:
+            cleared = asyncio.run(
+                clear_rotation_policy(settings, args.name, Algorithm(args.algorithm)))
+            output = {"tenant": args.name, "algorithm": args.algorithm, "cleared": cleared}
+    except (LookupError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    except _store_errors() as exc:
+        raise CommandError(str(exc)) from None
+    except database_errors() as exc:
+        raise CommandError(describe_database_failure(settings, exc)) from None
+    print(json.dumps(output), flush=True)
+    return 0
 
 
 def _cmd_tenant_create(args: argparse.Namespace) -> int:
@@ -289,7 +422,76 @@ def _cmd_db_init(args: argparse.Namespace) -> int:
     except database_errors() as exc:
         raise CommandError(describe_database_failure(settings, exc)) from None
     key = f"master key {info.master_key_file}" if info.master_key_file else "inline master key"
-    print(f"database ready: {info.database_url} ({key}, kek id {info.kek_id})", flush=True)
+    print(
+        f"database ready: {info.database_url} ({key}, kek id {info.kek_id}, "
+        f"schema {info.schema.after})",
+        flush=True,
+    )
+    return 0
+
+
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from pqkms.admin import database_errors, describe_database_failure, upgrade_schema
+
+    settings: Settings = _settings(Settings, args)
+    try:
+        report = asyncio.run(upgrade_schema(settings))
+    except _store_errors() as exc:
+        raise CommandError(str(exc)) from None
+    except database_errors() as exc:
+        raise CommandError(describe_database_failure(settings, exc)) from None
+    schema = report.schema
+    before = schema.before or "none"
+    if schema.adopted:
+        before += " (created before migrations, adopted)"
+    note = "" if schema.changed else " (already at head)"
+    print(f"schema {before} -> {schema.after}{note}: {report.database_url}", flush=True)
+    if report.kek_id is None:
+        print("master key not checked (none available)", flush=True)
+    else:
+        print(f"master key matches (kek id {report.kek_id})", flush=True)
+    return 0
+
+
+def _cmd_db_current(args: argparse.Namespace) -> int:
+    from pqkms.admin import database_errors, describe_database_failure, read_schema_state
+
+    settings: Settings = _settings(Settings, args)
+    try:
+        state = asyncio.run(read_schema_state(settings))
+    except _store_errors() as exc:
+        raise CommandError(str(exc)) from None
+    except database_errors() as exc:
+        raise CommandError(describe_database_failure(settings, exc)) from None
+    print(state.describe(), flush=True)
+    return 0
+
+
+def _cmd_master_key(args: argparse.Namespace) -> int:
+    from pqkms.admin import database_errors, describe_database_failure, run_master_key_command
+    from worker.store.kek_rotation import KekRotationError
+
+    settings: Settings = _settings(Settings, args)
+    kek_ids = getattr(args, "kek_ids", None) or (
+        [args.kek_id] if getattr(args, "kek_id", None) else []
+    )
+    try:
+        result = asyncio.run(run_master_key_command(
+            settings, args.master_key_command, kek_ids=kek_ids,
+            batch_size=getattr(args, "batch_size", 100),
+            retire_old=getattr(args, "retire_old", False)))
+    except KekRotationError as exc:
+        raise CommandError(str(exc)) from None
+    except _store_errors() as exc:
+        raise CommandError(str(exc)) from None
+    except database_errors() as exc:
+        raise CommandError(describe_database_failure(settings, exc)) from None
+    print(json.dumps(result), flush=True)
+    if result.get("remaining_under_old_keys"):
+        raise CommandError(
+            f"{result['remaining_under_old_keys']} key versions are still under older keys "
+            "(a worker without the new keyring, or unreadable rows): see 'master-key status'"
+        )
     return 0
 
 
@@ -307,8 +509,23 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
         from api_bridge.main import run  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise CommandError(f"the HTTP bridge is not installed: {exc}") from None
-    run(_settings(Settings, args))
+    from worker.nats_security import NatsSecurityError
+
+    try:
+        run(_settings(Settings, args))
+    except NatsSecurityError as exc:
+        raise CommandError(str(exc)) from None
     return 0
+
+
+def _nats_connect_options(settings: Settings) -> dict[str, Any]:
+    """Credentials and TLS for ``nats.connect`` from the ``PQKMS_NATS_*`` settings."""
+    from worker.nats_security import NatsSecurityError, nats_security
+
+    try:
+        return nats_security(settings).nats_py_options()
+    except NatsSecurityError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -322,7 +539,8 @@ def _cmd_health(args: argparse.Namespace) -> int:
         target = args.http_url
     else:
         settings: Settings = _settings(Settings, args)
-        healthy = asyncio.run(ping_workers(settings.nats_url, time_limit=args.timeout))
+        healthy = asyncio.run(ping_workers(settings.nats_url, time_limit=args.timeout,
+                                           connect_options=_nats_connect_options(settings)))
         target = f"a worker via {settings.nats_url}"
     if not healthy:
         raise CommandError(f"unhealthy: no healthy answer from {target}")
@@ -335,15 +553,15 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         BatchFileError,
         BatchOptions,
         check_options,
-        connect,
         run_batch_file,
     )
-    from pqkms.client import PqkmsError
+    from pqkms.client import PqkmsClient, PqkmsError
 
     api_key = args.api_key or os.environ.get("PQKMS_API_KEY")
     if not api_key:
         raise CommandError("an API key is needed: --api-key or PQKMS_API_KEY")
     nats_url = args.nats_url or os.environ.get("PQKMS_NATS_URL") or _DEFAULT_NATS_URL
+    security = _nats_connect_options(_settings(Settings, args))
     options = BatchOptions(
         operation=OPERATIONS[args.operation], input_path=Path(args.input),
         output_path=Path(args.output), key_version=args.key_version,
@@ -352,7 +570,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         check_options(options)
-        async with await connect(nats_url, api_key) as client:
+        async with await PqkmsClient.connect(nats_url, api_key,
+                                             nats_options=security) as client:
             return await run_batch_file(client, options)
 
     try:
@@ -372,13 +591,33 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from pqkms.admin import database_errors, describe_database_failure
+    from worker.audit.verify import verify_from_settings
+
+    settings: Settings = _settings(Settings, args)
+    try:
+        report = asyncio.run(verify_from_settings(settings, use_stream=not args.no_stream))
+    except database_errors() as exc:
+        raise CommandError(describe_database_failure(settings, exc)) from None
+    print("\n".join(report.lines()), flush=True)
+    return 0 if report.intact else 1
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
         return _cmd_up(args)
     if args.command == "tenant":
+        if args.tenant_command == "rotation-policy":
+            return _cmd_rotation_policy(args)
         return _cmd_tenant_create(args)
     if args.command == "db":
-        return _cmd_db_init(args)
+        db_commands = {"init": _cmd_db_init, "upgrade": _cmd_db_upgrade, "current": _cmd_db_current}
+        return db_commands[args.db_command](args)
+    if args.command == "master-key":
+        return _cmd_master_key(args)
+    if args.command == "audit":
+        return _cmd_audit_verify(args)
     if args.command == "worker":
         return _cmd_worker(args)
     if args.command == "bridge":

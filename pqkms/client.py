@@ -22,9 +22,9 @@ import asyncio
 import base64
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 import orjson
@@ -40,6 +40,9 @@ from schemas.batch import DEFAULT_MAX_BATCH_ITEMS, REPLY_ENVELOPE_BYTES, item_re
 from schemas.errors import ErrorCode
 from schemas.jobs import JobOperation
 from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID, Subject
+
+if TYPE_CHECKING:
+    from worker.config import Settings
 
 __all__ = [
     "DEFAULT_MESSAGE_LIMIT",
@@ -125,12 +128,15 @@ class PqkmsClient:
 
     @classmethod
     async def connect(cls, servers: str | list[str], api_key: str, *,
-                      connect_timeout: float = 10.0, **options: Any) -> PqkmsClient:
+                      connect_timeout: float = 10.0,
+                      nats_options: Mapping[str, Any] | None = None,
+                      **options: Any) -> PqkmsClient:
         """Connect to NATS and return a client owning the link.
 
         Once connected the link reconnects forever; the first connection gives up after
         ``connect_timeout`` seconds with :class:`ConnectionError`, quietly (nats-py would
-        otherwise retry it forever and print every failure).
+        otherwise retry it forever and print every failure). ``nats_options`` are extra
+        ``nats.connect`` arguments, e.g. credentials and TLS (see :meth:`from_settings`).
         """
         if isinstance(servers, str):
             servers = [url.strip() for url in servers.split(",") if url.strip()]
@@ -142,13 +148,26 @@ class PqkmsClient:
         try:
             connection = await asyncio.wait_for(nats.connect(
                 servers, max_reconnect_attempts=-1, reconnect_time_wait=1,
-                error_cb=remember), connect_timeout)
+                error_cb=remember, **(nats_options or {})), connect_timeout)
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             reason = errors[-1] if errors else (str(exc) or type(exc).__name__)
             raise ConnectionError(
                 f"cannot connect to NATS at {', '.join(servers)}: {reason}"
             ) from None
         return cls(connection, api_key, owns_connection=True, **options)
+
+    @classmethod
+    async def from_settings(cls, settings: Settings, api_key: str, *,
+                            connect_timeout: float = 10.0, **options: Any) -> PqkmsClient:
+        """Connect as ``PQKMS_NATS_*`` settings say: servers, credentials and TLS.
+
+        Raises ``worker.nats_security.NatsSecurityError`` on conflicting settings.
+        """
+        from worker.nats_security import nats_security
+
+        return await cls.connect(settings.nats_url, api_key, connect_timeout=connect_timeout,
+                                 nats_options=nats_security(settings).nats_py_options(),
+                                 **options)
 
     async def close(self) -> None:
         """Close the connection if this client opened it."""

@@ -11,6 +11,8 @@ import contextlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from typing import Any
 
 from schemas.subjects import Subject
 
@@ -22,11 +24,14 @@ def nats_servers(nats_url: str) -> list[str]:
     return [url.strip() for url in nats_url.split(",") if url.strip()]
 
 
-async def ping_workers(nats_url: str, *, time_limit: float = 2.0) -> bool:
+async def ping_workers(nats_url: str, *, time_limit: float = 2.0,
+                       connect_options: Mapping[str, Any] | None = None) -> bool:
     """True when a worker answers ``pqkms.v1.health.ping`` with status ``ok``.
 
     Connection failures, timeouts, "no responders" and malformed replies all count as
-    not healthy; the caller decides how long to keep trying.
+    not healthy; the caller decides how long to keep trying. ``connect_options`` are
+    extra ``nats.connect`` arguments: credentials and TLS from
+    ``worker.nats_security.nats_security(settings).nats_py_options()``.
     """
     import nats
     from nats.errors import Error as NatsError
@@ -42,6 +47,7 @@ async def ping_workers(nats_url: str, *, time_limit: float = 2.0) -> bool:
                 reconnect_time_wait=0.1,
                 error_cb=_ignore_error,
                 name="pqkms-health",
+                **(connect_options or {}),
             ),
             time_limit * 2,
         )

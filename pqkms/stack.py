@@ -113,6 +113,8 @@ def check_ports(settings: StackSettings, *, with_bridge: bool) -> None:
     if with_bridge:
         wanted.append((settings.http_port, settings.http_host, "--http-port"))
     wanted.append((settings.nats_port, settings.nats_host, "--nats-port"))
+    wanted.extend((port, settings.metrics_host, "PQKMS_METRICS_PORT")
+                  for port in worker_metrics_ports(settings))
     seen: set[int] = set()
     for port, host, option in wanted:
         if port in seen:
@@ -120,6 +122,18 @@ def check_ports(settings: StackSettings, *, with_bridge: bool) -> None:
         seen.add(port)
         if not port_available(port, host):
             raise StackError(f"port {port} is already in use; choose another with {option}")
+
+
+def worker_metrics_ports(settings: StackSettings) -> list[int]:
+    """Each worker's /metrics port: ``PQKMS_METRICS_PORT`` for the first, +1 for each next
+    one; none when it is unset (metrics off)."""
+    if settings.metrics_port is None:
+        return []
+    last = settings.metrics_port + settings.workers - 1
+    if last > 65535:
+        raise StackError(f"metrics ports {settings.metrics_port}-{last} go past 65535; "
+                         "choose a lower PQKMS_METRICS_PORT")
+    return list(range(settings.metrics_port, last + 1))
 
 
 def with_fallback_nats_port(settings: StackSettings) -> StackSettings:
@@ -394,11 +408,15 @@ class _Supervisor:
 
     def start_workers_and_bridge(self) -> None:
         env = self._child_env()
+        metrics_ports = worker_metrics_ports(self.settings)
         for index in range(1, self.settings.workers + 1):
+            worker_env = env
+            if metrics_ports:
+                worker_env = {**env, "PQKMS_METRICS_PORT": str(metrics_ports[index - 1])}
             worker = SupervisedProcess(
                 name=f"worker-{index}",
                 argv=self.commands.worker,
-                env=env,
+                env=worker_env,
                 log_path=self.layout.logs_dir / f"worker-{index}.log",
             )
             self.workers.append(worker)
@@ -499,7 +517,19 @@ class _Supervisor:
             "next: pqkms tenant create NAME --plan free --data-dir "
             f"{shlex.quote(str(self.layout.data_dir))}"
         )
-        return [" ".join(parts), hint]
+        return [" ".join(parts), *self._metrics_lines(), hint]
+
+    def _metrics_lines(self) -> list[str]:
+        """Where each worker (and the bridge) serves /metrics, when metrics are on."""
+        ports = worker_metrics_ports(self.settings)
+        if not ports:
+            return []
+        host = _url_host(self.settings.metrics_host)
+        targets = [f"worker-{index} http://{host}:{port}/metrics"
+                   for index, port in enumerate(ports, start=1)]
+        if self.with_bridge:
+            targets.append(f"bridge {self.http_url}/metrics")
+        return ["metrics: " + ", ".join(targets)]
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -554,11 +584,13 @@ def _prepare_layout(settings: StackSettings) -> _Layout:
 
 
 async def _initialise(settings: StackSettings) -> None:
-    from worker.store import MasterKeyError, MasterKeyMismatch, SchemaTooNew
+    from worker.store import MasterKeyError, MasterKeyMismatch
+    from worker.store.migrations import SchemaError
 
     try:
+        # Embedded mode upgrades the schema itself; the workers it starts then find it at head.
         await initialise_store(settings)
-    except (MasterKeyError, MasterKeyMismatch, SchemaTooNew) as exc:
+    except (MasterKeyError, MasterKeyMismatch, SchemaError) as exc:
         raise StackError(str(exc)) from exc
     except database_errors() as exc:
         raise StackError(describe_database_failure(settings, exc)) from exc

@@ -12,11 +12,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas import batch, jobs, kem, keys, signature
+from schemas import batch, jobs, kem, keys, rotation_policy, signature
 from schemas.errors import ErrorCode
 from schemas.subjects import Subject
 
-__all__ = ["JOB_OPERATIONS", "OPERATIONS", "Operation", "operation_for"]
+__all__ = [
+    "JOB_OPERATIONS",
+    "OPERATIONS",
+    "ROTATION_POLICY_OPERATIONS",
+    "Operation",
+    "operation_for",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +113,22 @@ JOB_OPERATIONS: tuple[Operation, ...] = (
               jobs.JobChunkResults, "The results of one finished chunk of a job", _JOB),
 )
 
-_BY_SUBJECT = {operation.subject: operation for operation in OPERATIONS + JOB_OPERATIONS}
+# Rotation policies are NATS only too (tenants' own automation; operators use the CLI).
+_POLICY = ErrorCode.NOT_FOUND
+ROTATION_POLICY_OPERATIONS: tuple[Operation, ...] = (
+    Operation(Subject.KEYS_ROTATION_POLICY_SET, "POST", "",
+              rotation_policy.SetRotationPolicyRequest, rotation_policy.RotationPolicyInfo,
+              "Set (or clear, with a null period) the scheduled rotation of an algorithm",
+              _POLICY),
+    Operation(Subject.KEYS_ROTATION_POLICY_GET, "POST", "",
+              rotation_policy.GetRotationPolicyRequest, rotation_policy.RotationPolicyInfo,
+              "The scheduled rotation of an algorithm", _POLICY),
+)
+
+_BY_SUBJECT = {
+    operation.subject: operation
+    for operation in OPERATIONS + JOB_OPERATIONS + ROTATION_POLICY_OPERATIONS
+}
 
 
 def operation_for(subject: Subject) -> Operation:

@@ -40,6 +40,8 @@ class Subject(StrEnum):
     KEYS_ROTATE = "pqkms.v1.kms.keys.rotate"
     KEYS_RETIRE = "pqkms.v1.kms.keys.retire"
     KEYS_ARCHIVE = "pqkms.v1.kms.keys.archive"
+    KEYS_ROTATION_POLICY_SET = "pqkms.v1.kms.keys.rotation-policy.set"
+    KEYS_ROTATION_POLICY_GET = "pqkms.v1.kms.keys.rotation-policy.get"
     KEM_ENCRYPT_BATCH = "pqkms.v1.kem.encrypt.batch"
     KEM_DECRYPT_BATCH = "pqkms.v1.kem.decrypt.batch"
     SIGNATURE_SIGN_BATCH = "pqkms.v1.signature.sign.batch"

@@ -1,26 +1,69 @@
-"""Shared fixtures: a real stack (nats-server + 2 worker processes) per test session."""
+"""Shared fixtures: a real stack (nats-server + worker processes + bridge) per backend.
+
+The session ``stack`` runs once per database backend, so every test that uses ``stack``,
+``call`` or ``api_key`` runs on both:
+
+- ``sqlite``: two workers on one SQLite file;
+- ``postgres``: four workers on a PostgreSQL database created for the session and
+  dropped after it (skipped when PostgreSQL does not answer).
+
+``PQKMS_TEST_BACKENDS=sqlite`` (comma-separated) limits a run to some backends.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import nats
 import pytest
 
 from schemas.algorithms import Plan
-from tests.support.stack import LocalStack, NatsCaller
+from tests.support.stack import (
+    LocalStack,
+    NatsCaller,
+    PostgresUnavailable,
+    temporary_postgres_database,
+)
+
+# Backend → worker processes of the session stack.
+STACK_WORKERS = {"sqlite": 2, "postgres": 4}
 
 
-@pytest.fixture(scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
-    """nats-server, two worker processes and the HTTP bridge, shared by the session."""
-    local = LocalStack(Path(tmp_path_factory.mktemp("stack")))
-    try:
-        await local.start(workers=2, bridge=_bridge_available())
+def _backend_params() -> list[object]:
+    chosen = os.environ.get("PQKMS_TEST_BACKENDS", ",".join(STACK_WORKERS))
+    names = [name.strip() for name in chosen.split(",") if name.strip() in STACK_WORKERS]
+    return [
+        pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
+        for name in names
+    ]
+
+
+@pytest.fixture(scope="session", params=_backend_params())
+async def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LocalStack]:
+    """nats-server, the backend's workers and the HTTP bridge, shared by the session."""
+    backend: str = request.param
+    root = Path(tmp_path_factory.mktemp(f"stack-{backend}"))
+    async with AsyncExitStack() as resources:
+        database_url = None
+        if backend == "postgres":
+            database_url = await _postgres_or_skip(resources, "pqkms_session")
+        local = LocalStack(root, database_url=database_url)
+        resources.callback(local.stop)
+        await local.start(workers=STACK_WORKERS[backend], bridge=_bridge_available())
         yield local
-    finally:
-        local.stop()
+
+
+async def _postgres_or_skip(resources: AsyncExitStack, prefix: str) -> str:
+    """A temporary database that lives as long as ``resources``; skips without a server."""
+    try:
+        return await resources.enter_async_context(temporary_postgres_database(prefix))
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def _bridge_available() -> bool:
@@ -32,8 +75,15 @@ def _bridge_available() -> bool:
 
 
 @pytest.fixture
+async def postgres_database() -> AsyncIterator[str]:
+    """A PostgreSQL database of the test's own, dropped afterwards (skip if unreachable)."""
+    async with AsyncExitStack() as resources:
+        yield await _postgres_or_skip(resources, "pqkms_it")
+
+
+@pytest.fixture
 async def nats_client(stack: LocalStack) -> AsyncIterator[nats.NATS]:
-    client = await nats.connect(stack.nats_url)
+    client = await nats.connect(stack.nats_servers)
     yield client
     await client.close()
 

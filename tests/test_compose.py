@@ -68,7 +68,12 @@ def test_compose_has_every_service_with_a_healthcheck(compose_config: dict[str, 
         assert name in services, f"service {name} missing"
         check = services[name].get("healthcheck")
         assert check and check.get("test") and not check.get("disable"), name
-    assert services["init"]["command"] == ["db", "init"]
+    # Schema migrations run once, before any worker (workers refuse a schema behind head).
+    assert services["init"]["command"] == ["db", "upgrade"]
+    assert {s["source"] for s in services["init"]["secrets"]} == {
+        "pqkms_master_key",
+        "pqkms_db_password",
+    }
 
 
 def test_compose_workers_reach_every_nats_node_and_wait_for_init(
@@ -82,6 +87,10 @@ def test_compose_workers_reach_every_nats_node_and_wait_for_init(
     assert worker["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert worker["environment"]["PQKMS_MASTER_KEY_FILE"] == "/run/secrets/pqkms_master_key"
     assert "postgresql" in worker["environment"]["PQKMS_DATABASE_URL"]
+    # Every replica serves Prometheus metrics on the container network.
+    assert worker["environment"]["PQKMS_METRICS_HOST"] == "0.0.0.0"
+    assert worker["environment"]["PQKMS_METRICS_PORT"] == "9100"
+    assert "9100" in [str(port) for port in worker["expose"]]
 
 
 def test_compose_keeps_secrets_out_of_the_bridge_and_the_environment(

@@ -4,31 +4,38 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
 from faststream.nats import NatsBroker, NatsResponse
-from faststream.security import SASLPlaintext
 
 from schemas.envelope import new_request_id, success_envelope
 from schemas.subjects import QUEUE_GROUP, Subject
+from worker.audit.trail import AuditTrail
+from worker.audit.wiring import audit_trail, job_chunk_sink, request_sink
 from worker.bulk_config import BulkSettings, get_bulk_settings
 from worker.config import Settings
 from worker.handlers.batch import batch_router
+from worker.handlers.direct import DirectResponder
 from worker.handlers.envelope import EnvelopeHandler
 from worker.handlers.jobs import jobs_router
 from worker.handlers.kem import kem_router
 from worker.handlers.keys import keys_router
+from worker.handlers.rotation_policy import rotation_policy_router
 from worker.handlers.signatures import signature_router
 from worker.jobs import JobRunner, JobService, JobStreams
+from worker.metrics import NO_JOB_METRICS, WorkerMetrics, request_observer
+from worker.nats_security import ConnectRefusalGuard, nats_security
 from worker.services.auth import Authenticator
 from worker.services.batch import BatchService
 from worker.services.crypto_runner import CryptoRunner
 from worker.services.kem import KemService
 from worker.services.key_access import KeyAccess
+from worker.services.key_events import NatsKeyEventPublisher
 from worker.services.keys import KeyLifecycleService
 from worker.services.rate_limit import RateLimiter
+from worker.services.rotation_scheduler import RotationScheduler
 from worker.services.signatures import SignatureService
 
 if TYPE_CHECKING:
@@ -37,7 +44,9 @@ if TYPE_CHECKING:
 __all__ = [
     "WorkerServices",
     "build_broker",
+    "build_direct_responder",
     "build_job_runner",
+    "build_rotation_scheduler",
     "build_services",
     "nats_servers",
 ]
@@ -56,6 +65,11 @@ class WorkerServices:
     authenticator: Authenticator
     rate_limiter: RateLimiter
     bulk: BulkSettings
+    metrics: WorkerMetrics | None = None  # None: PQKMS_METRICS_PORT unset
+    # Key events go out on the broker's connection, attached by build_broker.
+    key_events: NatsKeyEventPublisher = field(default_factory=NatsKeyEventPublisher)
+    # None: PQKMS_AUDIT=false. Its NATS connection is attached by build_broker.
+    audit: AuditTrail | None = None
 
 
 def build_services(
@@ -65,13 +79,17 @@ def build_services(
     runner = CryptoRunner(settings.crypto_threads)
     access = KeyAccess(store)
     authenticator = Authenticator(store)
-    handler = EnvelopeHandler(authenticator, rate_limiter, settings)
+    metrics = WorkerMetrics() if settings.metrics_port is not None else None
+    audit = audit_trail(settings, store.engine)
+    handler = EnvelopeHandler(authenticator, rate_limiter, settings, audit=request_sink(audit),
+                              metrics=request_observer(metrics, settings.otel))
     bulk = get_bulk_settings()
     kem = KemService(access, runner, settings.max_message_bytes)
     signatures = SignatureService(access, runner, settings.max_message_bytes)
+    key_events = NatsKeyEventPublisher()
     return WorkerServices(
         handler=handler,
-        keys=KeyLifecycleService(store, access, settings),
+        keys=KeyLifecycleService(store, access, settings, key_events),
         kem=kem,
         signatures=signatures,
         batch=BatchService(access, runner, settings.max_message_bytes,
@@ -80,6 +98,9 @@ def build_services(
         authenticator=authenticator,
         rate_limiter=rate_limiter,
         bulk=bulk,
+        metrics=metrics,
+        key_events=key_events,
+        audit=audit,
     )
 
 
@@ -88,25 +109,42 @@ def nats_servers(settings: Settings) -> list[str]:
     return [url.strip() for url in settings.nats_url.split(",") if url.strip()]
 
 
-def build_broker(settings: Settings, services: WorkerServices) -> NatsBroker:
-    """A NatsBroker subscribed to every pqkms subject in one queue group."""
-    security = None
-    if settings.nats_user:
-        password = settings.nats_password.get_secret_value() if settings.nats_password else ""
-        security = SASLPlaintext(username=settings.nats_user, password=password)
+def build_direct_responder(settings: Settings, services: WorkerServices) -> DirectResponder | None:
+    """The data plane's fast path (``PQKMS_DIRECT_DATA_PLANE``, on by default), or ``None``
+    to serve every subject as a FastStream subscriber."""
+    if not settings.direct_data_plane:
+        return None
+    return DirectResponder(services.handler, settings.direct_max_in_flight)
+
+
+def build_broker(
+    settings: Settings, services: WorkerServices, direct: DirectResponder | None = None
+) -> NatsBroker:
+    """A NatsBroker subscribed to every pqkms subject in one queue group; the data-plane
+    subjects go to ``direct`` instead when given (start it on ``broker.connection``)."""
+    # Refused credentials or TLS end the worker at start with a log line saying why
+    # (FastStream would otherwise retry a TLS failure forever, unlogged).
+    guard = ConnectRefusalGuard("worker")
     broker = NatsBroker(
         nats_servers(settings),
         name=f"pqkms-worker-{socket.gethostname()}-{os.getpid()}",
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-        security=security,
+        security=nats_security(settings).faststream_security(),
+        error_cb=guard.error_cb,
+        disconnected_cb=guard.disconnected_cb,
+        reconnected_cb=guard.reconnected_cb,
         graceful_timeout=15.0,
         log_level=10,  # FastStream's per-message lines at DEBUG; we log one line ourselves
     )
-    broker.include_router(kem_router(services.handler, services.kem))
-    broker.include_router(signature_router(services.handler, services.signatures))
+    broker.include_router(kem_router(services.handler, services.kem, direct))
+    broker.include_router(signature_router(services.handler, services.signatures, direct))
     broker.include_router(keys_router(services.handler, services.keys))
-    broker.include_router(batch_router(services.handler, services.batch))
+    broker.include_router(rotation_policy_router(services.handler, services.keys))
+    services.key_events.use_connection(lambda: broker.connection)
+    if services.audit is not None:
+        services.audit.use_connection(lambda: broker.connection)
+    broker.include_router(batch_router(services.handler, services.batch, direct))
     streams = JobStreams(lambda: broker.connection, services.bulk)
     broker.include_router(jobs_router(services.handler, JobService(streams, services.batch)))
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
@@ -130,4 +168,17 @@ def build_job_runner(settings: Settings, services: WorkerServices, broker: NatsB
         settings,
         concurrency=services.bulk.job_concurrency,
         ack_wait=services.bulk.job_ack_wait_seconds,
+        metrics=services.metrics or NO_JOB_METRICS,
+        audit=job_chunk_sink(services.audit),
+    )
+
+
+def build_rotation_scheduler(
+    settings: Settings, services: WorkerServices, store: KeyStore
+) -> RotationScheduler:
+    """The background scheduled rotation of this worker (``start()`` it once serving)."""
+    from worker.store.rotation_policies import RotationPolicyStore
+
+    return RotationScheduler(
+        RotationPolicyStore(store.engine), services.keys, settings.rotation_check_seconds
     )

@@ -39,6 +39,27 @@ class Settings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: SecretStr | None = None
+    # NATS security (worker/nats_security.py, docs/deploy.md "NATS security").
+    nats_creds_file: Path | None = Field(
+        default=None, description=".creds file: NATS user JWT + nkey seed (operator mode)"
+    )
+    nats_nkey_seed_file: Path | None = Field(default=None, description="NATS nkey seed file")
+    nats_tls_ca_file: Path | None = Field(
+        default=None, description="CA certificates that signed the NATS server's certificate"
+    )
+    nats_tls_cert_file: Path | None = Field(default=None, description="client cert, mutual TLS")
+    nats_tls_key_file: Path | None = Field(default=None, description="the client cert's key")
+    nats_tls_server_name: str | None = Field(
+        default=None, description="name expected in the server certificate (default: URL host)"
+    )
+    nats_tls_handshake_first: bool = Field(
+        default=False, description="TLS before any NATS protocol byte (server: handshake_first)"
+    )
+    jetstream_replicas: int = Field(
+        default=1, ge=1, le=5,
+        description="replicas of the rate-limit KV bucket: 3 on a 3-node NATS cluster, so "
+        "losing one node keeps limits shared (jobs: PQKMS_JOB_STREAM_REPLICAS)",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
     database_url: str | None = Field(
@@ -51,8 +72,38 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=ONE_MIB, ge=1, description="plaintext/message limit")
     request_timeout_seconds: float = 10.0
     crypto_threads: int = Field(default=2, ge=1)
+    direct_data_plane: bool = Field(
+        default=True, description="serve crypto subjects on the connection, not per-message"
+        " FastStream subscribers (docs/performance.md)",
+    )
+    direct_max_in_flight: int = Field(default=256, ge=1)
     log_level: str = "INFO"
     log_json: bool | None = Field(default=None, description="default: JSON unless on a terminal")
+    metrics_host: str = Field(default="127.0.0.1", description="where a worker serves /metrics")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="a worker's /metrics port (none: no metrics); pqkms up: worker i gets +i-1",
+    )
+    otel: bool = Field(default=False, description="one OpenTelemetry span per request (SDK)")
+    rotation_check_seconds: float = Field(
+        default=60.0, gt=0, description="how often each worker looks for keys due for rotation"
+    )
+    rotation_min_period_seconds: int = Field(
+        default=60, ge=1, description="the shortest rotation period a tenant may set"
+    )
+    key_events_retention_hours: float = Field(
+        default=168.0, ge=0, description="PQKMS_KEY_EVENTS stream max age; 0: no stream"
+    )
+    audit: bool = Field(
+        default=True, description="audit every operation (docs/audit.md); false only for "
+        "setups that audit elsewhere, e.g. benchmarks of the crypto alone",
+    )
+    audit_stream_replicas: int | None = Field(
+        default=None, ge=1, le=5, description="PQKMS_AUDIT replicas (default: jetstream_replicas)"
+    )
+    audit_stream_max_age_days: float = Field(
+        default=0.0, ge=0, description="PQKMS_AUDIT max age in days; 0: kept until removed"
+    )
 
     free_max_versions: int | None = 3
     free_rate_per_second: float | None = 10.0

@@ -8,9 +8,18 @@ import sys
 
 import structlog
 
-from worker.app import build_broker, build_job_runner, build_services
+from worker.app import (
+    build_broker,
+    build_direct_responder,
+    build_job_runner,
+    build_rotation_scheduler,
+    build_services,
+)
+from worker.audit.wiring import finish_subscribers
 from worker.config import Settings
 from worker.logging_setup import configure_logging
+from worker.metrics import MetricsServer, serve_metrics
+from worker.services.key_events import ensure_key_events_stream
 from worker.services.rate_limit import KvRateLimiter
 from worker.services.shared_rate_limiter import SwitchableRateLimiter
 
@@ -20,13 +29,17 @@ _log = structlog.get_logger("pqkms.worker")
 
 
 async def _open_store(settings: Settings):  # type: ignore[no-untyped-def]
-    from worker.store import KeyStore, load_or_create_master_key, master_key_from_base64
+    from worker.store import KeyringFile, KeySource, KeyStore, master_key_from_base64
 
+    master: KeySource
     if settings.master_key is not None:
         master = master_key_from_base64(settings.master_key.get_secret_value())
     else:
-        master = load_or_create_master_key(settings.resolved_master_key_file(), create=False)
-    return await KeyStore.open(settings.resolved_database_url(), master, create_schema=True)
+        # The store follows the keyring file as `pqkms master-key` replaces it.
+        master = KeyringFile(settings.resolved_master_key_file())
+    # Workers never migrate: a schema behind head stops them with "run `pqkms db upgrade`"
+    # (pqkms up and compose's init service upgrade before any worker starts).
+    return await KeyStore.open(settings.resolved_database_url(), master, create_schema=False)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -34,23 +47,49 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     store = await _open_store(settings)
     limiter = SwitchableRateLimiter()
     services = build_services(settings, store, limiter)
-    broker = build_broker(settings, services)
+    direct = build_direct_responder(settings, services)
+    broker = build_broker(settings, services, direct)
     jobs = build_job_runner(settings, services, broker)
+    rotations = build_rotation_scheduler(settings, services, store)
+    metrics_server: MetricsServer | None = None
     try:
+        if services.metrics is not None and settings.metrics_port is not None:
+            services.metrics.watch_event_loop(asyncio.get_running_loop())
+            metrics_server = serve_metrics(services.metrics, settings.metrics_host,
+                                           settings.metrics_port)
+            _log.info("metrics_serving", host=settings.metrics_host, port=metrics_server.port)
         await broker.connect()
         try:
-            kv = await broker.key_value(KvRateLimiter.BUCKET, history=1, ttl=3600)
+            kv = await broker.key_value(KvRateLimiter.BUCKET, history=1, ttl=3600,
+                                        replicas=settings.jetstream_replicas)
             limiter.use(KvRateLimiter(kv))
         except Exception as exc:  # NATS without JetStream: limits hold per worker only
             _log.warning("rate_limits_not_shared", reason=type(exc).__name__)
+        await ensure_key_events_stream(
+            broker.connection, settings.key_events_retention_hours * 3600,
+            settings.jetstream_replicas,
+        )
+        if services.audit is not None:
+            services.audit.start()  # writes this run's chain open record
         await broker.start()
+        if direct is not None:
+            await direct.start(broker.connection)
         jobs.start()
+        rotations.start()
         _log.info("worker_ready", nats=settings.nats_url.split(",")[0])
         await stop.wait()
     finally:
+        await rotations.stop()
+        if direct is not None:
+            await direct.stop()
         await jobs.stop()
+        if services.audit is not None:
+            await finish_subscribers(broker)  # their audit records need the connection
+            await services.audit.close()  # the chain's close record
         await broker.stop()
         services.runner.close()
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.close)
         await store.close()
         _log.info("worker_stopped")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,7 +114,7 @@ async def test_no_secret_reaches_any_log(tmp_path: Path) -> None:
     finally:
         stack.stop()
     logs = b"".join(path.read_bytes() for path in stack.root.glob("*.log"))
-    assert b'"event": "request"' in logs  # the logs were written at all
+    assert re.search(rb'"event": ?"request"', logs)  # the logs were written at all
     for secret in secrets:
         assert secret not in logs
     # Seeds never leave the database wrapped form: no 64-hex or base64 seeds either.

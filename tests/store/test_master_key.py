@@ -13,14 +13,17 @@ import pytest
 from worker.store import (
     MasterKey,
     MasterKeyError,
+    MasterKeyring,
     SeedIntegrityError,
     key_check_value,
+    load_keyring,
     load_or_create_master_key,
     master_key_from_base64,
     seed_aad,
     unwrap_seed,
     wrap_seed,
 )
+from worker.store.keyring import keyring_from_text, keyring_to_text, write_keyring_file
 
 
 def test_created_with_mode_0600_in_a_new_directory_and_reloaded(tmp_path: Path) -> None:
@@ -136,3 +139,72 @@ def test_key_check_value_identifies_the_key() -> None:
     assert len(key_check_value(a)) == 16
     assert key_check_value(a) == key_check_value(MasterKey(a.key))
     assert key_check_value(a) != key_check_value(b)
+
+
+# -- the keyring text format ---------------------------------------------------------------
+
+
+def _b64(key: MasterKey) -> str:
+    return base64.b64encode(key.key).decode()
+
+
+def test_keyring_text_round_trips_with_roles_and_comments() -> None:
+    primary, old, upcoming = (MasterKey(os.urandom(32)) for _ in range(3))
+    text = (
+        "# a comment line\n\n"
+        f"previous {_b64(old)}   # kek {old.kek_id}\n"
+        f"primary\t{_b64(primary)}\n"
+        f"next {_b64(upcoming)}\n"
+    )
+    keyring = keyring_from_text(text)
+    assert keyring == MasterKeyring(primary, (old,), (upcoming,))
+    assert keyring.kek_ids == (primary.kek_id, old.kek_id, upcoming.kek_id)
+    assert keyring_from_text(keyring_to_text(keyring)) == keyring
+    assert keyring_from_text(f"primary {_b64(primary)}\n") == MasterKeyring.single(primary)
+    for text in (repr(keyring), str(keyring)):
+        assert primary.kek_id in text
+        assert all(_b64(k) not in text and k.key.hex() not in text for k in keyring.keys)
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        (["primary {a}", "primary {b}"], "exactly one primary key, found 2"),
+        (["previous {a}", "next {b}"], "exactly one primary key, found 0"),
+        (["primary {a}", "{b}"], "line 2: expected"),
+        (["primary {a}", "spare {b}"], "line 2: expected"),
+        (["primary {a}", "next {a}"], "twice"),
+        (["primary {a}", "next c2hvcnQ="], "line 2: The master key must decode to 32 bytes"),
+    ],
+)
+def test_malformed_keyrings_are_refused_without_echoing_keys(
+    tmp_path: Path, lines: list[str], reason: str
+) -> None:
+    a, b = MasterKey(os.urandom(32)), MasterKey(os.urandom(32))
+    text = "\n".join(lines).format(a=_b64(a), b=_b64(b)) + "\n"
+    path = tmp_path / "master.key"
+    path.write_text(text)
+    with pytest.raises(MasterKeyError, match=reason) as failure:
+        load_or_create_master_key(path)
+    assert _b64(a) not in str(failure.value) and _b64(b) not in str(failure.value)
+    assert path.read_text() == text  # never rewritten
+
+
+def test_legacy_loader_returns_the_primary_of_a_keyring_file(tmp_path: Path) -> None:
+    primary, old = MasterKey(os.urandom(32)), MasterKey(os.urandom(32))
+    path = tmp_path / "master.key"
+    write_keyring_file(path, MasterKeyring(primary, (old,)))
+    assert load_or_create_master_key(path, create=False) == primary
+    assert load_keyring(path) == MasterKeyring(primary, (old,))
+
+
+def test_keyring_edits_keep_one_primary() -> None:
+    first, second, third = (MasterKey(os.urandom(32)) for _ in range(3))
+    ring = MasterKeyring.single(first).with_next(second)
+    promoted = ring.promoted(second)
+    assert promoted == MasterKeyring(second, (first,))
+    assert promoted.promoted(second) is promoted
+    assert promoted.with_next(third).without([first.kek_id]) == MasterKeyring(second, (), (third,))
+    with pytest.raises(MasterKeyError, match="primary"):
+        promoted.without([second.kek_id])
+    assert promoted.role_of(first.kek_id) == "previous" and promoted.get(third.kek_id) is None

@@ -8,19 +8,62 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import orjson
+from sqlalchemy.engine import make_url
 
 from pqkms.nats_embedded import EmbeddedNats, find_free_port, start_nats_server
 from schemas.algorithms import Plan
 from worker.store import KeyStore, load_or_create_master_key
 
-__all__ = ["LocalStack", "Reply"]
+__all__ = [
+    "DEFAULT_POSTGRES_URL",
+    "LocalStack",
+    "NatsCaller",
+    "PostgresUnavailable",
+    "Reply",
+    "temporary_postgres_database",
+]
+
+# The PostgreSQL server of this machine; PQKMS_TEST_POSTGRES_URL names another.
+DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+class PostgresUnavailable(RuntimeError):
+    """The test PostgreSQL server does not answer."""
+
+
+@asynccontextmanager
+async def temporary_postgres_database(prefix: str = "pqkms_it") -> AsyncIterator[str]:
+    """A fresh database on the test PostgreSQL server, dropped on exit; yields its URL.
+
+    Raises :class:`PostgresUnavailable` (before yielding) when the server does not answer,
+    so a fixture can skip.
+    """
+    base = make_url(os.environ.get("PQKMS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        admin = await asyncpg.connect(admin_dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise PostgresUnavailable(f"PostgreSQL not reachable ({type(exc).__name__})") from exc
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield base.set(database=name).render_as_string(hide_password=False)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @dataclass
@@ -42,7 +85,11 @@ class Reply:
 
 @dataclass
 class LocalStack:
-    """nats-server + N workers (+ bridge) on loopback, all state in ``root``."""
+    """nats-server + N workers (+ bridge) on loopback, all state in ``root``.
+
+    ``external_nats`` lists servers started elsewhere (e.g. a :class:`NatsCluster`):
+    the stack then starts no nats-server of its own and every process gets all of them.
+    """
 
     root: Path
     database_url: str | None = None
@@ -52,14 +99,27 @@ class LocalStack:
     nats_port: int = 0
     http_port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    external_nats: list[str] = field(default_factory=list)
+    worker_logs: dict[int, Path] = field(default_factory=dict)
 
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.root / 'pqkms.db'}"
 
     @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return make_url(self.db_url).get_backend_name()
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """Every NATS server URL, for ``nats.connect``."""
+        return list(self.external_nats) or [f"nats://127.0.0.1:{self.nats_port}"]
+
+    @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.nats_port}"
+        """The servers comma-separated, as ``PQKMS_NATS_URL`` takes them."""
+        return ",".join(self.nats_servers)
 
     @property
     def http_url(self) -> str:
@@ -84,6 +144,8 @@ class LocalStack:
     # -- lifecycle -------------------------------------------------------------------
 
     def start_nats(self) -> None:
+        if self.external_nats:
+            return
         self.nats_port = self.nats_port or find_free_port()
         self.nats = start_nats_server(self.root / "nats", port=self.nats_port,
                                       log_file=self.root / "nats.log")
@@ -99,11 +161,13 @@ class LocalStack:
         await store.close()
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"worker-{len(self.workers)}.log", "ab")  # noqa: SIM115
+        path = self.root / f"worker-{len(self.worker_logs)}.log"
+        log = open(path, "ab")  # noqa: SIM115
         process = subprocess.Popen(
             [sys.executable, "-m", "worker"], env=self.env(), stdout=log, stderr=log
         )
         self.workers.append(process)
+        self.worker_logs[process.pid] = path
         return process
 
     def start_bridge(self) -> None:
@@ -128,7 +192,7 @@ class LocalStack:
         """Until ``count`` distinct workers have answered a health ping."""
         seen: set[str] = set()
         deadline = time.monotonic() + timeout
-        client = await nats.connect(self.nats_url)
+        client = await nats.connect(self.nats_servers)
         try:
             while len(seen) < count:
                 if time.monotonic() > deadline:
@@ -171,6 +235,17 @@ class LocalStack:
                 process.wait()
         self.workers.clear()
 
+    def stop_worker(self, process: subprocess.Popen[bytes]) -> None:
+        """Stop one worker (SIGTERM, then SIGKILL) and forget it."""
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.workers.remove(process)
+
     def stop(self) -> None:
         if self.bridge and self.bridge.poll() is None:
             self.bridge.terminate()
@@ -187,6 +262,35 @@ class LocalStack:
         """Raw bytes of the SQLite database files (main file and WAL)."""
         files = [self.root / "pqkms.db", self.root / "pqkms.db-wal"]
         return b"".join(path.read_bytes() for path in files if path.exists())
+
+    def requests_served(self, tenant_id: str, subject: str) -> list[int]:
+        """Per running worker, how many ``subject`` requests of the tenant it has logged
+        (each worker writes one JSON ``request`` line per request to its own log)."""
+        counts: list[int] = []
+        for process in self.workers:
+            served: Counter[str] = Counter()
+            for line in self.worker_logs[process.pid].read_bytes().splitlines():
+                if b'"request"' not in line or tenant_id.encode() not in line:
+                    continue
+                try:
+                    event = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a line being written right now
+                if event.get("event") == "request" and event.get("tenant_id") == tenant_id:
+                    served[str(event.get("subject"))] += 1
+            counts.append(served[subject])
+        return counts
+
+    async def tenant_id(self, api_key: str) -> str:
+        """The tenant an API key belongs to."""
+        master = load_or_create_master_key(self.master_key_file, create=False)
+        store = await KeyStore.open(self.db_url, master, create_schema=False)
+        try:
+            tenant = await store.authenticate(api_key)
+        finally:
+            await store.close()
+        assert tenant is not None, "unknown API key"
+        return tenant.tenant_id
 
     async def create_tenant(self, plan: Plan = Plan.ENTERPRISE) -> str:
         """A new tenant; returns its API key."""

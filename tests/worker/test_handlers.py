@@ -7,22 +7,25 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import orjson
 import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
+from nats.js.errors import ServiceUnavailableError
 from structlog.testing import capture_logs
 
 from schemas.algorithms import Plan
 from schemas.subjects import Subject
 from worker.app import build_broker, build_services
 from worker.config import Settings
+from worker.services.keys import KeyLifecycleService
 from worker.services.rate_limit import InMemoryRateLimiter
 from worker.store import KeyStore, load_or_create_master_key
 
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[tuple[NatsBroker, str]]:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path, audit=False)
     store = await KeyStore.open(settings.resolved_database_url(),
                                 load_or_create_master_key(tmp_path / "master.key"))
     _, api_key = await store.create_tenant("acme", Plan.PRO)
@@ -104,3 +107,27 @@ async def test_one_summary_line_per_request_without_payloads(
     assert line["request_id"] == "req-log" and "duration_ms" in line
     flat = repr(logs)
     assert plaintext not in flat and api_key not in flat and "very secret" not in flat
+
+
+@pytest.mark.parametrize("failure", [nats.errors.TimeoutError(), nats.errors.NoRespondersError(),
+                                     ServiceUnavailableError()])
+async def test_nats_briefly_away_is_a_503_to_retry_not_a_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    async def away(*_args: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(KeyLifecycleService, "list", away)
+    settings = Settings(data_dir=tmp_path, audit=False)
+    store = await KeyStore.open(settings.resolved_database_url(),
+                                load_or_create_master_key(tmp_path / "master.key"))
+    _, api_key = await store.create_tenant("acme", Plan.PRO)
+    services = build_services(settings, store, InMemoryRateLimiter())
+    try:
+        async with TestNatsBroker(build_broker(settings, services)) as broker:
+            body, _ = await request(broker, Subject.KEYS_LIST, {}, api_key)
+    finally:
+        services.runner.close()
+        await store.close()
+    assert "data" not in body and body["error"]["code"] == "ERR_SERVICE_001"
+    assert "retry" in body["error"]["message"]

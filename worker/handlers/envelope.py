@@ -1,13 +1,15 @@
 """The one place where requests become envelopes and errors become error envelopes.
 
 Order per request: JSON body → API key → rate limit (an operation may count several
-tokens, e.g. one per batch item) → validation → service. Any
-exception that is not a ``ServiceError`` becomes ``ERR_INTERNAL_001`` with a generic
-message and a log line; nothing from it reaches the wire.
+tokens, e.g. one per batch item) → validation → service. NATS or JetStream briefly
+away (a failover) becomes ``ERR_SERVICE_001`` (503, retry); any other exception that is
+not a ``ServiceError`` becomes ``ERR_INTERNAL_001`` with a generic message and a log
+line; nothing from it reaches the wire.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -26,6 +28,14 @@ from worker.errors import RateLimited, ServiceError
 from worker.services.auth import Authenticator
 from worker.services.context import Caller
 from worker.services.rate_limit import RateLimiter
+from worker.services.request_record import (
+    NO_AUDIT,
+    NO_METRICS,
+    AuditSink,
+    RequestMetrics,
+    RequestRecord,
+)
+from worker.services.transient import TRANSIENT_MESSAGE, is_transient
 
 __all__ = ["EnvelopeHandler", "Reply", "ServiceCall", "header_value"]
 
@@ -69,15 +79,35 @@ def _decode_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _field(request: BaseModel | None, result: BaseModel | None, name: str) -> Any:
+    """``name`` from the validated request, else from the result, else ``None``."""
+    for model in (request, result):
+        value = getattr(model, name, None)
+        if value is not None:
+            return value.value if hasattr(value, "value") else value
+    return None
+
+
+def _with_outcome(record: RequestRecord, outcome: str) -> RequestRecord:
+    return dataclasses.replace(record, outcome=outcome)
+
+
 class EnvelopeHandler:
     """Turns one raw request into one reply envelope, whatever happens."""
 
     def __init__(
-        self, authenticator: Authenticator, rate_limiter: RateLimiter, settings: Settings
+        self,
+        authenticator: Authenticator,
+        rate_limiter: RateLimiter,
+        settings: Settings,
+        audit: AuditSink = NO_AUDIT,
+        metrics: RequestMetrics = NO_METRICS,
     ) -> None:
         self._auth = authenticator
         self._rate_limiter = rate_limiter
         self._settings = settings
+        self._audit = audit
+        self._metrics = metrics
 
     async def handle(
         self,
@@ -92,6 +122,9 @@ class EnvelopeHandler:
         reply_headers = {HEADER_REQUEST_ID: request_id}
         tenant_id: str | None = None
         code = "OK"
+        cost = 1
+        request: BaseModel | None = None
+        result: BaseModel | None = None
         try:
             body = _decode_body(raw_body)
             caller = await self._auth.authenticate(
@@ -122,12 +155,44 @@ class EnvelopeHandler:
         except ServiceError as exc:
             code = exc.code.value
             envelope = error_envelope(exc.code, request_id, exc.message)
-        except Exception:
-            code = ErrorCode.INTERNAL.value
+        except Exception as exc:
             # Log the type and traceback, never the request body or key material.
-            _log.exception("request_failed", subject=operation.subject.value,
+            if is_transient(exc):
+                code = ErrorCode.SERVICE_UNAVAILABLE.value
+                _log.warning("request_unavailable", subject=operation.subject.value,
+                             request_id=request_id, tenant_id=tenant_id,
+                             reason=type(exc).__name__)
+                envelope = error_envelope(ErrorCode.SERVICE_UNAVAILABLE, request_id,
+                                          TRANSIENT_MESSAGE)
+            else:
+                code = ErrorCode.INTERNAL.value
+                _log.exception("request_failed", subject=operation.subject.value,
+                               request_id=request_id, tenant_id=tenant_id)
+                envelope = error_envelope(ErrorCode.INTERNAL, request_id)
+        record = RequestRecord(
+            operation=operation.subject.value,
+            request_id=request_id,
+            tenant_id=tenant_id,
+            algorithm=_field(request, result, "algorithm"),
+            key_version=_field(request, result, "key_version"),
+            outcome=code,
+            duration_seconds=time.perf_counter() - started,
+            items=cost,
+        )
+        try:
+            await self._audit.append(record)
+        except Exception:
+            # No audit record, no answer: the operation is reported as failed.
+            code = ErrorCode.SERVICE_UNAVAILABLE.value
+            _log.exception("audit_write_failed", subject=operation.subject.value,
                            request_id=request_id, tenant_id=tenant_id)
-            envelope = error_envelope(ErrorCode.INTERNAL, request_id)
+            envelope = error_envelope(
+                ErrorCode.SERVICE_UNAVAILABLE, request_id,
+                "The audit record of this request could not be written, so the request "
+                "is reported as failed; retry later",
+            )
+            reply_headers.pop(HEADER_RETRY_AFTER, None)
+        self._metrics.observe(record if code == record.outcome else _with_outcome(record, code))
         _log.info(
             "request",
             subject=operation.subject.value,

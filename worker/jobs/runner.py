@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import orjson
@@ -36,10 +37,12 @@ from worker.errors import RateLimited, ServiceError
 from worker.handlers.envelope import header_value
 from worker.jobs.service import HEADER_FAILED, HEADER_ITEMS
 from worker.jobs.streams import CONSUMER, JobStreams
+from worker.metrics import NO_JOB_METRICS, JobChunkMetrics
 from worker.services.auth import Authenticator
 from worker.services.batch import BatchService
 from worker.services.context import Caller
 from worker.services.rate_limit import RateLimiter
+from worker.services.request_record import NO_AUDIT, AuditSink, RequestRecord
 
 __all__ = ["JobRunner"]
 
@@ -61,6 +64,8 @@ class JobRunner:
         settings: Settings,
         concurrency: int,
         ack_wait: float,
+        metrics: JobChunkMetrics = NO_JOB_METRICS,
+        audit: AuditSink = NO_AUDIT,
     ) -> None:
         self._streams = streams
         self._batches = batches
@@ -68,6 +73,8 @@ class JobRunner:
         self._rate_limiter = rate_limiter
         self._settings = settings
         self._concurrency = concurrency
+        self._metrics = metrics
+        self._audit = audit
         self._heartbeat = max(0.5, ack_wait / 3)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -133,10 +140,12 @@ class JobRunner:
         try:
             if await self._streams.has_results(tenant, job_id, index):
                 await message.ack()
+                self._metrics.chunk_finished("duplicate")
                 return
             outcome = await self._run_chunk(message, tenant)
             if outcome is None:
                 await message.term()
+                self._metrics.chunk_finished("dropped")
                 return
             payload = orjson.dumps({"job_id": job_id, "chunk_index": index,
                                     **outcome.model_dump(mode="json")})
@@ -144,6 +153,7 @@ class JobRunner:
                        HEADER_ITEMS: str(outcome.total), HEADER_FAILED: str(outcome.failed)}
             await self._publish(results_subject(tenant, job_id, index), payload, headers)
             await message.ack_sync(timeout=5.0)
+            self._metrics.chunk_finished("done")
             _log.info("job_chunk_done", tenant_id=tenant, job_id=job_id, chunk_index=index,
                       items=outcome.total, failed=outcome.failed)
         except asyncio.CancelledError:
@@ -153,6 +163,7 @@ class JobRunner:
         except Exception:
             _log.exception("job_chunk_failed", tenant_id=tenant, job_id=job_id,
                            chunk_index=index)
+            self._metrics.chunk_finished("failed")
             with contextlib.suppress(Exception):
                 await message.nak(delay=5)
         finally:
@@ -175,12 +186,14 @@ class JobRunner:
             _log.warning("job_chunk_unreadable", reason="body")
             return None
         request_id = header_value(message.headers, HEADER_REQUEST_ID) or new_request_id()
+        started = time.perf_counter()
         try:
             caller = await self._auth.authenticate(
                 header_value(message.headers, HEADER_API_KEY), request_id
             )
         except ServiceError as exc:
             # The key was revoked since submit: every item says so.
+            await self._audit_chunk(operation, body, request_id, None, exc.code.value, started)
             error = BatchItemError(code=exc.code.value, error_code=exc.code.value,
                                    message=exc.message)
             return BatchResult(results=[BatchItemResult(error=error) for _ in items],
@@ -189,8 +202,24 @@ class JobRunner:
             _log.warning("job_chunk_wrong_tenant", tenant_id=caller.tenant_id)
             return None
         await self._take_tokens(caller, len(items))
-        return await self._batches.run(operation.subject, caller, items,
-                                       body.get("key_version"), body.get("algorithm"))
+        result = await self._batches.run(operation.subject, caller, items,
+                                         body.get("key_version"), body.get("algorithm"))
+        self._metrics.chunk_items(operation.batch_subject.value, result.total, result.failed)
+        # No audit record, no results: a raise here naks the chunk, to be done again.
+        await self._audit_chunk(operation, body, request_id, caller.tenant_id, "OK", started)
+        return result
+
+    async def _audit_chunk(self, operation: JobOperation, body: dict[str, Any], request_id: str,
+                           tenant_id: str | None, outcome: str, started: float) -> None:
+        """One audit record per processed chunk (``request_id`` is the submit's)."""
+        key_version, algorithm = body.get("key_version"), body.get("algorithm")
+        await self._audit.append(RequestRecord(
+            operation=operation.batch_subject.value, request_id=request_id, tenant_id=tenant_id,
+            algorithm=algorithm if isinstance(algorithm, str) else None,
+            key_version=key_version if type(key_version) is int else None,
+            outcome=outcome, duration_seconds=time.perf_counter() - started,
+            items=len(body["items"]),
+        ))
 
     async def _take_tokens(self, caller: Caller, count: int) -> None:
         """One token per item; a job waits for its plan's rate instead of failing."""

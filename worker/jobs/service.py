@@ -6,6 +6,7 @@ one tenant can never see, extend or read another tenant's job, even with the sam
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -38,6 +39,7 @@ from worker.errors import ServiceError
 from worker.jobs.streams import JobStreams
 from worker.services.batch import BatchService
 from worker.services.context import Caller
+from worker.services.transient import TRANSIENT_MESSAGE
 
 __all__ = ["HEADER_FAILED", "HEADER_ITEMS", "JobService", "chunk_headers_of"]
 
@@ -45,6 +47,7 @@ HEADER_ITEMS = "Pqkms-Items"
 HEADER_FAILED = "Pqkms-Failed"
 # Room for the chunk's own JSON wrapper and headers inside one message.
 _CHUNK_HEADROOM = 4096
+_READ_BACK_ATTEMPTS = 6
 
 _BATCH_MODELS: dict[JobOperation, type[BaseModel]] = {
     JobOperation.KEM_ENCRYPT: batch.EncryptBatchRequest,
@@ -125,7 +128,7 @@ class JobService:
         except Exception as exc:  # nats-py raises a plain APIError for "key exists"
             if "wrong last sequence" not in str(exc).lower():
                 raise
-        existing = orjson.loads((await kv.get(key)).value or b"{}")
+        existing = await _read_back(kv, key)
         if (existing.get("operation"), existing.get("total_chunks")) != (
             record["operation"], record["total_chunks"]
         ):
@@ -202,3 +205,17 @@ class JobService:
                 f"Chunk {request.chunk_index} of job {request.job_id} has no results yet",
             ) from None
         return JobChunkResults.model_validate_json(message.data or b"{}")
+
+
+async def _read_back(kv: Any, key: str) -> dict[str, Any]:
+    """The job record that made ``create`` fail. On a replicated bucket during a leader
+    change, our own first attempt can have been applied (its retry then fails) before
+    the replica we read from has it: wait briefly for it, then ask for a retry."""
+    for attempt in range(_READ_BACK_ATTEMPTS):
+        try:
+            existing: dict[str, Any] = orjson.loads((await kv.get(key)).value or b"{}")
+            return existing
+        except KeyNotFoundError:
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, TRANSIENT_MESSAGE)
+

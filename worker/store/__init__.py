@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from worker.store.database import create_engine_for, create_schema
+from worker.store.keyring import KeyringFile, KeySource, MasterKeyring, load_keyring
 from worker.store.master_key import (
     MasterKey,
     MasterKeyError,
@@ -26,10 +27,13 @@ from worker.store.repository import (
 
 __all__ = [
     "KeyRecord",
+    "KeySource",
     "KeyStore",
+    "KeyringFile",
     "MasterKey",
     "MasterKeyError",
     "MasterKeyMismatch",
+    "MasterKeyring",
     "NewKeyMaterial",
     "SchemaTooNew",
     "SeedIntegrityError",
@@ -38,6 +42,7 @@ __all__ = [
     "create_engine_for",
     "create_schema",
     "key_check_value",
+    "load_keyring",
     "load_or_create_master_key",
     "master_key_from_base64",
     "seed_aad",

@@ -6,6 +6,9 @@ own transaction handling is switched off and SQLAlchemy emits ``BEGIN`` itself:
 ``BEGIN IMMEDIATE`` for write transactions, so writers from several processes queue on
 the database lock instead of failing half-way with "database is locked", and a plain
 deferred ``BEGIN`` for reads, which WAL lets run beside a writer.
+
+The schema is managed by Alembic (:mod:`worker.store.migrations`): :func:`create_schema`
+upgrades to the newest revision under a lock, :func:`require_current_schema` only checks.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlmodel import SQLModel
 
+from worker.store import migrations
 from worker.store import tables as _tables  # noqa: F401  (registers the tables)
+from worker.store.migrations import SchemaState, SchemaUpgrade
 
 __all__ = [
     "POOL_SIZE",
@@ -31,6 +35,8 @@ __all__ = [
     "create_engine_for",
     "create_schema",
     "is_sqlite",
+    "require_current_schema",
+    "schema_state",
 ]
 
 # Execution option naming a write transaction; see the module docstring.
@@ -48,7 +54,7 @@ STATUS_POOL_OPTIONS: dict[str, Any] = {
     "max_overflow": 0,
     "pool_pre_ping": False,
 }
-# Any constant: serialises concurrent schema creation on PostgreSQL.
+# Any constant: serialises concurrent schema upgrades on PostgreSQL.
 _PG_SCHEMA_LOCK_ID = 0x70716B6D73
 
 
@@ -120,15 +126,36 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create every table and index that does not exist yet (idempotent, safe concurrently)."""
+async def create_schema(engine: AsyncEngine) -> SchemaUpgrade:
+    """Upgrade the schema to the newest revision; idempotent and safe concurrently.
+
+    An empty database gets every migration; one created before migrations (pqkms
+    tables, no revision) is adopted at the baseline first, keeping its rows. Concurrent
+    callers queue: on PostgreSQL on an advisory lock, on SQLite on the ``BEGIN
+    IMMEDIATE`` write lock; the second one finds the schema at head and does nothing.
+    Raises :class:`~worker.store.migrations.SchemaTooNew` for a revision this code
+    does not know.
+    """
     async with engine.connect() as conn:
         await conn.execution_options(**{WRITE_TRANSACTION: True})
         async with conn.begin():
             if engine.dialect.name == "postgresql":
-                # Two workers starting together must not both try CREATE TABLE.
+                # Held until commit: two processes must not both run the same migration.
                 await conn.execute(
                     text("SELECT pg_advisory_xact_lock(:lock_id)"),
                     {"lock_id": _PG_SCHEMA_LOCK_ID},
                 )
-            await conn.run_sync(SQLModel.metadata.create_all)
+            return await conn.run_sync(migrations.upgrade_to_head)
+
+
+async def schema_state(engine: AsyncEngine) -> SchemaState:
+    """The database's schema revision and this code's head; changes nothing."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(migrations.read_schema_state)
+
+
+async def require_current_schema(engine: AsyncEngine) -> SchemaState:
+    """The schema state if it is at head; else raise ``SchemaOutOfDate`` (its message
+    names ``pqkms db upgrade``) or ``SchemaTooNew``. Changes nothing."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(migrations.require_head)

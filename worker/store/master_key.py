@@ -2,17 +2,16 @@
 
 Private keys are stored as their FIPS seeds, each wrapped with AES-256-GCM under the
 KEK with a random 96-bit nonce and associated data that binds tenant, algorithm, key
-version and KEK id, so a wrapped seed copied to another row does not open.
+version and KEK id, so a wrapped seed copied to another row does not open. A deployment
+may hold several KEKs at once (rotation): see :mod:`worker.store.keyring`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,59 +83,15 @@ def master_key_from_base64(text: str) -> MasterKey:
 
 
 def load_or_create_master_key(path: Path, *, create: bool = True) -> MasterKey:
-    """Read the master key file, creating it (mode 0600) when absent and ``create`` is set.
+    """The primary key of the keyring file, creating a one-key file (mode 0600) when
+    absent and ``create`` is set (see :func:`worker.store.keyring.load_keyring`).
 
-    Creation is atomic: the key is written to a private temporary file which is then
-    hard-linked into place, so two processes starting together agree on one key and no
-    reader ever sees a half-written file.
+    Code that unwraps stored seeds needs the whole keyring, not only this key.
     """
-    path = Path(path)
-    if not path.exists():
-        if not create:
-            raise MasterKeyError(f"Master key file {path} does not exist")
-        _create_key_file(path)
-    try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MasterKeyError(f"Cannot read master key file {path}: {exc}") from exc
-    try:
-        return master_key_from_base64(text)
-    except MasterKeyError as exc:
-        raise MasterKeyError(f"Master key file {path} is malformed: {exc}") from None
+    # Imported here: the keyring module builds on this one.
+    from worker.store.keyring import load_keyring
 
-
-def _create_key_file(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise MasterKeyError(f"Cannot create directory for master key {path}: {exc}") from exc
-    content = base64.b64encode(secrets.token_bytes(KEY_SIZE)) + b"\n"
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # If another process created it first, keep theirs: both then read the same key.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise MasterKeyError(f"Cannot create master key file {path}: {exc}") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    return load_keyring(Path(path), create=create).primary
 
 
 def seed_aad(tenant_id: str, algorithm: str, version: int, kek_id: str) -> bytes:

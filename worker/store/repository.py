@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
+import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
@@ -31,6 +32,7 @@ from schemas.errors import ErrorCode
 from worker.errors import ServiceError
 from worker.store import database
 from worker.store.database import WRITE_TRANSACTION, create_engine_for
+from worker.store.keyring import KeySource, LiveKeyring, MasterKeyring
 from worker.store.master_key import (
     MasterKey,
     MasterKeyMismatch,
@@ -40,6 +42,7 @@ from worker.store.master_key import (
     unwrap_seed,
     wrap_seed,
 )
+from worker.store.migrations import SchemaTooNew
 from worker.store.status_reader import SqliteStatusReader, sqlite_reader_path
 from worker.store.tables import (
     ROW_SCHEMA_VERSION,
@@ -53,6 +56,7 @@ from worker.store.tables import (
 
 __all__ = [
     "API_KEY_PREFIX",
+    "ActiveVersionChanged",
     "KeyRecord",
     "KeyStore",
     "NewKeyMaterial",
@@ -72,6 +76,10 @@ _MISMATCH_MESSAGE = (
 )
 
 T = TypeVar("T")
+_log = structlog.get_logger("pqkms.store")
+_MISSING_KEK_MESSAGE = (
+    "Stored key material is wrapped under a master key this worker does not hold"
+)
 
 # The status query in asyncpg's placeholder style (see worker.store.status_reader).
 _PG_STATUS_QUERY = (
@@ -89,8 +97,13 @@ class TenantExists(ValueError):
     """A tenant with that name already exists."""
 
 
-class SchemaTooNew(RuntimeError):
-    """The database was created by a newer pqkms than this one."""
+class ActiveVersionChanged(Exception):
+    """A conditional rotate found another active version than expected; nothing changed."""
+
+    def __init__(self, expected: int, current: int | None) -> None:
+        super().__init__(f"expected active version {expected}, found {current}")
+        self.expected = expected
+        self.current = current
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +184,7 @@ class KeyStore:
     def __init__(
         self,
         engine: AsyncEngine,
-        master_key: MasterKey,
+        master_key: KeySource | LiveKeyring,
         *,
         status_engine: AsyncEngine | None = None,
     ) -> None:
@@ -181,7 +194,11 @@ class KeyStore:
         it that read uses ``engine``.
         """
         self._engine = engine
-        self._master = master_key
+        # The master keyring: the primary wraps new seeds, every key unwraps; when it
+        # comes from a file, the file is followed as ``pqkms master-key`` replaces it.
+        self._keyring = (
+            master_key if isinstance(master_key, LiveKeyring) else LiveKeyring(master_key)
+        )
         # The per-request status read (see worker.store.status_reader): a synchronous
         # sqlite3 reader where SQLite allows one, else one statement on a pooled
         # asyncpg connection.
@@ -193,23 +210,32 @@ class KeyStore:
     async def open(
         cls,
         database_url: str,
-        master_key: MasterKey,
+        master_key: KeySource | LiveKeyring,
         *,
         create_schema: bool = True,
         connect_args: Mapping[str, Any] | None = None,
     ) -> KeyStore:
-        """Connect, create the schema if asked, and refuse a master key that is not this
-        database's (:class:`MasterKeyMismatch`)."""
+        """Connect, upgrade the schema to head if asked (else require it at head:
+        ``SchemaOutOfDate``, ``SchemaTooNew``), and refuse a master key that is not this
+        database's (:class:`MasterKeyMismatch`).
+
+        ``master_key`` is one key, a keyring, or a :class:`~worker.store.keyring.KeyringFile`
+        the store follows as it is replaced (key rotation while running).
+        """
+        # Read the keyring first: a missing or malformed file fails before connecting.
+        keyring = master_key if isinstance(master_key, LiveKeyring) else LiveKeyring(master_key)
         engine = create_engine_for(database_url, connect_args=connect_args)
         status_engine = None
         if not database.is_sqlite(engine):
             status_engine = create_engine_for(
                 database_url, connect_args=connect_args, **database.STATUS_POOL_OPTIONS
             )
-        store = cls(engine, master_key, status_engine=status_engine)
+        store = cls(engine, keyring, status_engine=status_engine)
         try:
             if create_schema:
                 await database.create_schema(engine)
+            else:
+                await database.require_current_schema(engine)
             await store._check_schema_and_master_key()
         except BaseException:
             await store.close()
@@ -224,7 +250,12 @@ class KeyStore:
     @property
     def kek_id(self) -> str:
         """Identifier of the master key in use."""
-        return self._master.kek_id
+        return self._keyring.current.primary.kek_id
+
+    @property
+    def keyring(self) -> MasterKeyring:
+        """The master keyring as this store last read it."""
+        return self._keyring.current
 
     async def close(self) -> None:
         """Close every pooled connection and the status reader."""
@@ -258,8 +289,7 @@ class KeyStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _check_schema_and_master_key(self) -> None:
-        expected = key_check_value(self._master)
-        kek_id = self._master.kek_id
+        keyring = self._keyring.current
 
         async def operation(session: AsyncSession) -> None:
             info = await session.get(SchemaInfo, 1)
@@ -270,15 +300,61 @@ class KeyStore:
                     f"The database schema version is {info.schema_version}; this pqkms "
                     f"supports up to {ROW_SCHEMA_VERSION}. Upgrade pqkms."
                 )
-            rows = (await session.exec(select(MasterKeyCheck))).all()
-            if not rows:
-                session.add(MasterKeyCheck(kek_id=kek_id, check_value=expected))
+            recorded = {
+                row.kek_id: row.check_value
+                for row in (await session.exec(select(MasterKeyCheck))).all()
+            }
+            if not recorded:
+                for key in keyring.keys:
+                    session.add(MasterKeyCheck(kek_id=key.kek_id, check_value=key_check_value(key)))
                 return
-            mine = next((row for row in rows if row.kek_id == kek_id), None)
-            if mine is None or not hmac.compare_digest(mine.check_value, expected):
+            # The primary must be a key of this database; other keys must match when the
+            # database knows them (a pruned one no longer has a check value).
+            if keyring.primary.kek_id not in recorded:
                 raise MasterKeyMismatch(_MISMATCH_MESSAGE)
+            for key in keyring.keys:
+                check_value = recorded.get(key.kek_id)
+                if check_value is not None and not hmac.compare_digest(
+                    check_value, key_check_value(key)
+                ):
+                    raise MasterKeyMismatch(_MISMATCH_MESSAGE)
 
         await self._write(operation)
+        self._keyring.mark_verified(keyring.primary.kek_id)
+
+    async def _wrapping_key(self, session: AsyncSession) -> MasterKey:
+        """The key to wrap a new seed under, inside the inserting write transaction.
+
+        The keyring file is checked for a new primary first (one ``stat``), after
+        reading the schema-info row ``FOR SHARE``: ``pqkms master-key rotate`` replaces
+        the file and then takes that row ``FOR UPDATE`` (SQLite: the write lock), so
+        every insert that chose the old primary has committed before its first re-wrap
+        pass, and every later insert sees the new primary. A new primary is used only
+        once its key-check value is found in the database; until then the last verified
+        primary, if the keyring still holds it, keeps wrapping.
+        """
+        await session.exec(
+            select(SchemaInfo.id).where(SchemaInfo.id == 1).with_for_update(read=True)
+        )
+        keyring = self._keyring.refresh()
+        primary = keyring.primary
+        if self._keyring.is_verified(primary.kek_id):
+            return primary
+        row = await session.get(MasterKeyCheck, primary.kek_id)
+        if row is not None and hmac.compare_digest(row.check_value, key_check_value(primary)):
+            self._keyring.mark_verified(primary.kek_id)
+            _log.info("master_key_primary_in_use", kek_id=primary.kek_id)
+            return primary
+        _log.warning("master_key_primary_unverified", kek_id=primary.kek_id)
+        fallback = next(
+            (key for key in keyring.keys if self._keyring.is_verified(key.kek_id)), None
+        )
+        if fallback is None:
+            raise ServiceError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "The master keyring has no primary key recorded in this database",
+            )
+        return fallback
 
     # -- tenants and API keys ---------------------------------------------------------
 
@@ -375,6 +451,12 @@ class KeyStore:
             row = await session.get(Tenant, tenant_id)
         return None if row is None else _tenant_record(row)
 
+    async def get_tenant_by_name(self, name: str) -> TenantRecord | None:
+        """A tenant by its unique name (operator commands name tenants)."""
+        async with self._session(write=False) as session:
+            row = (await session.exec(select(Tenant).where(Tenant.name == name))).first()
+        return None if row is None else _tenant_record(row)
+
     # -- reading keys -----------------------------------------------------------------
 
     async def list_keys(
@@ -461,13 +543,26 @@ class KeyStore:
     ) -> tuple[KeyRecord, bytes] | None:
         """A key version and its unwrapped private seed, or ``None`` if there is no such
         version. Whether its status allows the operation is the caller's decision."""
-        async with self._session(write=False) as session:
-            row = await self._find_version(session, tenant_id, algorithm, version)
+        async def read() -> KeyVersion | None:
+            async with self._session(write=False) as session:
+                return await self._find_version(session, tenant_id, algorithm, version)
+
+        row = await read()
         if row is None:
             return None
+        master = self._keyring.key_for(row.kek_id)
+        if master is None:
+            # key_for re-read the keyring file (rate-limited) and still lacks that KEK;
+            # read the row again too, in case a rotation moved it meanwhile.
+            row = await read()
+            if row is None:
+                return None
+            master = self._keyring.key_for(row.kek_id)
+            if master is None:
+                raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, _MISSING_KEK_MESSAGE)
         aad = seed_aad(row.tenant_id, row.algorithm, row.version, row.kek_id)
         try:
-            seed = unwrap_seed(self._master, row.seed_nonce, row.wrapped_seed, aad)
+            seed = unwrap_seed(master, row.seed_nonce, row.wrapped_seed, aad)
         except SeedIntegrityError:
             raise ServiceError(
                 ErrorCode.INTERNAL, "Stored key material failed its integrity check"
@@ -533,10 +628,14 @@ class KeyStore:
         algorithm: Algorithm,
         material: NewKeyMaterial,
         max_versions: int | None,
+        expected_active_version: int | None = None,
     ) -> tuple[KeyRecord, int]:
         """Retire the active version and create the next one as active, in one transaction.
 
-        Returns the new record and the previous active version number.
+        Returns the new record and the previous active version number. With
+        ``expected_active_version``, rotate only if that version is still the active one,
+        else change nothing and raise :class:`ActiveVersionChanged` (so several
+        schedulers racing on one due key rotate it once).
         """
         algorithm = Algorithm(algorithm)
 
@@ -544,6 +643,12 @@ class KeyStore:
             await self._lock_tenant(session, tenant_id)
             versions = await self._versions(session, tenant_id, algorithm)
             old = await self._find_active(session, tenant_id, algorithm)
+            if expected_active_version is not None and (
+                old is None or old.version != expected_active_version
+            ):
+                raise ActiveVersionChanged(
+                    expected_active_version, None if old is None else old.version
+                )
             if old is None:
                 raise ServiceError(
                     ErrorCode.KMS_KEY_NOT_FOUND,
@@ -643,9 +748,10 @@ class KeyStore:
         material: NewKeyMaterial,
     ) -> KeyRecord:
         version = max((v for v, _ in versions), default=0) + 1
-        kek_id = self._master.kek_id
+        master = await self._wrapping_key(session)
+        kek_id = master.kek_id
         nonce, wrapped = wrap_seed(
-            self._master, material.seed, seed_aad(tenant_id, algorithm.value, version, kek_id)
+            master, material.seed, seed_aad(tenant_id, algorithm.value, version, kek_id)
         )
         now = utc_now()
         row = KeyVersion(

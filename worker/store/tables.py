@@ -10,15 +10,18 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import uuid4
 
-from sqlalchemy import DateTime, Dialect, Index, UniqueConstraint, text
+from sqlalchemy import BigInteger, DateTime, Dialect, Index, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 __all__ = [
     "ROW_SCHEMA_VERSION",
     "ApiKey",
+    "AuditChain",
+    "AuditRecord",
     "KeyVersion",
     "MasterKeyCheck",
+    "RotationPolicy",
     "SchemaInfo",
     "Tenant",
     "UTCDateTime",
@@ -142,3 +145,68 @@ class SchemaInfo(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     schema_version: int = Field(default=ROW_SCHEMA_VERSION)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+
+class RotationPolicy(SQLModel, table=True):
+    """How often a tenant's active version of one algorithm is rotated by the scheduler.
+
+    At most one per tenant and algorithm (the unique constraint, which also serves the
+    tenant lookups); the clock is the active version's ``created_at``.
+    """
+
+    __tablename__: ClassVar[str] = "pqkms_rotation_policy"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "algorithm", name="uq_pqkms_rotation_policy"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = Field(foreign_key="pqkms_tenant.id", max_length=36)
+    algorithm: str = Field(max_length=32)
+    rotation_period_seconds: int
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    schema_version: int = Field(default=ROW_SCHEMA_VERSION)
+
+
+class AuditRecord(SQLModel, table=True):
+    """One record of a worker's hash-chained audit log (see ``docs/audit.md``).
+
+    No foreign key to the tenant: records outlive tenants and name unknown callers. The
+    primary key ``(chain_id, seq)`` is the only index, so an append costs one B-tree insert.
+    """
+
+    __tablename__: ClassVar[str] = "pqkms_audit_record"
+
+    chain_id: str = Field(primary_key=True, max_length=36)
+    seq: int = Field(
+        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    kind: str = Field(max_length=16)
+    worker_id: str = Field(max_length=255)
+    recorded_at: datetime = Field(sa_type=UTCDateTime)
+    operation: str | None = Field(default=None, max_length=128)
+    request_id: str | None = Field(default=None, max_length=128)
+    tenant_id: str | None = Field(default=None, max_length=36)
+    algorithm: str | None = Field(default=None, max_length=64)
+    key_version: int | None = Field(default=None)
+    outcome: str | None = Field(default=None, max_length=32)
+    items: int
+    duration_us: int = Field(sa_type=BigInteger)
+    prev_hash: str = Field(max_length=64)
+    record_hash: str = Field(max_length=64)
+    schema_version: int = Field(default=ROW_SCHEMA_VERSION)
+
+
+class AuditChain(SQLModel, table=True):
+    """One audit chain (one worker process run): written when it opens and when it closes,
+    so a closed chain whose last records were deleted is detected without the stream."""
+
+    __tablename__: ClassVar[str] = "pqkms_audit_chain"
+
+    chain_id: str = Field(primary_key=True, max_length=36)
+    worker_id: str = Field(max_length=255)
+    opened_at: datetime = Field(sa_type=UTCDateTime)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_seq: int | None = Field(default=None, sa_type=BigInteger)
+    last_hash: str | None = Field(default=None, max_length=64)
+    schema_version: int = Field(default=ROW_SCHEMA_VERSION)

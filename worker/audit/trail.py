@@ -1,0 +1,259 @@
+"""The worker's audit sink: one hash chain per process run, written by group commit.
+
+``append`` queues a record and waits. One flusher task takes everything queued (up to
+``max_batch``), gives the records their sequence numbers and hashes, inserts them in one
+database transaction, then publishes them to ``PQKMS_AUDIT`` and wakes the waiters:
+each request waits for one commit and one ack round trip shared with every request that
+arrived meanwhile. A request whose record is not both committed and acked fails.
+
+Keeping the chain consistent when something fails:
+
+- the database refuses or loses the transaction: the sequence numbers are reused by the
+  next flush, after reading back the chain's last stored record (a connection lost during
+  ``COMMIT`` may have committed: then that batch is adopted as written and published);
+- JetStream does not ack records that are committed: they are kept, and the next flush
+  publishes them again (same content, same ``Nats-Msg-Id``) before writing anything new,
+  failing its own requests until that works. A sequence number is never given two
+  contents: a record is only re-sent exactly as it was committed.
+- the stored chain does not end where the sink believes (edited meanwhile): the sink
+  starts a new chain and logs ``audit_chain_restarted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import structlog
+from nats.aio.client import Client
+
+from schemas.audit import AuditKind
+from worker.audit.entry import GENESIS_HASH, AuditEntry
+from worker.audit.stream import AuditStream
+from worker.services.request_record import AuditSink, RequestRecord
+
+if TYPE_CHECKING:  # (worker.store.audit_log imports this package: no cycle at run time)
+    from worker.store.audit_log import AuditLog
+
+__all__ = ["AuditTrail", "AuditUnavailable"]
+
+_log = structlog.get_logger("pqkms.worker")
+
+
+class AuditUnavailable(RuntimeError):
+    """An audit record could not be written (database or JetStream); the request fails."""
+
+
+@dataclass(slots=True)
+class _Waiting:
+    kind: AuditKind
+    record: RequestRecord | None
+    at: datetime
+    future: asyncio.Future[None] | None
+
+
+class _KindSink:
+    """An :class:`AuditSink` that records its requests under another kind."""
+
+    def __init__(self, trail: AuditTrail, kind: AuditKind) -> None:
+        self._trail = trail
+        self._kind = kind
+
+    async def append(self, record: RequestRecord) -> None:
+        await self._trail.append(record, kind=self._kind)
+
+
+class AuditTrail:
+    """Group-committing :class:`AuditSink` of one worker process (one chain per run)."""
+
+    def __init__(self, log: AuditLog, stream: AuditStream, worker_id: str, *,
+                 max_batch: int = 1000) -> None:
+        self._log = log
+        self._stream = stream
+        self._worker_id = worker_id
+        self._max_batch = max_batch
+        self._waiting: list[_Waiting] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        # The chain: the next sequence number and the hash the next record links to.
+        self._chain_id = str(uuid.uuid4())
+        self._next_seq = 1
+        self._last_hash = GENESIS_HASH
+        self._unsure: list[AuditEntry] = []  # last batch whose commit raised
+        self._unpublished: list[AuditEntry] = []  # committed, not acked by JetStream
+
+    @property
+    def chain_id(self) -> str:
+        """The current chain (a new one after the stored chain was found changed)."""
+        return self._chain_id
+
+    def use_connection(self, connection: Callable[[], Client | None]) -> None:
+        """Publish to JetStream on this NATS connection (the broker's)."""
+        self._stream.use_connection(connection)
+
+    def sink(self, kind: AuditKind) -> AuditSink:
+        """A sink for another caller, e.g. the job runner's chunks (``job_chunk``)."""
+        return _KindSink(self, kind)
+
+    def start(self) -> None:
+        """Start the flusher; it writes the chain's open record right away."""
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._run(), name="pqkms-audit")
+            self._wake.set()
+
+    async def append(self, record: RequestRecord, *, kind: AuditKind = AuditKind.REQUEST) -> None:
+        """Queue ``record`` and return once it is committed and acked; raise otherwise."""
+        if self._closing or self._flusher is None or self._flusher.done():
+            raise AuditUnavailable("the audit trail is not running")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(kind, record, datetime.now(UTC), future))
+        self._wake.set()
+        await future
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then the close record; later appends raise."""
+        self._closing = True
+        flusher, self._flusher = self._flusher, None
+        if flusher is None:
+            return
+        self._wake.set()
+        try:
+            await asyncio.wait_for(flusher, timeout)
+            if self._next_seq > 1:  # an open chain: close it
+                await asyncio.wait_for(
+                    self._flush([_Waiting(AuditKind.CLOSE, None, datetime.now(UTC), None)]),
+                    timeout,
+                )
+            if self._unpublished:
+                _log.warning("audit_records_unpublished", chain_id=self._chain_id,
+                             records=len(self._unpublished))
+        except TimeoutError:  # (wait_for cancelled what it waited for)
+            flusher.cancel()
+            _log.warning("audit_close_incomplete", chain_id=self._chain_id)
+        finally:
+            _fail_all(self._waiting, "the audit trail stopped")
+            self._waiting.clear()
+            await self._log.close()  # returns its connection before the engine goes
+
+    # -- the flusher ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting or self._next_seq == 1:
+                batch = self._waiting[: self._max_batch]
+                del self._waiting[: len(batch)]
+                try:
+                    await self._flush(batch)
+                except Exception:
+                    # A bug must not stop the flusher: later requests would wait forever.
+                    _log.exception("audit_flush_crashed", chain_id=self._chain_id)
+                    _fail_all(batch, "the audit trail failed")
+                if not batch:
+                    break  # only the open record was due: no busy loop if it failed
+            if self._closing and not self._waiting:
+                return
+
+    async def _flush(self, batch: list[_Waiting]) -> None:
+        entries: list[AuditEntry] = []
+        try:
+            await self._settle()
+            entries = self._seal(batch)
+            await self._log.append(entries)
+        except asyncio.CancelledError:
+            self._unsure = entries or self._unsure
+            _fail_all(batch, "the audit trail stopped")
+            raise
+        except Exception as exc:
+            # entries is empty when settling failed: that left _unsure as it was.
+            self._unsure = entries or self._unsure
+            _log.warning("audit_write_failed", chain_id=self._chain_id,
+                         reason=type(exc).__name__)
+            _fail_all(batch, "the audit record could not be stored", exc)
+            return
+        self._advance(entries)
+        results = await self._stream.publish(entries)
+        self._unpublished = [entry for entry, error in zip(entries, results, strict=True)
+                             if error is not None]
+        if self._unpublished:
+            _log.warning("audit_publish_failed", chain_id=self._chain_id,
+                         records=len(self._unpublished),
+                         reason=type(next(e for e in results if e)).__name__)
+        # Entries and waiters line up from the end: an open record may come first.
+        offset = len(entries) - len(batch)
+        for index, waiting in enumerate(batch):
+            error = results[offset + index]
+            if error is None:
+                if waiting.future is not None and not waiting.future.done():
+                    waiting.future.set_result(None)
+            else:
+                _fail(waiting, "the audit record could not be published", error)
+
+    async def _settle(self) -> None:
+        """Before writing anything new: learn what an unsure commit did, and publish the
+        records that are committed but not yet acked."""
+        if self._unsure:
+            attempted = self._unsure
+            stored = await self._log.last_record(self._chain_id)  # may raise: still unsure
+            self._unsure = []
+            expected = None if self._next_seq == 1 else (self._next_seq - 1, self._last_hash)
+            if stored == (attempted[-1].seq, attempted[-1].record_hash):
+                self._advance(attempted)  # it did commit
+                self._unpublished.extend(attempted)
+            elif stored != expected:
+                self._restart_chain(stored)
+        if self._unpublished:
+            results = await self._stream.publish(self._unpublished)
+            self._unpublished = [entry for entry, error
+                                 in zip(self._unpublished, results, strict=True) if error]
+            for error in results:
+                if error is not None:
+                    raise error
+
+    def _seal(self, batch: list[_Waiting]) -> list[AuditEntry]:
+        entries: list[AuditEntry] = []
+        seq, prev_hash = self._next_seq, self._last_hash
+        due = list(batch)
+        if seq == 1:
+            due.insert(0, _Waiting(AuditKind.OPEN, None, datetime.now(UTC), None))
+        for waiting in due:
+            entry = AuditEntry.seal(
+                chain_id=self._chain_id, seq=seq, kind=waiting.kind,
+                worker_id=self._worker_id, recorded_at=waiting.at, prev_hash=prev_hash,
+                record=waiting.record,
+            )
+            entries.append(entry)
+            seq, prev_hash = seq + 1, entry.record_hash
+        return entries
+
+    def _advance(self, entries: list[AuditEntry]) -> None:
+        if entries:
+            self._next_seq = entries[-1].seq + 1
+            self._last_hash = entries[-1].record_hash
+
+    def _restart_chain(self, stored: tuple[int, str] | None) -> None:
+        old = self._chain_id
+        self._chain_id = str(uuid.uuid4())
+        self._next_seq, self._last_hash = 1, GENESIS_HASH
+        self._unpublished = []
+        _log.warning("audit_chain_restarted", old_chain_id=old, chain_id=self._chain_id,
+                     stored_seq=None if stored is None else stored[0])
+
+
+def _fail(waiting: _Waiting, message: str, cause: BaseException | None = None) -> None:
+    # A fresh exception per waiter: one shared object would collect every raiser's traceback.
+    if waiting.future is not None and not waiting.future.done():
+        error = AuditUnavailable(message)
+        error.__cause__ = cause
+        waiting.future.set_exception(error)
+
+
+def _fail_all(batch: list[_Waiting], message: str, cause: BaseException | None = None) -> None:
+    for waiting in batch:
+        _fail(waiting, message, cause)

@@ -1,0 +1,300 @@
+"""``pqkms audit verify``: check every chain in the database, and against the stream.
+
+Database checks, per chain: sequence numbers contiguous from 1; every record's hash
+recomputed from its content and ``prev_hash``; every ``prev_hash`` equal to the hash of
+the record before it (the first one to :data:`GENESIS_HASH`); an open record first and a
+close record only last; a chain whose ``pqkms_audit_chain`` row says it closed at seq N
+has records 1..N and ends with that row's hash.
+
+Stream cross-check (when NATS answers and ``PQKMS_AUDIT`` exists): the stream is read
+first, then the database (a record is committed before it is published, so everything
+in the stream read is already in the database); every record present in both must carry
+the same hash, and every record of the stream must be in the database. That catches
+what the database alone cannot: a deleted tail of an open chain, a whole chain deleted,
+and an edit whose author recomputed every later hash. Database records missing from the
+stream are only counted (the stream's limits may have expired them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from schemas.audit import AUDIT_STREAM, AuditKind
+from worker.audit.entry import GENESIS_HASH, AuditEntry
+from worker.config import Settings
+from worker.store.audit_log import AuditLog, ChainHead
+
+__all__ = [
+    "Finding",
+    "Severity",
+    "VerifyReport",
+    "verify_audit_log",
+    "verify_from_settings",
+]
+
+_KINDS = frozenset(kind.value for kind in AuditKind)
+
+
+class Severity(StrEnum):
+    """``error`` makes verification fail; ``note`` is information."""
+
+    ERROR = "error"
+    NOTE = "note"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing verification found, located by chain and (where it applies) seq."""
+
+    chain_id: str
+    seq: int | None
+    problem: str
+    severity: Severity = Severity.ERROR
+
+    def line(self) -> str:
+        """One report line."""
+        where = f"chain {self.chain_id}" + ("" if self.seq is None else f" seq {self.seq}")
+        return f"{self.severity.value}: {where}: {self.problem}"
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What ``pqkms audit verify`` prints."""
+
+    chains: int = 0
+    records: int = 0
+    open_chains: int = 0
+    stream: str = "not checked"
+    stream_records: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        """The findings that make verification fail."""
+        return [f for f in self.findings if f.severity is Severity.ERROR]
+
+    @property
+    def intact(self) -> bool:
+        """No error found."""
+        return not self.errors
+
+    def lines(self) -> list[str]:
+        """The full report: findings, then a summary."""
+        lines = [finding.line() for finding in self.findings]
+        verdict = "intact" if self.intact else f"NOT intact: {len(self.errors)} error(s)"
+        lines.append(
+            f"audit log {verdict}: {self.chains} chain(s), {self.records} record(s), "
+            f"{self.open_chains} open; stream: {self.stream}"
+        )
+        return lines
+
+
+def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
+    """Sorted numbers as contiguous ``(first, last)`` ranges."""
+    spans: list[tuple[int, int]] = []
+    for number in sorted(numbers):
+        if spans and number == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], number)
+        else:
+            spans.append((number, number))
+    return spans
+
+
+def _span(first: int, last: int) -> str:
+    return f"record {first}" if first == last else f"records {first}..{last}"
+
+
+class _StreamCopy:
+    """Hashes of the stream's records, by chain and seq; checks each copy's own hash."""
+
+    def __init__(self, bodies: list[bytes], findings: list[Finding]) -> None:
+        self.hashes: dict[str, dict[int, str]] = defaultdict(dict)
+        self.count = 0
+        for body in bodies:
+            try:
+                entry = AuditEntry.from_message(body)
+            except ValueError:
+                findings.append(Finding("?", None, "unreadable message in the stream",
+                                        Severity.NOTE))
+                continue
+            self.count += 1
+            if entry.computed_hash() != entry.record_hash:
+                findings.append(Finding(entry.chain_id, entry.seq,
+                                        "stream copy does not match its own hash"))
+            known = self.hashes[entry.chain_id].get(entry.seq)
+            if known is not None and known != entry.record_hash:
+                findings.append(Finding(entry.chain_id, entry.seq,
+                                        "two different stream copies of the same record"))
+            self.hashes[entry.chain_id][entry.seq] = entry.record_hash
+
+
+class _ChainCheck:
+    """Walks one chain's records in seq order."""
+
+    def __init__(self, chain_id: str, stream: dict[int, str] | None,
+                 findings: list[Finding]) -> None:
+        self.chain_id = chain_id
+        self.stream = stream
+        self.findings = findings
+        self.expected_seq = 1
+        self.prev_hash: str | None = GENESIS_HASH
+        self.last: AuditEntry | None = None
+        self.not_in_stream = 0
+
+    def error(self, seq: int | None, problem: str) -> None:
+        self.findings.append(Finding(self.chain_id, seq, problem))
+
+    def add(self, entry: AuditEntry) -> None:
+        seq = entry.seq
+        if seq != self.expected_seq:
+            self.error(self.expected_seq, f"{_span(self.expected_seq, seq - 1)} missing")
+            self.prev_hash = None  # the link over a gap cannot be checked
+        if self.last is not None and self.last.kind == AuditKind.CLOSE:
+            self.error(seq, "record after the chain's close record")
+        if entry.computed_hash() != entry.record_hash:
+            self.error(seq, "content does not match its record_hash (record edited)")
+        if self.prev_hash is not None and entry.prev_hash != self.prev_hash:
+            if seq == 1:
+                self.error(seq, "prev_hash is not the genesis hash (record altered)")
+            else:
+                self.error(seq, f"prev_hash does not match the hash of record {seq - 1} "
+                                f"(record {seq - 1} or {seq} altered, hashes recomputed)")
+        if entry.kind not in _KINDS:
+            self.error(seq, f"unknown kind {entry.kind!r}")
+        elif (seq == 1) != (entry.kind == AuditKind.OPEN):
+            self.error(seq, "the open record must be record 1, and only record 1")
+        if self.stream is not None:
+            copy = self.stream.pop(seq, None)
+            if copy is None:
+                self.not_in_stream += 1
+            elif copy != entry.record_hash:
+                self.error(seq, "differs from its copy in the stream (edited in the database)")
+        self.expected_seq = seq + 1
+        self.prev_hash = entry.record_hash
+        self.last = entry
+
+    def finish(self, head: ChainHead | None) -> bool:
+        """Checks at the end of the chain; ``True`` when the chain is still open."""
+        last = self.last
+        last_seq = 0 if last is None else last.seq
+        closed_record = last is not None and last.kind == AuditKind.CLOSE
+        if head is None:
+            self.error(None, "no pqkms_audit_chain row for this chain (deleted)")
+        elif head.last_seq is not None:  # the chain row says it closed at head.last_seq
+            if last_seq < head.last_seq:
+                self.error(last_seq + 1, f"{_span(last_seq + 1, head.last_seq)} missing at "
+                           f"the end (the chain was closed at seq {head.last_seq})")
+            elif last is not None and last.seq == head.last_seq and \
+                    last.record_hash != head.last_hash:
+                self.error(last.seq, "close record differs from the one recorded at close")
+        elif closed_record:
+            self.error(last_seq, "close record present but the chain row says open")
+        if self.stream:
+            for first, end in _ranges(list(self.stream)):
+                self.error(first, f"{_span(first, end)} in the stream but missing from the "
+                           "database")
+        is_open = not closed_record and (head is None or head.last_seq is None)
+        if is_open and last is not None:
+            self.findings.append(Finding(
+                self.chain_id, None,
+                f"open (last record {last_seq}): its worker is running or stopped without "
+                "closing; its tail is checked only against the stream", Severity.NOTE))
+        if self.not_in_stream:
+            self.findings.append(Finding(
+                self.chain_id, None,
+                f"{self.not_in_stream} record(s) not in the stream (expired by the stream's "
+                "limits, or published after the stream was read)", Severity.NOTE))
+        return is_open
+
+
+async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None) -> VerifyReport:
+    """Check every chain of ``log``; cross-check against ``stream_bodies`` (the stream's
+    messages, read *before* calling this) unless it is ``None``."""
+    report = VerifyReport()
+    findings = report.findings
+    stream = None if stream_bodies is None else _StreamCopy(stream_bodies, findings)
+    if stream is not None:
+        report.stream_records = stream.count
+    async with log.snapshot() as snapshot:
+        heads = {head.chain_id: head for head in await snapshot.chains()}
+        check: _ChainCheck | None = None
+        seen: set[str] = set()
+
+        def finish(chain: _ChainCheck) -> None:
+            report.chains += 1
+            report.open_chains += chain.finish(heads.get(chain.chain_id))
+
+        async for entry in snapshot.entries():
+            if check is None or entry.chain_id != check.chain_id:
+                if check is not None:
+                    finish(check)
+                seen.add(entry.chain_id)
+                check = _ChainCheck(entry.chain_id,
+                                    None if stream is None else stream.hashes.pop(
+                                        entry.chain_id, {}), findings)
+            report.records += 1
+            check.add(entry)
+        if check is not None:
+            finish(check)
+    for chain_id in sorted(set(heads) - seen):
+        empty = _ChainCheck(chain_id, None if stream is None else stream.hashes.pop(chain_id, {}),
+                            findings)
+        empty.error(None, "the chain row exists but every record of the chain is missing")
+        finish(empty)
+    if stream is not None:
+        for chain_id, copies in sorted(stream.hashes.items()):
+            for first, end in _ranges(list(copies)):
+                findings.append(Finding(chain_id, first, f"{_span(first, end)} in the stream "
+                                        "but missing from the database (whole chain)"))
+    findings.sort(key=lambda f: (f.severity is Severity.NOTE, f.chain_id, f.seq or 0))
+    return report
+
+
+async def _stream_bodies(settings: Settings) -> tuple[list[bytes] | None, str]:
+    """The stream's messages, or ``None`` and why the cross-check is skipped."""
+    import nats
+
+    from worker.audit.stream import read_stream
+
+    async def quiet(_error: Exception) -> None:
+        return None
+
+    from worker.nats_security import nats_security
+
+    servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
+    try:
+        # (max_reconnect_attempts=0 would retry an unreachable server for ever.)
+        client = await asyncio.wait_for(nats.connect(
+            servers, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=1,
+            error_cb=quiet, **nats_security(settings).nats_py_options(),
+        ), timeout=10)
+    except Exception as exc:
+        return None, f"not checked (NATS at {settings.nats_url} not reachable: " \
+                     f"{type(exc).__name__})"
+    try:
+        bodies = await read_stream(client)
+    except Exception as exc:  # e.g. a server without JetStream
+        return None, f"not checked (reading {AUDIT_STREAM} failed: {type(exc).__name__})"
+    finally:
+        await client.close()
+    if bodies is None:
+        return None, f"not checked (no {AUDIT_STREAM} stream at {settings.nats_url})"
+    return bodies, f"{AUDIT_STREAM} at {settings.nats_url}, {len(bodies)} record(s)"
+
+
+async def verify_from_settings(settings: Settings, *, use_stream: bool = True) -> VerifyReport:
+    """What ``pqkms audit verify`` runs: the stream first (if asked and reachable), then
+    the database named by ``settings``."""
+    bodies, stream_status = None, "not checked (--no-stream)"
+    if use_stream:
+        bodies, stream_status = await _stream_bodies(settings)
+    log = AuditLog.connect(settings.resolved_database_url())
+    try:
+        report = await verify_audit_log(log, bodies)
+    finally:
+        await log.close()
+    report.stream = stream_status
+    return report

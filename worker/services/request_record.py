@@ -1,0 +1,55 @@
+"""What one finished request leaves behind for audit and metrics: never any data.
+
+The envelope handler builds one :class:`RequestRecord` per request and hands it to an
+:class:`AuditSink` (awaited: when it raises, the request fails) and to
+:class:`RequestMetrics` (synchronous, must not raise). Both default to doing nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["NO_AUDIT", "NO_METRICS", "AuditSink", "RequestMetrics", "RequestRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request: who, what, with which key, and how it ended. No payloads, no keys."""
+
+    operation: str  # the NATS subject, e.g. "pqkms.v1.kem.encrypt"
+    request_id: str
+    tenant_id: str | None  # None when authentication failed
+    algorithm: str | None
+    key_version: int | None
+    outcome: str  # "OK" or an error code such as "ERR_RATE_001"
+    duration_seconds: float
+    items: int = 1  # batch items (rate-limit cost); 1 for single requests
+
+
+class AuditSink(Protocol):
+    """Durable audit of requests; ``append`` returns once the record is written."""
+
+    async def append(self, record: RequestRecord) -> None:
+        """Write ``record`` durably, or raise: the request then fails."""
+
+
+class RequestMetrics(Protocol):
+    """Counters and histograms of requests."""
+
+    def observe(self, record: RequestRecord) -> None:
+        """Count ``record``; never raises."""
+
+
+class _NoAudit:
+    async def append(self, record: RequestRecord) -> None:
+        return None
+
+
+class _NoMetrics:
+    def observe(self, record: RequestRecord) -> None:
+        return None
+
+
+NO_AUDIT: AuditSink = _NoAudit()
+NO_METRICS: RequestMetrics = _NoMetrics()
