@@ -52,7 +52,10 @@ async def stack(
         database_url = None
         if backend == "postgres":
             database_url = await _postgres_or_skip(resources, "pqkms_session")
-        local = LocalStack(root, database_url=database_url)
+        # Four PostgreSQL workers at 2 x 4 connections leave room under the server's
+        # max_connections for the tests' own stores running meanwhile.
+        pool = {"PQKMS_DATABASE_POOL_SIZE": "4"} if backend == "postgres" else {}
+        local = LocalStack(root, database_url=database_url, extra_env=pool)
         resources.callback(local.stop)
         await local.start(workers=STACK_WORKERS[backend], bridge=_bridge_available())
         yield local

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; default: SQLite in data_dir"
     )
+    database_pool_size: int = Field(
+        default=10, ge=1, le=500,
+        description="connections a worker keeps per pool; on PostgreSQL a worker holds up "
+        "to twice this (the store and the per-request status read)",
+    )
     master_key_file: Path | None = Field(default=None, description="default: data_dir/master.key")
     master_key: SecretStr | None = Field(
         default=None, description="base64 of a 32-byte master key (instead of a file)"

@@ -39,7 +39,8 @@ async def _open_store(settings: Settings):  # type: ignore[no-untyped-def]
         master = KeyringFile(settings.resolved_master_key_file())
     # Workers never migrate: a schema behind head stops them with "run `pqkms db upgrade`"
     # (pqkms up and compose's init service upgrade before any worker starts).
-    return await KeyStore.open(settings.resolved_database_url(), master, create_schema=False)
+    return await KeyStore.open(settings.resolved_database_url(), master, create_schema=False,
+                               pool_size=settings.database_pool_size)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

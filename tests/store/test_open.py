@@ -72,3 +72,22 @@ async def test_sqlite_is_in_wal_mode_with_durable_commits(
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         raw.close()
+
+
+async def test_pool_size_bounds_every_pool_of_the_store(
+    backend: Backend, master_key: MasterKey
+) -> None:
+    store = await KeyStore.open(backend.url, master_key, connect_args=backend.connect_args,
+                                pool_size=3)
+    try:
+        engines = [store._engine, store._status_engine]
+        sizes = [engine.pool.size() for engine in engines if engine is not None]  # type: ignore[attr-defined]
+        assert sizes == ([3] if backend.name == "sqlite" else [3, 3])
+    finally:
+        await store.close()
+
+
+async def test_an_in_memory_sqlite_store_takes_a_pool_size() -> None:
+    store = await KeyStore.open("sqlite+aiosqlite:///:memory:", MasterKey(os.urandom(32)),
+                                pool_size=3)
+    await store.close()

@@ -82,9 +82,11 @@ def create_engine_for(
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            # (In-memory databases get a single-connection pool that takes no sizes.)
             engine_kwargs.setdefault("pool_size", POOL_SIZE)
             engine_kwargs.setdefault("max_overflow", 0)
+        else:  # in-memory databases get a single-connection pool that takes no sizes
+            engine_kwargs.pop("pool_size", None)
+            engine_kwargs.pop("max_overflow", None)
         engine = create_async_engine(parsed, connect_args=args, **engine_kwargs)
         _configure_sqlite(engine)
         return engine

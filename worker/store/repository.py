@@ -214,21 +214,24 @@ class KeyStore:
         *,
         create_schema: bool = True,
         connect_args: Mapping[str, Any] | None = None,
+        pool_size: int = database.POOL_SIZE,
     ) -> KeyStore:
         """Connect, upgrade the schema to head if asked (else require it at head:
         ``SchemaOutOfDate``, ``SchemaTooNew``), and refuse a master key that is not this
         database's (:class:`MasterKeyMismatch`).
 
         ``master_key`` is one key, a keyring, or a :class:`~worker.store.keyring.KeyringFile`
-        the store follows as it is replaced (key rotation while running).
+        the store follows as it is replaced (key rotation while running). ``pool_size``
+        bounds each of its connection pools (on PostgreSQL: two, so twice this many).
         """
         # Read the keyring first: a missing or malformed file fails before connecting.
         keyring = master_key if isinstance(master_key, LiveKeyring) else LiveKeyring(master_key)
-        engine = create_engine_for(database_url, connect_args=connect_args)
+        engine = create_engine_for(database_url, connect_args=connect_args, pool_size=pool_size)
         status_engine = None
         if not database.is_sqlite(engine):
             status_engine = create_engine_for(
-                database_url, connect_args=connect_args, **database.STATUS_POOL_OPTIONS
+                database_url, connect_args=connect_args,
+                **{**database.STATUS_POOL_OPTIONS, "pool_size": pool_size},
             )
         store = cls(engine, keyring, status_engine=status_engine)
         try:
