@@ -43,7 +43,8 @@ async def request(broker: NatsBroker, subject: Subject, body: Any, api_key: str 
     if request_id:
         headers["X-Request-ID"] = request_id
     payload = body if isinstance(body, bytes) else orjson.dumps(body)
-    reply = await broker.request(payload, subject.value, headers=headers)
+    # (a generous timeout: the first API-key lookup can be slow on a busy machine)
+    reply = await broker.request(payload, subject.value, headers=headers, timeout=10)
     return orjson.loads(reply.body), dict(reply.headers)
 
 

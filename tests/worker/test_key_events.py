@@ -277,7 +277,7 @@ async def broker_and_key(tmp_path: Path) -> AsyncIterator[tuple[Any, str]]:
 
 async def _request(broker: Any, subject: Subject, body: Any, api_key: str) -> dict[str, Any]:
     reply = await broker.request(orjson.dumps(body), subject.value,
-                                 headers={"X-API-Key": api_key})
+                                 headers={"X-API-Key": api_key}, timeout=10)
     return orjson.loads(reply.body)  # type: ignore[no-any-return]
 
 
@@ -322,7 +322,7 @@ async def test_policy_periods_are_validated(
 async def test_policy_subjects_need_an_api_key(broker_and_key: tuple[Any, str]) -> None:
     broker, _ = broker_and_key
     reply = await broker.request(b'{"algorithm": "Kyber768"}',
-                                 Subject.KEYS_ROTATION_POLICY_GET.value)
+                                 Subject.KEYS_ROTATION_POLICY_GET.value, timeout=10)
     assert orjson.loads(reply.body)["error"]["code"] == "ERR_AUTH_001"
 
 
