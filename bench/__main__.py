@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--processes", default="1,2",
                         help="process / worker counts, comma-separated (default 1,2)")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP bridge")
+    parser.add_argument("--no-audit", action="store_true",
+                        help="workers without the audit trail (to measure what it costs; "
+                        "never how pqkms runs)")
     parser.add_argument("--worker-log-level", default="INFO")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="directory for the JSON result (default bench/results)")
@@ -53,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         parser.error(f"unknown operations: {', '.join(sorted(unknown))}")
     config.processes = tuple(int(n) for n in args.processes.split(",") if n)
     config.http = not args.no_http
+    config.audit = not args.no_audit
     config.worker_log_level = args.worker_log_level
     config.out_dir = None if args.no_save else args.out
     config.keep_stack_dir = args.keep

@@ -50,6 +50,7 @@ class BenchConfig:
     processes: tuple[int, ...] = (1, 2)
     operations: tuple[str, ...] = OPERATIONS
     http: bool = True
+    audit: bool = True  # the workers' audit trail; --no-audit measures what it costs
     worker_log_level: str = "INFO"
     out_dir: Path | None = field(default_factory=lambda: RESULTS_DIR)
     keep_stack_dir: bool = False
@@ -67,11 +68,14 @@ def run_bench(config: BenchConfig) -> Report:
         "The load generator (one asyncio process) shares the machine's cores with "
         "nats-server and the workers; throughput rows include that competition."
     )
+    if not config.audit:
+        report.notes.append("Workers ran WITHOUT the audit trail (--no-audit): these figures "
+                            "show what auditing costs, not how pqkms runs.")
     report.machine["loadavg_at_start"] = _loadavg()
     seeds = Seeds.fresh()
     _crypto_floor(config, report, seeds)
     root = Path(tempfile.mkdtemp(prefix="pqkms-bench-"))
-    stack = BenchStack(root, worker_log_level=config.worker_log_level)
+    stack = BenchStack(root, worker_log_level=config.worker_log_level, audit=config.audit)
     try:
         uvloop.run(_over_the_wire(config, report, stack, seeds))
     finally:

@@ -41,6 +41,8 @@ class BenchStack:
 
     root: Path
     worker_log_level: str = "INFO"
+    # The workers' audit trail (docs/audit.md); off only to measure what it costs.
+    audit: bool = True
     nats: EmbeddedNats | None = None
     responders: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -75,6 +77,7 @@ class BenchStack:
             "PQKMS_HTTP_PORT": str(self.http_port or 8000),
             "PQKMS_LOG_JSON": "true",
             "PQKMS_LOG_LEVEL": self.worker_log_level,
+            "PQKMS_AUDIT": "true" if self.audit else "false",
         }
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
