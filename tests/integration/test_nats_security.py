@@ -33,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydantic import SecretStr
 
 from pqkms.client import PqkmsClient
 from pqkms.health import ping_workers
@@ -630,3 +631,59 @@ async def test_worker_and_client_connect_with_a_creds_file(
             await nats.connect(url, allow_reconnect=False, connect_timeout=3)
     finally:
         stack.stop()
+
+
+SERVER_PASSWORD = "s3cret-for-the-test-only"
+
+
+@pytest.fixture
+def password_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server with JetStream whose one user logs in with a password."""
+    root = tmp_path_factory.mktemp("password-nats")
+    port = find_free_port()
+    config = root / "password.conf"
+    config.write_text(
+        f'listen: "127.0.0.1:{port}"\n'
+        'authorization { users = [ '
+        f'{{ user: "pqkms-worker", password: "{SERVER_PASSWORD}" }} ] }}\n'
+        f'jetstream {{ store_dir: "{root / "jetstream"}" }}\n')
+    with open(root / "nats.log", "ab") as log:
+        process = subprocess.Popen([str(nats_server_binary()), "-c", str(config)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    server = EmbeddedNats(process, "127.0.0.1", port, root / "jetstream", config)
+    try:
+        _wait_for_port(port, process)
+        yield server.url
+    finally:
+        server.stop()
+
+
+
+async def test_worker_and_client_connect_with_a_user_and_password(
+    password_nats: str, tmp_path: Path
+) -> None:
+    url = password_nats
+    stack = LocalStack(root=tmp_path, external_nats=[url],
+                       extra_env={"PQKMS_NATS_USER": "pqkms-worker",
+                                  "PQKMS_NATS_PASSWORD": SERVER_PASSWORD})
+    await stack.init_store()
+    process = stack.start_worker()
+    settings = Settings(nats_url=url, nats_user="pqkms-worker",
+                        nats_password=SecretStr(SERVER_PASSWORD))
+    options = nats_security(settings).nats_py_options()
+    try:
+        deadline = time.monotonic() + 60
+        while not await ping_workers(url, time_limit=1, connect_options=options):
+            assert process.poll() is None, stack.worker_logs[process.pid].read_text()
+            assert time.monotonic() < deadline, "the worker never answered"
+            await asyncio.sleep(0.2)
+        api_key = await stack.create_tenant()
+        async with await PqkmsClient.from_settings(settings, api_key) as client:
+            assert (await client.generate_key("Kyber768"))["key_version"] == 1
+        # A wrong password is refused, and the password never reaches the worker's log.
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
+            await nats.connect(url, user="pqkms-worker", password="wrong",
+                               allow_reconnect=False, connect_timeout=3)
+    finally:
+        stack.stop()
+    assert SERVER_PASSWORD.encode() not in stack.worker_logs[process.pid].read_bytes()
