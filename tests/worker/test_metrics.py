@@ -206,3 +206,15 @@ def test_one_span_per_request_with_ids_and_never_data() -> None:
     # The metrics behind the spans still count.
     assert value(samples(scrape(metrics)), "pqkms_requests_total", operation=ENCRYPT,
                  outcome="OK") == 1
+
+
+def test_otel_on_gives_spans_over_the_metrics_and_off_costs_nothing() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    metrics = WorkerMetrics()
+    assert request_observer(metrics, otel=False) is metrics
+    assert request_observer(None, otel=False) is NO_METRICS
+    traced = request_observer(metrics, otel=True)  # PQKMS_OTEL=1, no exporter installed
+    assert isinstance(traced, RequestSpans)
+    traced.observe(record())
+    assert value(samples(scrape(metrics)), "pqkms_requests_total", operation=ENCRYPT,
+                 outcome="OK") == 1
