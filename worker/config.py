@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         default=True, description="audit every operation (docs/audit.md); false only for "
         "setups that audit elsewhere, e.g. benchmarks of the crypto alone",
     )
+    audit_fsync: bool = Field(
+        default=False, description="SQLite: fsync every audit group commit (synchronous=FULL) "
+        "before its requests are answered; by default a commit is in the WAL, which survives "
+        "a crash of the worker but not a power cut (docs/audit.md#durability)",
+    )
     audit_stream_replicas: int | None = Field(
         default=None, ge=1, le=5, description="PQKMS_AUDIT replicas (default: jetstream_replicas)"
     )

@@ -28,7 +28,8 @@ def audit_trail(settings: Settings, engine: AsyncEngine) -> AuditTrail | None:
         replicas=settings.audit_stream_replicas or settings.jetstream_replicas,
         max_age_days=settings.audit_stream_max_age_days,
     ))
-    return AuditTrail(AuditLog(engine), stream, f"{socket.gethostname()}:{os.getpid()}")
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    return AuditTrail(AuditLog(engine, fsync=settings.audit_fsync), stream, worker_id)
 
 
 def request_sink(trail: AuditTrail | None) -> AuditSink:

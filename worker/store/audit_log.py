@@ -22,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.audit import AuditKind
 from worker.audit.entry import AuditEntry
+from worker.store.audit_sqlite_writer import SqliteAuditWriter
 from worker.store.database import WRITE_TRANSACTION, create_engine_for
+from worker.store.status_reader import sqlite_reader_path
 from worker.store.tables import ROW_SCHEMA_VERSION, AuditChain, AuditRecord
 
 __all__ = ["AuditLog", "AuditSnapshot", "ChainHead"]
@@ -115,12 +117,18 @@ class AuditSnapshot:
 class AuditLog:
     """Appends and reads ``pqkms_audit_record`` / ``pqkms_audit_chain``."""
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False,
+                 fsync: bool = False) -> None:
         """Use ``engine`` (the key store's, in a worker); ``owns_engine``: :meth:`close`
-        disposes of it."""
+        disposes of it. ``fsync``: on SQLite, each append is fsync'd before it returns
+        (``synchronous=FULL``); by default it is in the WAL (``NORMAL``). On PostgreSQL
+        a commit is as durable as the server's ``synchronous_commit`` makes it."""
         self._engine = engine
         self._owns_engine = owns_engine
         self._writer: AsyncConnection | None = None
+        path = sqlite_reader_path(engine.url) if engine.dialect.name == "sqlite" else None
+        # A SQLite file gets the direct writer; PostgreSQL and in-memory SQLite the engine.
+        self._sqlite = None if path is None else SqliteAuditWriter(path, fsync=fsync)
 
     @classmethod
     def connect(cls, database_url: str, *,
@@ -131,6 +139,8 @@ class AuditLog:
 
     async def close(self) -> None:
         """Return the append connection (and dispose of an engine of our own)."""
+        if self._sqlite is not None:
+            self._sqlite.close()
         await self._drop_writer()
         if self._owns_engine:
             await self._engine.dispose()
@@ -154,6 +164,9 @@ class AuditLog:
         committed on return; on any exception nothing was written, or the outcome is
         unknown (a connection lost during ``COMMIT``): :meth:`last_record` tells."""
         if not entries:
+            return
+        if self._sqlite is not None:
+            await self._sqlite.append(entries)
             return
         opened = [
             {"chain_id": entry.chain_id, "worker_id": entry.worker_id,

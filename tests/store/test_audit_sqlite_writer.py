@@ -1,0 +1,111 @@
+"""The direct SQLite audit writer: its durability setting, and a write lock held by
+another process (it waits off the event loop, then commits)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from schemas.audit import AuditKind
+from worker.audit.entry import GENESIS_HASH, AuditEntry
+from worker.store import MasterKey
+from worker.store.audit_log import AuditLog
+from worker.store.audit_sqlite_writer import SqliteAuditWriter, sqlite_timestamp
+from worker.store.repository import KeyStore
+
+
+def _entries(count: int) -> list[AuditEntry]:
+    chain_id, prev = str(uuid.uuid4()), GENESIS_HASH
+    entries = []
+    for seq in range(1, count + 1):
+        entry = AuditEntry.seal(
+            chain_id=chain_id, seq=seq, kind=AuditKind.OPEN if seq == 1 else AuditKind.REQUEST,
+            worker_id="test:1", recorded_at=datetime.now(UTC), prev_hash=prev, record=None,
+        )
+        entries.append(entry)
+        prev = entry.record_hash
+    return entries
+
+
+@pytest.fixture
+async def database(tmp_path: Path, master_key: MasterKey) -> Path:
+    path = tmp_path / "audit.db"
+    store = await KeyStore.open(f"sqlite+aiosqlite:///{path}", master_key, create_schema=True)
+    await store.close()
+    return path
+
+
+def _count(path: Path) -> int:
+    with sqlite3.connect(path) as connection:
+        return int(connection.execute("SELECT count(*) FROM pqkms_audit_record").fetchone()[0])
+
+
+def test_timestamps_are_spelled_as_sqlalchemy_stores_them() -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    assert sqlite_timestamp(moment) == "2026-01-02 03:04:05.000006"
+    with pytest.raises(ValueError, match="naive"):
+        sqlite_timestamp(datetime(2026, 1, 2))
+
+
+@pytest.mark.parametrize(("fsync", "level"), [(False, 1), (True, 2)])
+async def test_durability_setting_picks_the_synchronous_level(
+    database: Path, fsync: bool, level: int
+) -> None:
+    writer = SqliteAuditWriter(database, fsync=fsync)
+    try:
+        await writer.append(_entries(3))
+        connection = writer._connection
+        assert connection is not None
+        assert connection.execute("PRAGMA synchronous").fetchone()[0] == level
+    finally:
+        writer.close()
+    assert _count(database) == 3
+
+
+async def test_a_held_write_lock_is_waited_for_off_the_event_loop(database: Path) -> None:
+    holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    writer = SqliteAuditWriter(database)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        append = asyncio.create_task(writer.append(_entries(2)))
+        await asyncio.sleep(0.3)
+        assert not append.done()  # waiting for the lock...
+        assert ticks >= 10  # ...while the loop goes on
+        holder.execute("COMMIT")
+        started = time.monotonic()
+        await asyncio.wait_for(append, 5)
+        assert time.monotonic() - started < 5
+    finally:
+        ticker.cancel()
+        writer.close()
+        holder.close()
+    assert _count(database) == 2
+
+
+async def test_a_failed_insert_writes_nothing_and_the_next_append_works(database: Path) -> None:
+    log = AuditLog.connect(f"sqlite+aiosqlite:///{database}")
+    entries = _entries(3)
+    try:
+        await log.append(entries[:2])
+        with pytest.raises(sqlite3.IntegrityError):
+            await log.append([entries[2], entries[1]])  # seq 2 again: primary key
+        assert _count(database) == 2
+        await log.append(entries[2:])
+    finally:
+        await log.close()
+    assert _count(database) == 3
