@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Annotated, Any
 
@@ -23,7 +22,7 @@ __all__ = [
 
 def b64encode(raw: bytes) -> str:
     """Standard base64 with padding, as every binary field on the wire."""
-    return base64.b64encode(raw).decode("ascii")
+    return binascii.b2a_base64(raw, newline=False).decode("ascii")
 
 
 def _decode_base64(value: Any) -> bytes:
@@ -36,7 +35,8 @@ def _decode_base64(value: Any) -> bytes:
         # the length check rejects missing padding.
         if len(value) % 4:
             raise binascii.Error("bad length")
-        return base64.b64decode(value, validate=True)
+        # strict_mode is what b64decode(validate=True) does, without its wrapper.
+        return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise PydanticCustomError("base64", "must be valid standard base64") from None
 

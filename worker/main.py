@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 
@@ -77,6 +78,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             await direct.start(broker.connection)
         jobs.start()
         rotations.start()
+        # Everything loaded so far lives as long as the process: out of the collector's
+        # sight, a collection only walks the requests' own objects (≈ 8 % less CPU per
+        # batch item, docs/performance.md).
+        gc.freeze()
         _log.info("worker_ready", nats=settings.nats_url.split(",")[0])
         await stop.wait()
     finally:

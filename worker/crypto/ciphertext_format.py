@@ -16,11 +16,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 
 from schemas.algorithms import Algorithm
 from worker.crypto.errors import InvalidCiphertext
 
-__all__ = ["FORMAT_VERSION", "HEADER_SIZE", "Header", "Mode", "MAGIC", "parse_header"]
+__all__ = [
+    "FORMAT_VERSION", "HEADER_SIZE", "MAGIC", "Header", "Mode", "header_bytes", "parse_header",
+]
 
 MAGIC = b"PQKM"
 FORMAT_VERSION = 1
@@ -50,9 +53,13 @@ class Header:
 
     def to_bytes(self) -> bytes:
         """The 11 header bytes (also used as HPKE ``info``)."""
-        return _HEADER.pack(
-            MAGIC, FORMAT_VERSION, ALGORITHM_IDS[self.algorithm], self.mode, self.key_version
-        )
+        return header_bytes(self.algorithm, self.mode, self.key_version)
+
+
+@lru_cache(maxsize=4096)
+def header_bytes(algorithm: Algorithm, mode: Mode, key_version: int) -> bytes:
+    """The 11 header bytes of a ciphertext (the same few per key version: cached)."""
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, ALGORITHM_IDS[algorithm], mode, key_version)
 
 
 def parse_header(blob: bytes) -> Header:

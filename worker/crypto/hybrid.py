@@ -10,7 +10,13 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import hpke
 
 from schemas.algorithms import Algorithm
-from worker.crypto.ciphertext_format import HEADER_SIZE, Header, Mode, parse_header
+from worker.crypto.ciphertext_format import (
+    HEADER_SIZE,
+    Header,
+    Mode,
+    header_bytes,
+    parse_header,
+)
 from worker.crypto.deterministic import open_deterministic, seal_deterministic
 from worker.crypto.errors import InvalidCiphertext
 from worker.crypto.kem_key import KemKey
@@ -34,7 +40,7 @@ def seal(
     key: KemKey, algorithm: Algorithm, key_version: int, mode: Mode, plaintext: bytes
 ) -> bytes:
     """Standard encryption or key wrap: ``header | enc | ciphertext``."""
-    header = Header(algorithm, mode, key_version).to_bytes()
+    header = header_bytes(algorithm, mode, key_version)
     return header + _SUITES[algorithm].encrypt(plaintext, key.hpke_public_key, info=header)
 
 

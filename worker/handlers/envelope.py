@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from schemas.algorithms import Plan
 from schemas.envelope import error_envelope, new_request_id, success_envelope
 from schemas.errors import ErrorCode
 from schemas.operations import Operation
@@ -37,9 +38,20 @@ from worker.services.request_record import (
 )
 from worker.services.transient import TRANSIENT_MESSAGE, is_transient
 
-__all__ = ["EnvelopeHandler", "Reply", "ServiceCall", "header_value"]
+__all__ = ["EnvelopeHandler", "JsonResult", "Reply", "ServiceCall", "header_value"]
 
-ServiceCall = Callable[[Caller, Any], Awaitable[BaseModel]]
+
+
+@runtime_checkable
+class JsonResult(Protocol):
+    """A service result already in its JSON form (a batch's plain dicts)."""
+
+    def json_data(self) -> dict[str, Any]:
+        """The reply's ``data`` object."""
+        ...
+
+
+ServiceCall = Callable[[Caller, Any], Awaitable[BaseModel | JsonResult]]
 Reply = tuple[bytes, dict[str, str]]
 
 _log = structlog.get_logger("pqkms.worker")
@@ -79,7 +91,7 @@ def _decode_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _field(request: BaseModel | None, result: BaseModel | None, name: str) -> Any:
+def _field(request: BaseModel | None, result: object, name: str) -> Any:
     """``name`` from the validated request, else from the result, else ``None``."""
     for model in (request, result):
         value = getattr(model, name, None)
@@ -108,6 +120,8 @@ class EnvelopeHandler:
         self._settings = settings
         self._audit = audit
         self._metrics = metrics
+        # Settings are read once per process: each plan's caps are fixed for its life.
+        self._limits = {plan: settings.limits_for(plan) for plan in Plan}
 
     async def handle(
         self,
@@ -124,14 +138,14 @@ class EnvelopeHandler:
         code = "OK"
         cost = 1
         request: BaseModel | None = None
-        result: BaseModel | None = None
+        result: BaseModel | JsonResult | None = None
         try:
             body = _decode_body(raw_body)
             caller = await self._auth.authenticate(
                 header_value(headers, HEADER_API_KEY), request_id
             )
             tenant_id = caller.tenant_id
-            limits = self._settings.limits_for(caller.plan)
+            limits = self._limits[caller.plan]
             cost = operation.cost(body) if operation.cost else 1
             if limits.burst is not None and cost > limits.burst:
                 # All or nothing: a request the bucket can never hold is not a 429.
@@ -141,13 +155,16 @@ class EnvelopeHandler:
                     f"limit, over the plan's burst of {limits.burst}; send at most "
                     f"{limits.burst} items per request",
                 )
-            await self._rate_limiter.acquire(caller.tenant_id, limits, cost)
+            if limits.rate_per_second is not None and limits.burst is not None:
+                await self._rate_limiter.acquire(caller.tenant_id, limits, cost)
             try:
                 request = operation.request.model_validate(body)
             except ValidationError as exc:
                 raise ServiceError(ErrorCode.INVALID, describe_validation_error(exc)) from None
             result = await call(caller, request)
-            envelope = success_envelope(result.model_dump(mode="json"), request_id)
+            data = (result.model_dump(mode="json") if isinstance(result, BaseModel)
+                    else result.json_data())
+            envelope = success_envelope(data, request_id)
         except RateLimited as exc:
             code = exc.code.value
             reply_headers[HEADER_RETRY_AFTER] = str(exc.retry_after)

@@ -21,7 +21,6 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from schemas.batch import BatchItemError, BatchItemResult, BatchResult
 from schemas.envelope import new_request_id
 from schemas.jobs import (
     JOB_CHUNK_PREFIX,
@@ -40,6 +39,7 @@ from worker.jobs.streams import CONSUMER, JobStreams
 from worker.metrics import NO_JOB_METRICS, JobChunkMetrics
 from worker.services.auth import Authenticator
 from worker.services.batch import BatchService
+from worker.services.batch_items import BatchOutcome, error_item
 from worker.services.context import Caller
 from worker.services.rate_limit import RateLimiter
 from worker.services.request_record import NO_AUDIT, AuditSink, RequestRecord
@@ -148,7 +148,7 @@ class JobRunner:
                 self._metrics.chunk_finished("dropped")
                 return
             payload = orjson.dumps({"job_id": job_id, "chunk_index": index,
-                                    **outcome.model_dump(mode="json")})
+                                    **outcome.json_data()})
             headers = {"Nats-Msg-Id": result_message_id(tenant, job_id, index),
                        HEADER_ITEMS: str(outcome.total), HEADER_FAILED: str(outcome.failed)}
             await self._publish(results_subject(tenant, job_id, index), payload, headers)
@@ -175,7 +175,7 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 await message.in_progress()
 
-    async def _run_chunk(self, message: Msg, tenant: str) -> BatchResult | None:
+    async def _run_chunk(self, message: Msg, tenant: str) -> BatchOutcome | None:
         """The chunk's results; ``None`` for a chunk that must be dropped."""
         try:
             body = orjson.loads(message.data)
@@ -194,10 +194,8 @@ class JobRunner:
         except ServiceError as exc:
             # The key was revoked since submit: every item says so.
             await self._audit_chunk(operation, body, request_id, None, exc.code.value, started)
-            error = BatchItemError(code=exc.code.value, error_code=exc.code.value,
-                                   message=exc.message)
-            return BatchResult(results=[BatchItemResult(error=error) for _ in items],
-                               total=len(items), succeeded=0, failed=len(items))
+            return BatchOutcome([error_item(exc.code, exc.message, None) for _ in items],
+                                failed=len(items))
         if caller.tenant_id != tenant:
             _log.warning("job_chunk_wrong_tenant", tenant_id=caller.tenant_id)
             return None

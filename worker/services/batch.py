@@ -3,7 +3,9 @@
 Each item is validated and run on its own; a bad item becomes its own error object and
 never fails the others. A batch is one request: each key version it names is looked up
 (existence, state, material) once, and every item sees that answer. Rate limiting is
-the transport's (one token per item, all or nothing).
+the transport's (one token per item, all or nothing). Encrypt and decrypt items in their
+common form skip the request and result models (``worker.services.batch_items``); the
+reply is plain JSON objects.
 """
 
 from __future__ import annotations
@@ -18,22 +20,31 @@ from pydantic import BaseModel, ValidationError
 
 from schemas import batch, kem, signature
 from schemas.algorithms import Algorithm
-from schemas.batch import (
-    MAX_REFERENCE_CHARS,
-    REPLY_ENVELOPE_BYTES,
-    BatchItemError,
-    BatchItemResult,
-    BatchResult,
-    item_reply_bound,
-)
+from schemas.batch import MAX_REFERENCE_CHARS, REPLY_ENVELOPE_BYTES, item_reply_bound
 from schemas.errors import ErrorCode
+from schemas.fields import b64encode
 from schemas.subjects import Subject
 from schemas.validation import describe_validation_error
-from worker.crypto import KemKey, SignatureKey
-from worker.errors import ServiceError
+from worker.crypto import (
+    InvalidCiphertext,
+    KemKey,
+    Mode,
+    SignatureKey,
+    open_ciphertext,
+    seal,
+)
+from worker.errors import DecryptionFailed, ServiceError
+from worker.services.batch_items import (
+    BatchOutcome,
+    JsonObject,
+    KemItem,
+    data_item,
+    error_item,
+    read_kem_item,
+)
 from worker.services.context import Caller
-from worker.services.crypto_runner import CryptoRunner
-from worker.services.kem import KemService
+from worker.services.crypto_runner import INLINE_LIMIT_BYTES, CryptoRunner
+from worker.services.kem import ENCRYPTED_MODES, KemService, check_message_size
 from worker.services.key_access import KeyAccess, Usage
 from worker.services.signatures import SignatureService
 
@@ -47,14 +58,17 @@ SingleCall = Callable[[Caller, Any], Awaitable[BaseModel]]
 # running together and would pay for a task each, so they run one after another.
 _WINDOW = 8
 _INLINE_SUBJECTS = frozenset({Subject.KEM_ENCRYPT, Subject.KEM_DECRYPT})
+_KEM_FIELD = {Subject.KEM_ENCRYPT: "plaintext", Subject.KEM_DECRYPT: "ciphertext"}
+_LeanCall = Callable[[KemKey | ServiceError, KemItem], JsonObject]
 
 
-def _error(code: ErrorCode, message: str | None, reference: str | None) -> BatchItemResult:
-    return BatchItemResult(
-        reference=reference,
-        error=BatchItemError(code=code.value, error_code=code.value,
-                             message=message or code.default_message),
-    )
+
+def _size_error(item: KemItem, limit: int) -> JsonObject:
+    try:
+        check_message_size("plaintext", item.payload, limit)
+    except ServiceError as exc:
+        return error_item(exc.code, exc.message, item.reference)
+    raise AssertionError("the payload is within the limit")
 
 
 _KeyId = tuple[Algorithm, int, Usage]
@@ -123,9 +137,10 @@ class BatchService:
         self._max_items = max_items
         self._message_limit = message_limit
 
-    def _single_calls(self) -> dict[Subject, tuple[type[BaseModel], SingleCall]]:
-        """The single-item services, on a key view private to one batch."""
-        keys = _BatchKeys(self._keys)
+    def _single_calls(
+        self, keys: KeyAccess
+    ) -> dict[Subject, tuple[type[BaseModel], SingleCall]]:
+        """The single-item services, on ``keys`` (a view private to one batch)."""
         kem_service = KemService(keys, self._runner, self._max_message_bytes)
         signatures = SignatureService(keys, self._runner, self._max_message_bytes)
         return {
@@ -140,22 +155,22 @@ class BatchService:
         """Most items in one batch or job chunk."""
         return self._max_items
 
-    async def encrypt(self, caller: Caller, request: batch.EncryptBatchRequest) -> BatchResult:
+    async def encrypt(self, caller: Caller, request: batch.EncryptBatchRequest) -> BatchOutcome:
         """``kem/encrypt/batch``."""
         return await self._checked_run(Subject.KEM_ENCRYPT, caller, request.items,
                                        request.key_version, request.algorithm)
 
-    async def decrypt(self, caller: Caller, request: batch.DecryptBatchRequest) -> BatchResult:
+    async def decrypt(self, caller: Caller, request: batch.DecryptBatchRequest) -> BatchOutcome:
         """``kem/decrypt/batch``."""
         return await self._checked_run(Subject.KEM_DECRYPT, caller, request.items,
                                        request.key_version, request.algorithm)
 
-    async def sign(self, caller: Caller, request: batch.SignBatchRequest) -> BatchResult:
+    async def sign(self, caller: Caller, request: batch.SignBatchRequest) -> BatchOutcome:
         """``signature/sign/batch``."""
         return await self._checked_run(Subject.SIGNATURE_SIGN, caller, request.items,
                                        request.key_version, request.algorithm)
 
-    async def verify(self, caller: Caller, request: batch.VerifyBatchRequest) -> BatchResult:
+    async def verify(self, caller: Caller, request: batch.VerifyBatchRequest) -> BatchOutcome:
         """``signature/verify/batch``."""
         return await self._checked_run(Subject.SIGNATURE_VERIFY, caller, request.items,
                                        request.key_version, request.algorithm)
@@ -163,7 +178,7 @@ class BatchService:
     async def _checked_run(
         self, single: Subject, caller: Caller, items: Sequence[Any],
         key_version: int | None, algorithm: str | None,
-    ) -> BatchResult:
+    ) -> BatchOutcome:
         self.check_limits(single, items)
         return await self.run(single, caller, items, key_version, algorithm)
 
@@ -201,18 +216,35 @@ class BatchService:
         items: Sequence[Any],
         key_version: int | None = None,
         algorithm: str | None = None,
-    ) -> BatchResult:
+    ) -> BatchOutcome:
         """Every item through the single operation, results in item order."""
-        model, call = self._single_calls()[single]
+        keys = _BatchKeys(self._keys)
+        model, call = self._single_calls(keys)[single]
         defaults: dict[str, Any] = {}
         if key_version is not None:
             defaults["key_version"] = key_version
         if algorithm is not None:
             defaults["algorithm"] = algorithm
-        results: list[BatchItemResult] = []
+        results: list[JsonObject] = []
         if single in _INLINE_SUBJECTS:
+            field, crypt = _KEM_FIELD[single], self._lean_kem(single)
+            usage = Usage.PROTECT if single is Subject.KEM_ENCRYPT else Usage.RECOVER
+            loaded: dict[tuple[Algorithm, int], KemKey | ServiceError] = {}
             for item in items:
-                results.append(await self._one(single, model, call, caller, item, defaults))
+                read = read_kem_item(item, field, defaults)
+                if read is None or len(read.payload) > INLINE_LIMIT_BYTES:
+                    # Unusual or large: the single service (its model, its thread pool).
+                    results.append(await self._one(single, model, call, caller, item, defaults))
+                    continue
+                key_id = (read.algorithm, read.key_version)
+                key = loaded.get(key_id)
+                if key is None:
+                    try:
+                        key = await keys.kem_key(caller, *key_id, usage)
+                    except ServiceError as exc:
+                        key = exc
+                    loaded[key_id] = key
+                results.append(crypt(key, read))
         else:
             for start in range(0, len(items), _WINDOW):
                 window = items[start:start + _WINDOW]
@@ -220,9 +252,37 @@ class BatchService:
                     *(self._one(single, model, call, caller, item, defaults)
                       for item in window)
                 ))
-        failed = sum(1 for result in results if result.error is not None)
-        return BatchResult(results=results, total=len(results),
-                           succeeded=len(results) - failed, failed=failed)
+        failed = sum(1 for result in results if "error" in result)
+        return BatchOutcome(results, failed)
+
+    def _lean_kem(self, single: Subject) -> _LeanCall:
+        """Encrypt or decrypt of an item read by ``read_kem_item`` with its key (or the
+        key's error): the same checks, crypto and result as the single service, without
+        its models."""
+        limit = self._max_message_bytes
+
+        def encrypt(key: KemKey | ServiceError, item: KemItem) -> JsonObject:
+            if len(item.payload) > limit:
+                return _size_error(item, limit)
+            if isinstance(key, ServiceError):
+                return error_item(key.code, key.message, item.reference)
+            sealed = seal(key, item.algorithm, item.key_version, Mode.STANDARD, item.payload)
+            return data_item({"ciphertext": b64encode(sealed), "key_version": item.key_version,
+                              "algorithm": item.algorithm.value}, item.reference)
+
+        def decrypt(key: KemKey | ServiceError, item: KemItem) -> JsonObject:
+            if isinstance(key, ServiceError):
+                return error_item(key.code, key.message, item.reference)
+            try:
+                opened = open_ciphertext(key, item.algorithm, item.key_version, item.payload,
+                                         ENCRYPTED_MODES)
+            except InvalidCiphertext:
+                failed = DecryptionFailed("ciphertext")
+                return error_item(failed.code, failed.message, item.reference)
+            return data_item({"plaintext": b64encode(opened), "key_version": item.key_version,
+                              "algorithm": item.algorithm.value}, item.reference)
+
+        return encrypt if single is Subject.KEM_ENCRYPT else decrypt
 
     async def _one(
         self,
@@ -232,16 +292,16 @@ class BatchService:
         caller: Caller,
         item: Any,
         defaults: Mapping[str, Any],
-    ) -> BatchItemResult:
+    ) -> JsonObject:
         if not isinstance(item, dict):
-            return _error(ErrorCode.INVALID, "Validation failed: item must be a JSON object",
-                          None)
+            return error_item(ErrorCode.INVALID, "Validation failed: item must be a JSON object",
+                              None)
         fields = dict(item)
         reference = fields.pop("reference", None)
         if reference is not None and not (
             isinstance(reference, str) and len(reference) <= MAX_REFERENCE_CHARS
         ):
-            return _error(
+            return error_item(
                 ErrorCode.INVALID,
                 f"Validation failed: reference must be a string of at most "
                 f"{MAX_REFERENCE_CHARS} characters",
@@ -250,14 +310,14 @@ class BatchService:
         try:
             request = model.model_validate({**defaults, **fields})
         except ValidationError as exc:
-            return _error(ErrorCode.INVALID, describe_validation_error(exc), reference)
+            return error_item(ErrorCode.INVALID, describe_validation_error(exc), reference)
         try:
             result = await call(caller, request)
         except ServiceError as exc:
-            return _error(exc.code, exc.message, reference)
+            return error_item(exc.code, exc.message, reference)
         except Exception:
             # Type and traceback only; never the item.
             _log.exception("batch_item_failed", subject=single.value,
                            request_id=caller.request_id, tenant_id=caller.tenant_id)
-            return _error(ErrorCode.INTERNAL, None, reference)
-        return BatchItemResult(reference=reference, data=result.model_dump(mode="json"))
+            return error_item(ErrorCode.INTERNAL, None, reference)
+        return data_item(result.model_dump(mode="json"), reference)

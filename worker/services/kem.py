@@ -21,9 +21,9 @@ from worker.services.context import Caller
 from worker.services.crypto_runner import CryptoRunner
 from worker.services.key_access import KeyAccess, Usage
 
-__all__ = ["KemService", "check_message_size"]
+__all__ = ["ENCRYPTED_MODES", "KemService", "check_message_size"]
 
-_ENCRYPTED_MODES = frozenset({Mode.STANDARD, Mode.DETERMINISTIC})
+ENCRYPTED_MODES = frozenset({Mode.STANDARD, Mode.DETERMINISTIC})
 _WRAPPED_MODES = frozenset({Mode.KEY_WRAP})
 
 
@@ -82,7 +82,7 @@ class KemService:
                 len(request.ciphertext),
                 lambda: open_ciphertext(
                     key, request.algorithm, request.key_version, request.ciphertext,
-                    _ENCRYPTED_MODES,
+                    ENCRYPTED_MODES,
                 ),
             )
         except InvalidCiphertext:

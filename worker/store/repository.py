@@ -65,6 +65,9 @@ __all__ = [
     "TenantRecord",
 ]
 
+# Stored status text → enum member without EnumMeta.__call__ (the per-request read).
+_STATUSES: dict[str, KeyStatus] = {status.value: status for status in KeyStatus}
+
 API_KEY_PREFIX = "qph_"
 _MAX_API_KEY_LENGTH = 256
 _WRITE_ATTEMPTS = 8
@@ -493,7 +496,8 @@ class KeyStore:
         Read fresh from the database on every call (it is checked before every crypto
         operation), through the cheapest path the backend allows.
         """
-        algorithm_name = Algorithm(algorithm).value
+        algorithm_name = algorithm.value if isinstance(algorithm, Algorithm) else (
+            Algorithm(algorithm).value)
         if self._status_reader is not None:
             try:
                 status = self._status_reader.status(tenant_id, algorithm_name, version)
@@ -502,7 +506,7 @@ class KeyStore:
                 self._status_reader.close()
                 record = await self.get_key(tenant_id, algorithm, version)
                 return None if record is None else record.status
-            return None if status is None else KeyStatus(status)
+            return None if status is None else _STATUSES.get(status) or KeyStatus(status)
         if database.is_sqlite(self._engine):
             # No synchronous reader (e.g. in-memory): stay on the session path, whose
             # connections get SQLite's begin hook.
