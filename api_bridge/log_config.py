@@ -8,6 +8,8 @@ import sys
 import orjson
 import structlog
 
+from worker.log_sink import BufferedLineLoggerFactory
+
 __all__ = ["configure_logging"]
 
 
@@ -35,7 +37,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         ),
         # orjson renders bytes: written as they are, one line per event.
         logger_factory=(
-            structlog.BytesLoggerFactory(sys.stderr.buffer)
+            BufferedLineLoggerFactory(sys.stderr.buffer)
             if use_json
             else structlog.PrintLoggerFactory(sys.stderr)
         ),

@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 import structlog
 
+from worker.log_sink import BufferedLineLoggerFactory
+
 __all__ = ["configure_logging"]
 
 
@@ -23,7 +25,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         else structlog.dev.ConsoleRenderer()
     )
     logger_factory: Callable[..., Any] = (
-        structlog.BytesLoggerFactory(sys.stderr.buffer)
+        BufferedLineLoggerFactory(sys.stderr.buffer)
         if use_json
         else structlog.PrintLoggerFactory(sys.stderr)
     )

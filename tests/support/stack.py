@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from pqkms.nats_embedded import EmbeddedNats, find_free_port, start_nats_server
 from schemas.algorithms import Plan
+from worker.log_sink import FLUSH_SECONDS
 from worker.store import KeyStore, load_or_create_master_key
 
 __all__ = [
@@ -266,6 +267,8 @@ class LocalStack:
     def requests_served(self, tenant_id: str, subject: str) -> list[int]:
         """Per running worker, how many ``subject`` requests of the tenant it has logged
         (each worker writes one JSON ``request`` line per request to its own log)."""
+        # Info lines reach the file up to FLUSH_SECONDS after the request (log_sink).
+        time.sleep(3 * FLUSH_SECONDS)
         counts: list[int] = []
         for process in self.workers:
             served: Counter[str] = Counter()

@@ -23,7 +23,7 @@ from nats.aio.subscription import Subscription
 
 from schemas.operations import Operation, operation_for
 from schemas.subjects import QUEUE_GROUP, Subject
-from worker.handlers.envelope import EnvelopeHandler, ServiceCall
+from worker.handlers.envelope import EnvelopeHandler, LeanCall, ServiceCall
 
 __all__ = ["DirectResponder", "DirectRoute"]
 
@@ -40,6 +40,7 @@ class DirectRoute:
 
     operation: Operation
     call: ServiceCall
+    lean: LeanCall | None = None
 
 
 class DirectResponder:
@@ -57,9 +58,9 @@ class DirectResponder:
         self._subscriptions: list[Subscription] = []
         self._connection: NatsClient | None = None
 
-    def add(self, subject: Subject, call: ServiceCall) -> None:
-        """Serve ``subject`` with ``call`` once started."""
-        self._routes[subject.value] = DirectRoute(operation_for(subject), call)
+    def add(self, subject: Subject, call: ServiceCall, lean: LeanCall | None = None) -> None:
+        """Serve ``subject`` with ``call`` (and ``lean`` first, if given) once started."""
+        self._routes[subject.value] = DirectRoute(operation_for(subject), call, lean)
 
     @property
     def subjects(self) -> Sequence[str]:
@@ -112,7 +113,7 @@ class DirectResponder:
         try:
             route = self._routes[msg.subject]
             body, headers = await self._handler.handle(
-                route.operation, route.call, msg.data, msg.headers
+                route.operation, route.call, msg.data, msg.headers, route.lean
             )
             if msg.reply and self._connection is not None:
                 await self._connection.publish(msg.reply, body, headers=headers)

@@ -38,7 +38,9 @@ from worker.services.request_record import (
 )
 from worker.services.transient import TRANSIENT_MESSAGE, is_transient
 
-__all__ = ["EnvelopeHandler", "JsonResult", "Reply", "ServiceCall", "header_value"]
+__all__ = [
+    "EnvelopeHandler", "JsonResult", "LeanCall", "Reply", "ServiceCall", "header_value",
+]
 
 
 
@@ -52,6 +54,9 @@ class JsonResult(Protocol):
 
 
 ServiceCall = Callable[[Caller, Any], Awaitable[BaseModel | JsonResult]]
+# The same operation on the raw body, for bodies in their common form; ``None``: the body
+# goes through the request model and ``ServiceCall`` (worker.services.kem_items).
+LeanCall = Callable[[Caller, dict[str, Any]], Awaitable[JsonResult | None]]
 Reply = tuple[bytes, dict[str, str]]
 
 _log = structlog.get_logger("pqkms.worker")
@@ -129,6 +134,7 @@ class EnvelopeHandler:
         call: ServiceCall,
         raw_body: bytes,
         headers: Mapping[str, str] | None,
+        lean: LeanCall | None = None,
     ) -> Reply:
         """Process one request; never raises."""
         started = time.perf_counter()
@@ -157,11 +163,14 @@ class EnvelopeHandler:
                 )
             if limits.rate_per_second is not None and limits.burst is not None:
                 await self._rate_limiter.acquire(caller.tenant_id, limits, cost)
-            try:
-                request = operation.request.model_validate(body)
-            except ValidationError as exc:
-                raise ServiceError(ErrorCode.INVALID, describe_validation_error(exc)) from None
-            result = await call(caller, request)
+            if lean is not None:
+                result = await lean(caller, body)
+            if result is None:
+                try:
+                    request = operation.request.model_validate(body)
+                except ValidationError as exc:
+                    raise ServiceError(ErrorCode.INVALID, describe_validation_error(exc)) from None
+                result = await call(caller, request)
             data = (result.model_dump(mode="json") if isinstance(result, BaseModel)
                     else result.json_data())
             envelope = success_envelope(data, request_id)

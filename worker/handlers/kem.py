@@ -18,8 +18,10 @@ def kem_router(
 ) -> NatsRouter:
     """Subscribers for every KEM operation."""
     router = NatsRouter()
-    subscribe(router, handler, Subject.KEM_ENCRYPT, service.encrypt, direct)
-    subscribe(router, handler, Subject.KEM_DECRYPT, service.decrypt, direct)
+    subscribe(router, handler, Subject.KEM_ENCRYPT, service.encrypt, direct,
+              service.encrypt_lean)
+    subscribe(router, handler, Subject.KEM_DECRYPT, service.decrypt, direct,
+              service.decrypt_lean)
     subscribe(router, handler, Subject.KEM_ENCAPSULATE, service.encapsulate, direct)
     subscribe(router, handler, Subject.KEM_DECAPSULATE, service.decapsulate, direct)
     subscribe(router, handler, Subject.KEM_KEY_WRAP, service.wrap, direct)

@@ -11,7 +11,7 @@ from faststream.nats.message import NatsMessage
 from schemas.operations import operation_for
 from schemas.subjects import QUEUE_GROUP, Subject
 from worker.handlers.direct import DirectResponder
-from worker.handlers.envelope import EnvelopeHandler, ServiceCall
+from worker.handlers.envelope import EnvelopeHandler, LeanCall, ServiceCall
 
 __all__ = ["DATA_PLANE_SUBJECTS", "MAX_IN_FLIGHT_PER_SUBJECT", "subscribe"]
 
@@ -39,11 +39,12 @@ def subscribe(
     subject: Subject,
     call: ServiceCall,
     direct: DirectResponder | None = None,
+    lean: LeanCall | None = None,
 ) -> None:
     """Serve ``subject`` with ``call`` through the envelope handler: on the direct
     responder for data-plane subjects when one is given, else as a FastStream subscriber."""
     if direct is not None and subject in DATA_PLANE_SUBJECTS:
-        direct.add(subject, call)
+        direct.add(subject, call, lean)
         return
     operation = operation_for(subject)
 
@@ -53,7 +54,8 @@ def subscribe(
     # context field with ``anyio.to_thread``.
     async def on_request(msg: Any) -> NatsResponse:
         message: NatsMessage = msg
-        body, headers = await handler.handle(operation, call, message.body, message.headers)
+        body, headers = await handler.handle(operation, call, message.body, message.headers,
+                                             lean)
         return NatsResponse(body, headers=headers)
 
     on_request.__name__ = f"on_{subject.value.replace('.', '_').replace('-', '_')}"

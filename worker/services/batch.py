@@ -4,7 +4,7 @@ Each item is validated and run on its own; a bad item becomes its own error obje
 never fails the others. A batch is one request: each key version it names is looked up
 (existence, state, material) once, and every item sees that answer. Rate limiting is
 the transport's (one token per item, all or nothing). Encrypt and decrypt items in their
-common form skip the request and result models (``worker.services.batch_items``); the
+common form skip the request and result models (``worker.services.kem_items``); the
 reply is plain JSON objects.
 """
 
@@ -34,17 +34,11 @@ from worker.crypto import (
     seal,
 )
 from worker.errors import DecryptionFailed, ServiceError
-from worker.services.batch_items import (
-    BatchOutcome,
-    JsonObject,
-    KemItem,
-    data_item,
-    error_item,
-    read_kem_item,
-)
+from worker.services.batch_items import BatchOutcome, JsonObject, data_item, error_item
 from worker.services.context import Caller
 from worker.services.crypto_runner import INLINE_LIMIT_BYTES, CryptoRunner
 from worker.services.kem import ENCRYPTED_MODES, KemService, check_message_size
+from worker.services.kem_items import KemItem, read_kem_item
 from worker.services.key_access import KeyAccess, Usage
 from worker.services.signatures import SignatureService
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from schemas import kem
 from schemas.algorithms import EncryptMode
 from schemas.errors import ErrorCode
@@ -19,6 +21,7 @@ from worker.crypto import (
 from worker.errors import DecryptionFailed, ServiceError
 from worker.services.context import Caller
 from worker.services.crypto_runner import CryptoRunner
+from worker.services.kem_items import LeanResult, read_kem_item
 from worker.services.key_access import KeyAccess, Usage
 
 __all__ = ["ENCRYPTED_MODES", "KemService", "check_message_size"]
@@ -71,6 +74,40 @@ class KemService:
             key_version=request.key_version,
             algorithm=request.algorithm,
         )
+
+    async def encrypt_lean(self, caller: Caller, body: dict[str, Any]) -> LeanResult | None:
+        """``encrypt`` of a body in its common form, without the models; ``None`` for any
+        other body (``worker.services.kem_items``)."""
+        item = read_kem_item(body, "plaintext", in_batch=False)
+        if item is None:
+            return None
+        algorithm, version = item.algorithm, item.key_version
+        check_message_size("plaintext", item.payload, self._limit)
+        key = await self._keys.kem_key(caller, algorithm, version, Usage.PROTECT)
+        ciphertext = await self._runner.sized(
+            len(item.payload),
+            lambda: seal(key, algorithm, version, Mode.STANDARD, item.payload),
+        )
+        return LeanResult({"ciphertext": b64encode(ciphertext), "key_version": version,
+                           "algorithm": algorithm.value}, algorithm, version)
+
+    async def decrypt_lean(self, caller: Caller, body: dict[str, Any]) -> LeanResult | None:
+        """``decrypt`` of a body in its common form, without the models; ``None`` for any
+        other body."""
+        item = read_kem_item(body, "ciphertext", in_batch=False)
+        if item is None:
+            return None
+        algorithm, version = item.algorithm, item.key_version
+        key = await self._keys.kem_key(caller, algorithm, version, Usage.RECOVER)
+        try:
+            plaintext = await self._runner.sized(
+                len(item.payload),
+                lambda: open_ciphertext(key, algorithm, version, item.payload, ENCRYPTED_MODES),
+            )
+        except InvalidCiphertext:
+            raise DecryptionFailed("ciphertext") from None
+        return LeanResult({"plaintext": b64encode(plaintext), "key_version": version,
+                           "algorithm": algorithm.value}, algorithm, version)
 
     async def decrypt(self, caller: Caller, request: kem.DecryptRequest) -> kem.DecryptResult:
         """Open a ciphertext from encrypt; any failure is one opaque 400."""

@@ -1,4 +1,4 @@
-"""The lean reading of batch KEM items never accepts what the request model refuses, and
+"""The lean reading of KEM bodies and batch items never accepts what the model refuses, and
 reads what it accepts exactly as the model does."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from schemas import kem
 from schemas.algorithms import Algorithm
 from schemas.batch import BatchResult
 from schemas.errors import ErrorCode
-from worker.services.batch_items import BatchOutcome, data_item, error_item, read_kem_item
+from worker.services.batch_items import BatchOutcome, data_item, error_item
+from worker.services.kem_items import read_kem_item
 
 _B64 = base64.b64encode(b"hello world!").decode()
 _CASES: list[dict[str, Any]] = [
@@ -80,7 +81,25 @@ def _model_reading(model: type[BaseModel], field: str, item: Any,
     return getattr(request, field), request.key_version, request.algorithm, reference  # type: ignore[attr-defined]
 
 
+def _single_reading(model: type[BaseModel], field: str,
+                    item: Any) -> tuple[bytes, int, Algorithm, Any] | None:
+    """What the envelope handler's model path makes of a single request's body."""
+    try:
+        request = model.model_validate(item)
+    except ValidationError:
+        return None
+    if getattr(request, "salt", None) is not None:
+        return None
+    return getattr(request, field), request.key_version, request.algorithm, None  # type: ignore[attr-defined]
+
+
 def _check(model: type[BaseModel], field: str, item: Any, defaults: dict[str, Any]) -> None:
+    single = read_kem_item(item, field, in_batch=False)
+    if single is not None:
+        assert "reference" not in item
+        expected_single = _single_reading(model, field, item)
+        assert expected_single is not None, f"lean path accepted a body the model refuses: {item!r}"
+        assert (single.payload, single.key_version, single.algorithm, None) == expected_single
     lean = read_kem_item(item, field, defaults)
     if lean is None:
         return  # the model reads it; nothing to compare
