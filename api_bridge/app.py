@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api_bridge.direct_routes import DirectPostRoutes, direct_post_routes
 from api_bridge.errors import error_response
 from api_bridge.health import add_health_route
 from api_bridge.metrics import (
@@ -88,13 +89,19 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         # "/api/v1/kem/encrypt/" is a 404 envelope, not a bodiless 307 redirect.
         redirect_slashes=False,
+        # FastAPI's own OpenTelemetry hooks (0.16x) would duplicate the bridge's metrics
+        # and PQKMS_OTEL spans, and cost a provider check per request; older FastAPI
+        # versions keep the unknown option in ``app.extra``.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.gateway = gateway
-    add_operation_routes(app, gateway, settings.nats_max_payload())
+    post_paths = add_operation_routes(app, gateway, settings.nats_max_payload())
     add_health_route(app, gateway)
     add_metrics_route(app, metrics)
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_exception)
+    # Innermost of ours: the POST operation routes without FastAPI's routing layers.
+    app.add_middleware(DirectPostRoutes, routes=direct_post_routes(app, post_paths))
     # Inside the log middleware (added last, so outermost): a crash it turns into a 500
     # is counted as one.
     app.add_middleware(MetricsMiddleware, metrics=metrics, tracer=bridge_tracer(settings))

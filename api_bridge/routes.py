@@ -181,8 +181,9 @@ def _openapi_extra(route: HttpRoute) -> dict[str, Any]:
     return extra
 
 
-def add_operation_routes(app: FastAPI, gateway: NatsGateway, body_limit: int) -> None:
-    """Register every operation's route(s) on the app, documented for OpenAPI."""
+def add_operation_routes(app: FastAPI, gateway: NatsGateway, body_limit: int) -> list[str]:
+    """Register every operation's route(s) on the app, documented for OpenAPI; returns
+    the paths of the POST routes (no path parameters: ``api_bridge.direct_routes``)."""
     routes = http_routes()
     for route in routes:
         operation = route.operation
@@ -203,3 +204,5 @@ def add_operation_routes(app: FastAPI, gateway: NatsGateway, body_limit: int) ->
             tags=[operation.subject.value.split(".")[2]],
             openapi_extra=_openapi_extra(route),
         )
+    return [route.path for route in routes
+            if route.operation.method == "POST" and not route.path_params]
