@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                         help="comma-separated subset of " + ",".join(OPERATIONS))
     parser.add_argument("--processes", default="1,2",
                         help="process / worker counts, comma-separated (default 1,2)")
+    parser.add_argument("--batch-in-flight", type=int, default=4,
+                        help="encrypt batches of 100 items in flight (default 4)")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP bridge")
     parser.add_argument("--no-audit", action="store_true",
                         help="workers without the audit trail (to measure what it costs; "
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         config.max_ops = args.ops
     config.in_flight = args.in_flight
     config.http_in_flight = args.http_in_flight
+    config.batch_in_flight = args.batch_in_flight
     config.http_connections = args.http_connections
     config.operations = tuple(op for op in args.operations.split(",") if op)
     unknown = set(config.operations) - set(OPERATIONS)
