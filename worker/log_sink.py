@@ -54,7 +54,8 @@ class BufferedLineSink:
             if now or self._size >= self._max_pending:
                 self._write_locked()
                 return
-        self._due.set()
+        if not self._due.is_set():  # (set() takes a lock: once per interval is enough)
+            self._due.set()
 
     def flush(self) -> None:
         """Write what is queued."""

@@ -109,3 +109,18 @@ async def test_a_failed_insert_writes_nothing_and_the_next_append_works(database
     finally:
         await log.close()
     assert _count(database) == 3
+
+
+def test_what_seal_keeps_equals_what_a_stored_entry_recomputes() -> None:
+    from dataclasses import fields
+
+    from worker.store.audit_sqlite_writer import _stored_time
+
+    for entry in _entries(3):
+        assert entry.message is not None and entry.recorded_text is not None
+        stored = AuditEntry(**{f.name: getattr(entry, f.name) for f in fields(AuditEntry)
+                               if f.name not in ("message", "recorded_text")})
+        assert stored.message is None
+        assert stored.to_message() == entry.to_message()
+        assert stored.computed_hash() == entry.record_hash
+        assert _stored_time(entry) == _stored_time(stored) == sqlite_timestamp(entry.recorded_at)

@@ -11,7 +11,7 @@ fields, so a record cannot be moved to another place or another chain unnoticed.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,6 +65,10 @@ class AuditEntry:
     prev_hash: str
     record_hash: str
     schema_version: int = AUDIT_RECORD_VERSION
+    # Kept by seal(), which has just computed them: the stream line and the canonical
+    # time (entries read back from storage compute them again when asked).
+    message: bytes | None = field(default=None, compare=False, repr=False)
+    recorded_text: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def seal(
@@ -91,16 +95,19 @@ class AuditEntry:
             algorithm = None if record.algorithm is None else str(record.algorithm)[:64]
             key_version, outcome, items = record.key_version, record.outcome[:32], record.items
             duration_us = max(0, round(record.duration_seconds * 1_000_000))
-        fields = _hashed_fields(
-            chain_id, seq, kind, worker_id, recorded_at, operation, request_id, tenant_id,
+        recorded_text = canonical_time(recorded_at)
+        fields = _fields(
+            chain_id, seq, kind, worker_id, recorded_text, operation, request_id, tenant_id,
             algorithm, key_version, outcome, items, duration_us, AUDIT_RECORD_VERSION,
         )
+        digest = record_hash(prev_hash, fields)
         return cls(
             chain_id=chain_id, seq=seq, kind=kind.value, worker_id=worker_id,
             recorded_at=recorded_at, operation=operation, request_id=request_id,
             tenant_id=tenant_id, algorithm=algorithm, key_version=key_version,
             outcome=outcome, items=items, duration_us=duration_us, prev_hash=prev_hash,
-            record_hash=record_hash(prev_hash, fields),
+            record_hash=digest, message=_message(fields, prev_hash, digest),
+            recorded_text=recorded_text,
         )
 
     def hashed_fields(self) -> dict[str, Any]:
@@ -118,8 +125,9 @@ class AuditEntry:
     def to_message(self) -> bytes:
         """The record as one JSON object: every field, both hashes included (one line of
         a stream message)."""
-        return orjson.dumps({**self.hashed_fields(), "prev_hash": self.prev_hash,
-                             "record_hash": self.record_hash})
+        if self.message is not None:
+            return self.message
+        return _message(self.hashed_fields(), self.prev_hash, self.record_hash)
 
     @classmethod
     def from_message(cls, data: bytes) -> AuditEntry:
@@ -148,8 +156,23 @@ class AuditEntry:
         )
 
 
+def _message(fields: dict[str, Any], prev_hash: str, digest: str) -> bytes:
+    return orjson.dumps({**fields, "prev_hash": prev_hash, "record_hash": digest})
+
+
 def _hashed_fields(
     chain_id: str, seq: int, kind: str, worker_id: str, recorded_at: datetime,
+    operation: str | None, request_id: str | None, tenant_id: str | None,
+    algorithm: str | None, key_version: int | None, outcome: str | None, items: int,
+    duration_us: int, schema_version: int,
+) -> dict[str, Any]:
+    return _fields(chain_id, seq, kind, worker_id, canonical_time(recorded_at), operation,
+                   request_id, tenant_id, algorithm, key_version, outcome, items,
+                   duration_us, schema_version)
+
+
+def _fields(
+    chain_id: str, seq: int, kind: str, worker_id: str, recorded_text: str,
     operation: str | None, request_id: str | None, tenant_id: str | None,
     algorithm: str | None, key_version: int | None, outcome: str | None, items: int,
     duration_us: int, schema_version: int,
@@ -157,7 +180,7 @@ def _hashed_fields(
     # The one list of hashed fields: what seal() hashes is what verification recomputes.
     return {
         "chain_id": chain_id, "seq": seq, "kind": str(kind),
-        "worker_id": worker_id, "recorded_at": canonical_time(recorded_at),
+        "worker_id": worker_id, "recorded_at": recorded_text,
         "operation": operation, "request_id": request_id, "tenant_id": tenant_id,
         "algorithm": algorithm, "key_version": key_version, "outcome": outcome,
         "items": items, "duration_us": duration_us, "schema_version": schema_version,

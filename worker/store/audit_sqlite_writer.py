@@ -59,10 +59,17 @@ def sqlite_timestamp(moment: datetime) -> str:
     return utc.isoformat(sep=" ", timespec="microseconds")
 
 
+def _stored_time(entry: AuditEntry) -> str:
+    canonical = entry.recorded_text
+    if canonical is not None:  # 2026-01-02T03:04:05.000006Z → 2026-01-02 03:04:05.000006
+        return f"{canonical[:10]} {canonical[11:26]}"
+    return sqlite_timestamp(entry.recorded_at)
+
+
 def _record_row(entry: AuditEntry) -> _Row:
     return (
         entry.chain_id, entry.seq, entry.kind, entry.worker_id,
-        sqlite_timestamp(entry.recorded_at), entry.operation, entry.request_id,
+        _stored_time(entry), entry.operation, entry.request_id,
         entry.tenant_id, entry.algorithm, entry.key_version, entry.outcome, entry.items,
         entry.duration_us, entry.prev_hash, entry.record_hash, entry.schema_version,
     )
