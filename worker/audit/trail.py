@@ -39,12 +39,9 @@ from worker.services.request_record import AuditSink, RequestRecord
 if TYPE_CHECKING:  # (worker.store.audit_log imports this package: no cycle at run time)
     from worker.store.audit_log import AuditLog
 
-__all__ = ["MIN_FLUSH_INTERVAL_SECONDS", "AuditTrail", "AuditUnavailable"]
+__all__ = ["AuditTrail", "AuditUnavailable"]
 
 _log = structlog.get_logger("pqkms.worker")
-# Flushes start at least this far apart: at most 500 a second per worker, each shared by
-# every request that arrived meanwhile (docs/audit.md#group-commit).
-MIN_FLUSH_INTERVAL_SECONDS = 0.002
 
 
 class AuditUnavailable(RuntimeError):
@@ -74,13 +71,11 @@ class AuditTrail:
     """Group-committing :class:`AuditSink` of one worker process (one chain per run)."""
 
     def __init__(self, log: AuditLog, stream: AuditStream, worker_id: str, *,
-                 max_batch: int = 1000,
-                 min_interval_seconds: float = MIN_FLUSH_INTERVAL_SECONDS) -> None:
+                 max_batch: int = 1000) -> None:
         self._log = log
         self._stream = stream
         self._worker_id = worker_id
         self._max_batch = max_batch
-        self._min_interval = min_interval_seconds
         self._waiting: list[_Waiting] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -148,18 +143,10 @@ class AuditTrail:
     # -- the flusher ---------------------------------------------------------------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_started = -1.0
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._waiting or self._next_seq == 1:
-                # Paced: under load each flush waits for more records to share it; a
-                # request arriving after a quiet moment is flushed at once.
-                pause = last_started + self._min_interval - loop.time()
-                if pause > 0 and not self._closing:
-                    await asyncio.sleep(pause)
-                last_started = loop.time()
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: len(batch)]
                 try:
