@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -43,8 +43,6 @@ __all__ = [
 ]
 
 
-
-@runtime_checkable
 class JsonResult(Protocol):
     """A service result already in its JSON form (a batch's plain dicts)."""
 

@@ -56,7 +56,6 @@ _KEM_FIELD = {Subject.KEM_ENCRYPT: "plaintext", Subject.KEM_DECRYPT: "ciphertext
 _LeanCall = Callable[[KemKey | ServiceError, KemItem], JsonObject]
 
 
-
 def _size_error(item: KemItem, limit: int) -> JsonObject:
     try:
         check_message_size("plaintext", item.payload, limit)
@@ -238,7 +237,13 @@ class BatchService:
                     except ServiceError as exc:
                         key = exc
                     loaded[key_id] = key
-                results.append(crypt(key, read))
+                try:
+                    results.append(crypt(key, read))
+                except Exception:
+                    # As in _one: type and traceback only, and the other items go on.
+                    _log.exception("batch_item_failed", subject=single.value,
+                                   request_id=caller.request_id, tenant_id=caller.tenant_id)
+                    results.append(error_item(ErrorCode.INTERNAL, None, read.reference))
         else:
             for start in range(0, len(items), _WINDOW):
                 window = items[start:start + _WINDOW]

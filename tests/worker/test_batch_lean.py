@@ -1,0 +1,105 @@
+"""Batch encrypt/decrypt on the lean path: the same answers as the single service, and a
+failing item never fails the others."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+
+import pytest
+
+from schemas.algorithms import Algorithm, Plan
+from schemas.errors import ErrorCode
+from schemas.subjects import Subject
+from worker.crypto import KemKey, kem_algorithm
+from worker.errors import ServiceError
+from worker.services import batch as batch_module
+from worker.services.batch import BatchService
+from worker.services.context import Caller
+from worker.services.crypto_runner import CryptoRunner
+from worker.services.key_access import KeyAccess, Usage
+
+CALLER = Caller(tenant_id="t-1", plan=Plan.ENTERPRISE, request_id="r-1")
+
+
+class _Keys(KeyAccess):
+    """Version 1 exists; every other version is not found."""
+
+    def __init__(self) -> None:  # no store: the batch only asks for keys
+        self.key = kem_algorithm(Algorithm.KYBER768).load(secrets.token_bytes(64))
+        self.lookups = 0
+
+    async def kem_key(self, caller: Caller, algorithm: Algorithm, version: int,
+                      usage: Usage) -> KemKey:
+        self.lookups += 1
+        if version != 1:
+            raise ServiceError(ErrorCode.KEM_KEY_NOT_FOUND,
+                               f"Key version {version} not found for {algorithm.value}")
+        return self.key
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture
+def keys() -> _Keys:
+    return _Keys()
+
+
+@pytest.fixture
+def service(keys: _Keys) -> BatchService:
+    return BatchService(keys, CryptoRunner(1), max_message_bytes=4096, max_items=1000,
+                        message_limit=8 * 1024 * 1024)
+
+
+async def test_lean_and_model_items_answer_alike(service: BatchService, keys: _Keys) -> None:
+    items: list[Any] = [
+        {"plaintext": _b64(b"one"), "reference": "a"},                  # lean
+        {"plaintext": _b64(b"two"), "mode": "standard"},                 # lean
+        {"plaintext": _b64(b"three"), "key_version": 1, "extra": 1},     # model: refused
+        {"plaintext": "not base64!"},                                    # model: refused
+        {"plaintext": _b64(b"four"), "key_version": 9, "reference": "b"},  # not found
+        {"plaintext": _b64(b"x" * 5000)},                                # over the limit
+    ]
+    outcome = await service.run(Subject.KEM_ENCRYPT, CALLER, items, key_version=1)
+    results = outcome.results
+    assert [("data" in r, r.get("reference")) for r in results] == [
+        (True, "a"), (True, None), (False, None), (False, None), (False, "b"), (False, None)]
+    assert results[2]["error"]["code"] == results[3]["error"]["code"] == "ERR_INVALID_001"
+    assert results[4]["error"]["code"] == "ERR_KEM_005"
+    assert "over the 4096-byte limit" in results[5]["error"]["message"]
+    assert (outcome.total, outcome.succeeded, outcome.failed) == (6, 2, 4)
+    assert keys.lookups == 2  # one per key version, not one per item
+
+    sealed = [{"ciphertext": r["data"]["ciphertext"], "reference": str(i)}
+              for i, r in enumerate(results[:2])]
+    sealed.append({"ciphertext": _b64(b"garbage" * 10)})
+    opened = await service.run(Subject.KEM_DECRYPT, CALLER, sealed, key_version=1)
+    assert [base64.b64decode(r["data"]["plaintext"]) for r in opened.results[:2]] == [
+        b"one", b"two"]
+    assert opened.results[1]["data"] == {"plaintext": _b64(b"two"), "key_version": 1,
+                                         "algorithm": "Kyber768"}
+    assert opened.results[2]["error"]["message"].startswith("Decryption failed")
+
+
+async def test_a_crashing_item_fails_alone(service: BatchService,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    real_seal = batch_module.seal
+    calls = 0
+
+    def flaky_seal(*args: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("boom")
+        return real_seal(*args)
+
+    monkeypatch.setattr(batch_module, "seal", flaky_seal)
+    items = [{"plaintext": _b64(bytes([i])), "reference": str(i)} for i in range(3)]
+    outcome = await service.run(Subject.KEM_ENCRYPT, CALLER, items, key_version=1)
+    assert ["data" in r for r in outcome.results] == [True, False, True]
+    assert outcome.results[1] == {"reference": "1", "error": {
+        "code": "ERR_INTERNAL_001", "error_code": "ERR_INTERNAL_001",
+        "message": ErrorCode.INTERNAL.default_message}}
