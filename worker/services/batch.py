@@ -25,19 +25,12 @@ from schemas.errors import ErrorCode
 from schemas.fields import b64encode
 from schemas.subjects import Subject
 from schemas.validation import describe_validation_error
-from worker.crypto import (
-    InvalidCiphertext,
-    KemKey,
-    Mode,
-    SignatureKey,
-    open_ciphertext,
-    seal,
-)
-from worker.errors import DecryptionFailed, ServiceError
+from worker.crypto import KemKey, Mode, SignatureKey, seal
+from worker.errors import ServiceError
 from worker.services.batch_items import BatchOutcome, JsonObject, data_item, error_item
 from worker.services.context import Caller
 from worker.services.crypto_runner import INLINE_LIMIT_BYTES, CryptoRunner
-from worker.services.kem import ENCRYPTED_MODES, KemService, check_message_size
+from worker.services.kem import KemService, check_message_size, open_encrypted
 from worker.services.kem_items import KemItem, read_kem_item
 from worker.services.key_access import KeyAccess, Usage
 from worker.services.signatures import SignatureService
@@ -273,11 +266,9 @@ class BatchService:
             if isinstance(key, ServiceError):
                 return error_item(key.code, key.message, item.reference)
             try:
-                opened = open_ciphertext(key, item.algorithm, item.key_version, item.payload,
-                                         ENCRYPTED_MODES)
-            except InvalidCiphertext:
-                failed = DecryptionFailed("ciphertext")
-                return error_item(failed.code, failed.message, item.reference)
+                opened = open_encrypted(key, item.algorithm, item.key_version, item.payload)
+            except ServiceError as exc:
+                return error_item(exc.code, exc.message, item.reference)
             return data_item({"plaintext": b64encode(opened), "key_version": item.key_version,
                               "algorithm": item.algorithm.value}, item.reference)
 

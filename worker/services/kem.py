@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas import kem
-from schemas.algorithms import EncryptMode
+from schemas.algorithms import Algorithm, EncryptMode
 from schemas.errors import ErrorCode
 from schemas.fields import b64encode
 from schemas.kem import WRAPPABLE_KEY_SIZES
@@ -13,6 +13,7 @@ from worker.crypto import (
     WRAPPING_METHODS,
     InvalidCiphertext,
     InvalidInput,
+    KemKey,
     Mode,
     open_ciphertext,
     seal,
@@ -24,7 +25,7 @@ from worker.services.crypto_runner import CryptoRunner
 from worker.services.kem_items import LeanResult, read_kem_item
 from worker.services.key_access import KeyAccess, Usage
 
-__all__ = ["ENCRYPTED_MODES", "KemService", "check_message_size"]
+__all__ = ["ENCRYPTED_MODES", "KemService", "check_message_size", "open_encrypted"]
 
 ENCRYPTED_MODES = frozenset({Mode.STANDARD, Mode.DETERMINISTIC})
 _WRAPPED_MODES = frozenset({Mode.KEY_WRAP})
@@ -40,6 +41,15 @@ def check_message_size(field: str, data: bytes, limit: int) -> None:
         )
 
 
+def open_encrypted(key: KemKey, algorithm: Algorithm, version: int, blob: bytes) -> bytes:
+    """The plaintext of a ``kem/encrypt`` ciphertext (either mode); any failure is the one
+    opaque 400."""
+    try:
+        return open_ciphertext(key, algorithm, version, blob, ENCRYPTED_MODES)
+    except InvalidCiphertext:
+        raise DecryptionFailed("ciphertext") from None
+
+
 class KemService:
     """KEM operations on a tenant's keys."""
 
@@ -50,11 +60,11 @@ class KemService:
 
     async def encrypt(self, caller: Caller, request: kem.EncryptRequest) -> kem.EncryptResult:
         """Standard (HPKE) or deterministic (AES-SIV) encryption."""
-        check_message_size("plaintext", request.plaintext, self._limit)
-        key = await self._keys.kem_key(
-            caller, request.algorithm, request.key_version, Usage.PROTECT
-        )
         if request.mode is EncryptMode.DETERMINISTIC:
+            check_message_size("plaintext", request.plaintext, self._limit)
+            key = await self._keys.kem_key(
+                caller, request.algorithm, request.key_version, Usage.PROTECT
+            )
             salt = request.salt or b""
             ciphertext = await self._runner.sized(
                 len(request.plaintext),
@@ -63,12 +73,8 @@ class KemService:
                 ),
             )
         else:
-            ciphertext = await self._runner.sized(
-                len(request.plaintext),
-                lambda: seal(
-                    key, request.algorithm, request.key_version, Mode.STANDARD, request.plaintext
-                ),
-            )
+            ciphertext = await self._sealed(caller, request.algorithm, request.key_version,
+                                            request.plaintext)
         return kem.EncryptResult(
             ciphertext=b64encode(ciphertext),
             key_version=request.key_version,
@@ -81,15 +87,19 @@ class KemService:
         item = read_kem_item(body, "plaintext", in_batch=False)
         if item is None:
             return None
-        algorithm, version = item.algorithm, item.key_version
-        check_message_size("plaintext", item.payload, self._limit)
-        key = await self._keys.kem_key(caller, algorithm, version, Usage.PROTECT)
-        ciphertext = await self._runner.sized(
-            len(item.payload),
-            lambda: seal(key, algorithm, version, Mode.STANDARD, item.payload),
+        ciphertext = await self._sealed(caller, item.algorithm, item.key_version, item.payload)
+        return LeanResult({"ciphertext": b64encode(ciphertext), "key_version": item.key_version,
+                           "algorithm": item.algorithm.value}, item.algorithm, item.key_version)
+
+    async def decrypt(self, caller: Caller, request: kem.DecryptRequest) -> kem.DecryptResult:
+        """Open a ciphertext from encrypt; any failure is one opaque 400."""
+        plaintext = await self._opened(caller, request.algorithm, request.key_version,
+                                       request.ciphertext)
+        return kem.DecryptResult(
+            plaintext=b64encode(plaintext),
+            key_version=request.key_version,
+            algorithm=request.algorithm,
         )
-        return LeanResult({"ciphertext": b64encode(ciphertext), "key_version": version,
-                           "algorithm": algorithm.value}, algorithm, version)
 
     async def decrypt_lean(self, caller: Caller, body: dict[str, Any]) -> LeanResult | None:
         """``decrypt`` of a body in its common form, without the models; ``None`` for any
@@ -97,37 +107,23 @@ class KemService:
         item = read_kem_item(body, "ciphertext", in_batch=False)
         if item is None:
             return None
-        algorithm, version = item.algorithm, item.key_version
-        key = await self._keys.kem_key(caller, algorithm, version, Usage.RECOVER)
-        try:
-            plaintext = await self._runner.sized(
-                len(item.payload),
-                lambda: open_ciphertext(key, algorithm, version, item.payload, ENCRYPTED_MODES),
-            )
-        except InvalidCiphertext:
-            raise DecryptionFailed("ciphertext") from None
-        return LeanResult({"plaintext": b64encode(plaintext), "key_version": version,
-                           "algorithm": algorithm.value}, algorithm, version)
+        plaintext = await self._opened(caller, item.algorithm, item.key_version, item.payload)
+        return LeanResult({"plaintext": b64encode(plaintext), "key_version": item.key_version,
+                           "algorithm": item.algorithm.value}, item.algorithm, item.key_version)
 
-    async def decrypt(self, caller: Caller, request: kem.DecryptRequest) -> kem.DecryptResult:
-        """Open a ciphertext from encrypt; any failure is one opaque 400."""
-        key = await self._keys.kem_key(
-            caller, request.algorithm, request.key_version, Usage.RECOVER
+    async def _sealed(self, caller: Caller, algorithm: Algorithm, version: int,
+                      plaintext: bytes) -> bytes:
+        check_message_size("plaintext", plaintext, self._limit)
+        key = await self._keys.kem_key(caller, algorithm, version, Usage.PROTECT)
+        return await self._runner.sized(
+            len(plaintext), lambda: seal(key, algorithm, version, Mode.STANDARD, plaintext)
         )
-        try:
-            plaintext = await self._runner.sized(
-                len(request.ciphertext),
-                lambda: open_ciphertext(
-                    key, request.algorithm, request.key_version, request.ciphertext,
-                    ENCRYPTED_MODES,
-                ),
-            )
-        except InvalidCiphertext:
-            raise DecryptionFailed("ciphertext") from None
-        return kem.DecryptResult(
-            plaintext=b64encode(plaintext),
-            key_version=request.key_version,
-            algorithm=request.algorithm,
+
+    async def _opened(self, caller: Caller, algorithm: Algorithm, version: int,
+                      blob: bytes) -> bytes:
+        key = await self._keys.kem_key(caller, algorithm, version, Usage.RECOVER)
+        return await self._runner.sized(
+            len(blob), lambda: open_encrypted(key, algorithm, version, blob)
         )
 
     async def encapsulate(
