@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from schemas import kem
@@ -28,6 +29,8 @@ from worker.services.key_access import KeyAccess, Usage
 __all__ = ["ENCRYPTED_MODES", "KemService", "check_message_size", "open_encrypted"]
 
 ENCRYPTED_MODES = frozenset({Mode.STANDARD, Mode.DETERMINISTIC})
+# Seal or open bytes under a tenant's key version: (caller, algorithm, version, input).
+_KemStep = Callable[[Caller, Algorithm, int, bytes], Awaitable[bytes]]
 _WRAPPED_MODES = frozenset({Mode.KEY_WRAP})
 
 
@@ -84,12 +87,7 @@ class KemService:
     async def encrypt_lean(self, caller: Caller, body: dict[str, Any]) -> LeanResult | None:
         """``encrypt`` of a body in its common form, without the models; ``None`` for any
         other body (``worker.services.kem_items``)."""
-        item = read_kem_item(body, "plaintext", in_batch=False)
-        if item is None:
-            return None
-        ciphertext = await self._sealed(caller, item.algorithm, item.key_version, item.payload)
-        return LeanResult({"ciphertext": b64encode(ciphertext), "key_version": item.key_version,
-                           "algorithm": item.algorithm.value}, item.algorithm, item.key_version)
+        return await self._lean(caller, body, "plaintext", "ciphertext", self._sealed)
 
     async def decrypt(self, caller: Caller, request: kem.DecryptRequest) -> kem.DecryptResult:
         """Open a ciphertext from encrypt; any failure is one opaque 400."""
@@ -104,11 +102,15 @@ class KemService:
     async def decrypt_lean(self, caller: Caller, body: dict[str, Any]) -> LeanResult | None:
         """``decrypt`` of a body in its common form, without the models; ``None`` for any
         other body."""
-        item = read_kem_item(body, "ciphertext", in_batch=False)
+        return await self._lean(caller, body, "ciphertext", "plaintext", self._opened)
+
+    async def _lean(self, caller: Caller, body: dict[str, Any], given: str, answered: str,
+                    step: _KemStep) -> LeanResult | None:
+        item = read_kem_item(body, given, in_batch=False)
         if item is None:
             return None
-        plaintext = await self._opened(caller, item.algorithm, item.key_version, item.payload)
-        return LeanResult({"plaintext": b64encode(plaintext), "key_version": item.key_version,
+        output = await step(caller, item.algorithm, item.key_version, item.payload)
+        return LeanResult({answered: b64encode(output), "key_version": item.key_version,
                            "algorithm": item.algorithm.value}, item.algorithm, item.key_version)
 
     async def _sealed(self, caller: Caller, algorithm: Algorithm, version: int,
