@@ -110,10 +110,14 @@ class SqliteAuditWriter:
         if not entries:
             return
         records: list[_Row] = [_record_row(entry) for entry in entries]
-        opened: list[_Row] = [(entry.chain_id, entry.worker_id, sqlite_timestamp(entry.recorded_at),
-                   ROW_SCHEMA_VERSION) for entry in entries if entry.kind == AuditKind.OPEN]
-        closed: list[_Row] = [(sqlite_timestamp(entry.recorded_at), entry.seq, entry.record_hash,
-                   entry.chain_id) for entry in entries if entry.kind == AuditKind.CLOSE]
+        opened: list[_Row] = [
+            (entry.chain_id, entry.worker_id, _stored_time(entry), ROW_SCHEMA_VERSION)
+            for entry in entries if entry.kind == AuditKind.OPEN
+        ]
+        closed: list[_Row] = [
+            (_stored_time(entry), entry.seq, entry.record_hash, entry.chain_id)
+            for entry in entries if entry.kind == AuditKind.CLOSE
+        ]
         if not self._fsync:
             try:
                 self._write(records, opened, closed, wait=False)
