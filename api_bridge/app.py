@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api_bridge.direct_routes import DirectPostRoutes, direct_post_routes
+from api_bridge.direct_routes import BridgeApp, direct_post_routes
 from api_bridge.errors import error_response
 from api_bridge.health import add_health_route
 from api_bridge.metrics import (
@@ -69,7 +69,7 @@ async def _validation_exception(request: Request, exc: Exception) -> Response:
     return error_response(ErrorCode.INVALID, context.request_id)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> BridgeApp:
     """Build the bridge app; NATS is connected in its lifespan (in the background)."""
     metrics = BridgeMetrics()
     gateway: NatsGateway = MeteredNatsGateway(settings, metrics)
@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await gateway.close()
 
-    app = FastAPI(
+    app = BridgeApp(
         title="pqkms",
         version="1",
         description=DESCRIPTION,
@@ -100,11 +100,15 @@ def create_app(settings: Settings) -> FastAPI:
     add_metrics_route(app, metrics)
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_exception)
-    # Innermost of ours: the POST operation routes without FastAPI's routing layers.
-    app.add_middleware(DirectPostRoutes, routes=direct_post_routes(app, post_paths))
-    # Inside the log middleware (added last, so outermost): a crash it turns into a 500
-    # is counted as one.
-    app.add_middleware(MetricsMiddleware, metrics=metrics, tracer=bridge_tracer(settings))
+    tracer = bridge_tracer(settings)
+    # Metrics inside the log middleware (added last, so outermost): a crash it turns
+    # into a 500 is counted as one. The POST operation routes get the same two layers
+    # in front of FastAPI's own (api_bridge.direct_routes); every other request these.
+    app.add_middleware(MetricsMiddleware, metrics=metrics, tracer=tracer)
     app.add_middleware(RequestLogMiddleware)
+    app.serve_directly(
+        direct_post_routes(app, post_paths),
+        lambda inner: RequestLogMiddleware(MetricsMiddleware(inner, metrics, tracer)),
+    )
     install_openapi(app, [operation.request for operation in OPERATIONS])
     return app

@@ -7,6 +7,7 @@ import importlib.util
 import uvicorn
 
 from api_bridge.app import create_app
+from api_bridge.coalesced_writes import CoalescedWritesProtocol
 from api_bridge.log_config import configure_logging
 from worker.config import Settings
 
@@ -25,6 +26,7 @@ def create_server(settings: Settings) -> uvicorn.Server:
         host=settings.http_host,
         port=settings.http_port,
         loop=loop,
+        http=CoalescedWritesProtocol,  # one write per response (docs/performance.md)
         access_log=False,  # the bridge logs its own line per request
         log_level=settings.log_level.lower(),
         server_header=False,

@@ -4,7 +4,8 @@ The connection is made in the background and never given up: the bridge starts
 even when NATS is down and answers 503 until it is reachable; nats-py reconnects
 by itself afterwards (unlimited attempts). A request never waits on a connection
 that is down: it fails at once with 503, and a request in flight when the
-connection drops fails at that moment instead of running into the timeout.
+connection drops fails at that moment instead of running into the timeout
+(``api_bridge.reply_inbox``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from api_bridge.errors import BridgeError
+from api_bridge.reply_inbox import ConnectionLost, ReplyInbox
 from schemas.errors import ErrorCode
 from schemas.subjects import HEADER_REQUEST_ID, Subject
 from worker.config import Settings
@@ -85,6 +87,7 @@ class NatsGateway:
         self._client: NatsClient | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[None] | None = None
+        self._inbox = ReplyInbox()
         self._connected_once = asyncio.Event()
         self._reported_down = False
         self._closing = False
@@ -135,15 +138,10 @@ class NatsGateway:
         if client is None or lost is None or not client.is_connected:
             raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, BUS_DOWN)
         wait = self._settings.request_timeout_seconds if wait_seconds is None else wait_seconds
-        pending = asyncio.ensure_future(
-            client.request(subject, payload, timeout=wait, headers=dict(headers))
-        )
-        done, _ = await asyncio.wait((pending, lost), return_when=asyncio.FIRST_COMPLETED)
-        if pending not in done:
-            pending.cancel()
-            raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, BUS_LOST)
         try:
-            message = pending.result()
+            message = await self._inbox.request(client, subject, payload, headers, wait)
+        except ConnectionLost:
+            raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, BUS_LOST) from None
         except nats.errors.NoRespondersError:
             raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, NO_WORKER) from None
         except nats.errors.TimeoutError:
@@ -179,6 +177,7 @@ class NatsGateway:
             client = NatsClient()
             try:
                 await self._connect(client)
+                await self._inbox.open(client)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await client.close()
@@ -220,6 +219,7 @@ class NatsGateway:
     def _mark_lost(self) -> None:
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
+        self._inbox.fail_waiting()
 
     async def _on_disconnected(self) -> None:
         self._mark_lost()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from api_bridge.app import create_app
+from api_bridge.coalesced_writes import CoalescedWritesProtocol
 from pqkms.nats_embedded import find_free_port
 from worker.config import Settings
 
@@ -45,7 +46,7 @@ class LiveBridge:
         config = uvicorn.Config(
             create_app(self.settings), host=self.settings.http_host,
             port=self.settings.http_port, loop="asyncio", log_level="warning",
-            access_log=False, lifespan="on",
+            access_log=False, lifespan="on", http=CoalescedWritesProtocol,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="bridge", daemon=True)

@@ -1,40 +1,77 @@
-"""The POST operation routes skip FastAPI's routing layers, and only those routes."""
+"""The POST operation routes are answered ahead of FastAPI's stack, and only those routes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi.routing import APIRoute
+import httpx
+import pytest
 
 from api_bridge.app import create_app
-from api_bridge.direct_routes import DirectPostRoutes, direct_post_routes
+from api_bridge.direct_routes import BridgeApp, DirectPostRoutes, direct_post_routes
+from api_bridge.metrics import MetricsMiddleware
+from api_bridge.request_context import RequestLogMiddleware
 from schemas import OPERATIONS
 from worker.config import Settings
 
+from .fake_worker import FakeWorker
 
-def _app_routes(tmp_path: Path) -> tuple[object, dict[str, tuple[APIRoute, object]]]:
-    app = create_app(Settings(data_dir=tmp_path))
-    middleware = [m for m in app.user_middleware if m.cls is DirectPostRoutes]
-    assert len(middleware) == 1
-    return app, middleware[0].kwargs["routes"]
+
+def _app(tmp_path: Path) -> BridgeApp:
+    return create_app(Settings(data_dir=tmp_path))
 
 
 def test_every_post_operation_and_nothing_else_is_served_directly(tmp_path: Path) -> None:
-    _, routes = _app_routes(tmp_path)
+    app = _app(tmp_path)
+    assert app.direct_routes is not None
     posts = {op.path for op in OPERATIONS if op.method == "POST"}
-    assert set(routes) == posts
-    for path, (route, endpoint) in routes.items():
+    assert set(app.direct_routes.routes) == set(app.direct_paths) == posts
+    for path, (route, endpoint) in app.direct_routes.routes.items():
         assert route.path == path and route.methods == {"POST"}
         assert endpoint is route.endpoint  # the very endpoint FastAPI would call
 
 
-def test_the_direct_layer_is_inside_the_log_and_metrics_middlewares(tmp_path: Path) -> None:
-    app, _ = _app_routes(tmp_path)
-    names = [m.cls.__name__ for m in app.user_middleware]  # outermost first
-    assert names.index("RequestLogMiddleware") < names.index("MetricsMiddleware") < names.index(
-        "DirectPostRoutes")
+def test_the_direct_path_has_the_log_and_metrics_layers_of_the_app(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    log_layer = app.direct
+    assert isinstance(log_layer, RequestLogMiddleware)
+    assert isinstance(log_layer.app, MetricsMiddleware)
+    assert log_layer.app.app is app.direct_routes
+    assert isinstance(app.direct_routes, DirectPostRoutes)
+    # Every other request: the same two layers, outermost first, in FastAPI's stack.
+    names = [m.cls.__name__ for m in app.user_middleware]  # type: ignore[attr-defined]
+    assert names == ["RequestLogMiddleware", "MetricsMiddleware"]
 
 
 def test_paths_without_a_post_route_are_left_out(tmp_path: Path) -> None:
-    app, _ = _app_routes(tmp_path)
-    assert direct_post_routes(app, ["/api/v1/kms/keys", "/nowhere"]) == {}  # type: ignore[arg-type]
+    app = _app(tmp_path)
+    assert direct_post_routes(app, ["/api/v1/kms/keys", "/nowhere"]) == {}
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+async def test_other_methods_on_a_direct_path_get_fastapis_405(
+    client: httpx.AsyncClient, method: str
+) -> None:
+    response = await client.request(method, "/api/v1/kem/encrypt")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "ERR_INVALID_001"
+    assert response.headers["x-request-id"] == response.json()["request_id"]
+
+
+async def test_a_direct_post_carries_the_request_id_and_no_store(
+    client: httpx.AsyncClient, worker: FakeWorker
+) -> None:
+    response = await client.post("/api/v1/kem/encrypt", json={"key_version": 1},
+                                 headers={"X-Request-ID": "rid-direct"})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "rid-direct"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["content-length"] == str(len(response.content))
+
+
+async def test_a_trailing_slash_is_not_a_direct_path(
+    client: httpx.AsyncClient, worker: FakeWorker
+) -> None:
+    response = await client.post("/api/v1/kem/encrypt/", json={"key_version": 1})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "ERR_NOT_FOUND_001"
