@@ -5,9 +5,10 @@ worker first serves the key versions, so each holds them loaded in its key cache
 one request retires them (a rotation retires the version it replaces: an active
 version cannot be retired directly). From the reply on, no worker encrypts, wraps,
 encapsulates or signs with the retired versions, while decrypt, unwrap, decapsulate and
-verify still work; after archive nothing works. Workers keep only loaded key objects
-and read a version's status from the database on every request, so this holds without
-any message between workers.
+verify still work; after archive nothing works. On PostgreSQL workers read a
+version's status on every request; on SQLite they remember it until the database's
+generation file changes (worker.store.key_state), which the changing worker rewrites
+before it answers: either way this holds without any message between workers.
 """
 
 from __future__ import annotations

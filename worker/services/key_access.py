@@ -83,7 +83,8 @@ class KeyAccess:
         usage: Usage,
         not_found: ErrorCode,
     ) -> LoadedT:
-        # The state is read from the database on every call; only the expanded key
+        # The state comes from the store on every call (which may remember it until
+        # a status changes, worker.store.key_state); here only the expanded key
         # object is cached. A cached key costs one status lookup; a miss reads the row
         # once (status and seed together).
         tenant_id = caller.tenant_id

@@ -32,6 +32,7 @@ from schemas.errors import ErrorCode
 from worker.errors import ServiceError
 from worker.store import database
 from worker.store.database import WRITE_TRANSACTION, create_engine_for
+from worker.store.key_state import KeyStateFile, StatusCache, key_state_path
 from worker.store.keyring import KeySource, LiveKeyring, MasterKeyring
 from worker.store.master_key import (
     MasterKey,
@@ -208,6 +209,10 @@ class KeyStore:
         path = sqlite_reader_path(engine.url) if database.is_sqlite(engine) else None
         self._status_reader = None if path is None else SqliteStatusReader(path)
         self._status_engine = status_engine
+        # Statuses remembered between requests, valid while the database's generation
+        # file is unchanged (worker.store.key_state); SQLite files only.
+        state = None if path is None else KeyStateFile.open(key_state_path(path))
+        self._status_cache = None if state is None else StatusCache(state)
 
     @classmethod
     async def open(
@@ -267,6 +272,8 @@ class KeyStore:
         """Close every pooled connection and the status reader."""
         if self._status_reader is not None:
             self._status_reader.close()
+        if self._status_cache is not None:
+            self._status_cache.close()
         if self._status_engine is not None:
             await self._status_engine.dispose()
         await self._engine.dispose()
@@ -493,20 +500,14 @@ class KeyStore:
     ) -> KeyStatus | None:
         """The current status of one key version of the tenant, or ``None``.
 
-        Read fresh from the database on every call (it is checked before every crypto
-        operation), through the cheapest path the backend allows.
+        Checked before every crypto operation, so read through the cheapest path the
+        backend allows: on a SQLite file, remembered while no process changed a status
+        (``worker.store.key_state``); else one statement per call.
         """
         algorithm_name = algorithm.value if isinstance(algorithm, Algorithm) else (
             Algorithm(algorithm).value)
         if self._status_reader is not None:
-            try:
-                status = self._status_reader.status(tenant_id, algorithm_name, version)
-            except sqlite3.Error:
-                # Busy or unreadable: drop the reader's connection, take the async path.
-                self._status_reader.close()
-                record = await self.get_key(tenant_id, algorithm, version)
-                return None if record is None else record.status
-            return None if status is None else _STATUSES.get(status) or KeyStatus(status)
+            return await self._sqlite_status(tenant_id, algorithm_name, version)
         if database.is_sqlite(self._engine):
             # No synchronous reader (e.g. in-memory): stay on the session path, whose
             # connections get SQLite's begin hook.
@@ -514,6 +515,35 @@ class KeyStore:
             return None if record is None else record.status
         found = await self._pg_status(tenant_id, algorithm_name, version)
         return None if found is None else KeyStatus(found)
+
+    async def _sqlite_status(self, tenant_id: str, algorithm: str,
+                             version: int) -> KeyStatus | None:
+        """The remembered status while no process changed one, else the reader's."""
+        assert self._status_reader is not None
+        cache, key = self._status_cache, (tenant_id, algorithm, version)
+        token: bytes | None = None
+        if cache is not None:
+            remembered, token = cache.lookup(key)
+            if remembered is not None:
+                return remembered
+        try:
+            text = self._status_reader.status(tenant_id, algorithm, version)
+        except sqlite3.Error:
+            # Busy or unreadable: drop the reader's connection, take the async path.
+            self._status_reader.close()
+            record = await self.get_key(tenant_id, Algorithm(algorithm), version)
+            status = None if record is None else record.status
+        else:
+            status = None if text is None else _STATUSES.get(text) or KeyStatus(text)
+        if cache is not None and status is not None:
+            cache.remember(key, status, token)
+        return status
+
+    def _statuses_changed(self) -> None:
+        """After a transaction that may have changed statuses: every process's
+        remembered statuses are stale (called once it committed, before answering)."""
+        if self._status_cache is not None:
+            self._status_cache.changed()
 
     async def _pg_status(self, tenant_id: str, algorithm: str, version: int) -> str | None:
         """One statement on the driver connection: no ORM, no BEGIN/ROLLBACK round trips
@@ -671,7 +701,10 @@ class KeyStore:
             record = await self._insert_active(session, tenant_id, algorithm, versions, material)
             return record, old.version
 
-        return await self._write(operation)
+        try:
+            return await self._write(operation)
+        finally:
+            self._statuses_changed()
 
     async def retire(self, tenant_id: str, algorithm: Algorithm, version: int) -> KeyRecord:
         """Move a version to ``retired`` (decrypt and verify only). Retired: unchanged."""
@@ -711,7 +744,10 @@ class KeyStore:
             await session.flush()
             return _key_record(row)
 
-        return await self._write(operation)
+        try:
+            return await self._write(operation)
+        finally:
+            self._statuses_changed()
 
     @staticmethod
     async def _lock_tenant(

@@ -1,7 +1,9 @@
 """The per-request key status read, kept off the ORM session path.
 
-Every crypto request reads its key version's status fresh (retire and archive take
-effect at once on every worker), so this one lookup is the hottest query of the service.
+Every crypto request needs its key version's status as it is now (retire and archive
+take effect at once on every worker), so this one lookup is the hottest query of the
+service. On SQLite its answers are remembered until a status changes
+(``worker.store.key_state``); this module is what runs when they are not.
 
 - SQLite: a dedicated ``sqlite3`` connection, used synchronously on the event loop. A
   primary-key lookup in WAL mode costs tens of microseconds; going through aiosqlite
