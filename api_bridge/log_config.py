@@ -9,6 +9,7 @@ import orjson
 import structlog
 
 from worker.log_sink import BufferedLineLoggerFactory
+from worker.logging_setup import utc_timestamper
 
 __all__ = ["configure_logging"]
 
@@ -25,7 +26,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            utc_timestamper,  # TimeStamper(fmt="iso", utc=True) for less
             # No locals: they could hold request data or the API key.
             structlog.processors.ExceptionRenderer(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)

@@ -13,7 +13,7 @@ from typing import Protocol
 __all__ = ["NO_AUDIT", "NO_METRICS", "AuditSink", "RequestMetrics", "RequestRecord"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen (cheaper to make, one per request); never changed
 class RequestRecord:
     """One request: who, what, with which key, and how it ended. No payloads, no keys."""
 
