@@ -23,8 +23,8 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
+        # No contextvars merge: the bridge binds none (≈ 1.5 µs a line).
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             utc_timestamper,  # TimeStamper(fmt="iso", utc=True) for less
             # No locals: they could hold request data or the API key.

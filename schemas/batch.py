@@ -171,11 +171,12 @@ def _str_len(item: Mapping[str, Any], field: str) -> int:
 
 def item_reply_bound(single: Subject, item: Any) -> int:
     """An upper bound of one item's result in a batch reply, in bytes of JSON."""
-    if not isinstance(item, Mapping):
+    # type() first: isinstance against the Mapping ABC costs more than the rest (per item).
+    if type(item) is not dict and not isinstance(item, Mapping):
         return _ERROR_BYTES
     reference = min(_str_len(item, "reference"), MAX_REFERENCE_CHARS) + 20
     # A validation error may quote field names the caller sent.
-    error = _ERROR_BYTES + sum(len(str(key)) for key in item)
+    error = _ERROR_BYTES + sum(map(len, map(str, item)))
     if single is Subject.KEM_ENCRYPT:
         plaintext = _str_len(item, "plaintext") * 3 // 4
         salt = _str_len(item, "salt") * 3 // 4
