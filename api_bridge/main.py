@@ -30,6 +30,9 @@ def create_server(settings: Settings) -> uvicorn.Server:
         access_log=False,  # the bridge logs its own line per request
         log_level=settings.log_level.lower(),
         server_header=False,
+        # Nothing in the bridge reads the client address or scheme that X-Forwarded-*
+        # would rewrite: skip the middleware that parses them on every request.
+        proxy_headers=False,
         lifespan="on",
     )
     return uvicorn.Server(config)

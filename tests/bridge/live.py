@@ -46,7 +46,7 @@ class LiveBridge:
         config = uvicorn.Config(
             create_app(self.settings), host=self.settings.http_host,
             port=self.settings.http_port, loop="asyncio", log_level="warning",
-            access_log=False, lifespan="on", http=CoalescedWritesProtocol,
+            access_log=False, lifespan="on", http=CoalescedWritesProtocol, proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="bridge", daemon=True)
