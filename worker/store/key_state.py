@@ -15,8 +15,8 @@ A request that starts after a status change was answered therefore reads the new
 and the fresh status; one that overlapped the change may see either, as it would
 without a cache. Statuses are also forgotten after :data:`STATUS_TTL_SECONDS`, which
 bounds how long a change made behind pqkms's back (SQL by hand) goes unnoticed. A file
-that cannot be opened or read (permissions, removed) means no cache: every read goes
-to the database, as before. PostgreSQL deployments span machines and keep the fresh
+that cannot be opened or read (permissions) means no cache in that process: every read
+goes to the database, as before. PostgreSQL deployments span machines and keep the fresh
 read per request (``docs/decisions.md``).
 """
 
@@ -27,11 +27,14 @@ import os
 import time
 from pathlib import Path
 
+import structlog
+
 from schemas.algorithms import KeyStatus
 
 __all__ = ["STATUS_TTL_SECONDS", "KeyStateFile", "StatusCache", "key_state_path"]
 
 STATUS_TTL_SECONDS = 1.0
+_log = structlog.get_logger("pqkms.store")
 _TOKEN_BYTES = 16
 _MAX_ENTRIES = 4096
 
@@ -51,10 +54,17 @@ class KeyStateFile:
 
     @classmethod
     def open(cls, path: Path) -> KeyStateFile | None:
-        """Open (creating it, owner-only) the file, or ``None`` if that is not possible."""
+        """Open (creating it, owner-only) the file, or ``None`` if that is not possible.
+
+        ``None`` is logged: this process then neither remembers statuses nor tells the
+        others of its changes, which they notice only when theirs expire (e.g. a worker
+        running as another user than the one that created the file).
+        """
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
+        except OSError as exc:
+            _log.warning("key_state_file_unavailable", path=str(path),
+                         reason=exc.strerror or type(exc).__name__)
             return None
         return cls(descriptor)
 
