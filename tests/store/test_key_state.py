@@ -1,9 +1,9 @@
 """Remembered key statuses (SQLite): valid only while the generation file is unchanged.
 
 The unit tests drive :class:`StatusCache` on a real file shared by two handles (two
-processes' views); the store tests prove that what one store changes, another store on
-the same database file sees on its next read, without a message between them, and that
-an edit by hand is seen once the remembered status expires.
+processes' views); the store test proves that an edit by hand is seen once the
+remembered status expires. That another store's (or process's) change is seen on the
+next read is ``tests/store/test_status_read.py``'s, on every backend.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from schemas.algorithms import Algorithm, KeyStatus
 from tests.store.conftest import Backend
-from worker.store import KeyStore, MasterKey, NewKeyMaterial, TenantRecord
+from worker.store import KeyStore, NewKeyMaterial, TenantRecord
 from worker.store.key_state import KeyStateFile, StatusCache, key_state_path
 
 K = Algorithm.KYBER768
@@ -91,27 +91,6 @@ def test_the_file_is_the_owners_only(tmp_path: Path) -> None:
         cache.close()
 
 
-async def test_a_rotation_by_another_store_is_seen_on_the_next_read(
-    backend: Backend, master_key: MasterKey, store: KeyStore, tenant: TenantRecord,
-    new_material: Callable[[], NewKeyMaterial],
-) -> None:
-    if backend.sqlite_path is None:
-        pytest.skip("statuses are remembered on SQLite only")
-    tid = tenant.tenant_id
-    await store.generate_first(tid, K, new_material(), None)
-    for _ in range(3):  # remembered now
-        assert await store.get_key_status(tid, K, 1) is KeyStatus.ACTIVE
-    other = await backend.open(master_key)
-    try:
-        await other.rotate(tid, K, new_material(), None)
-        assert await store.get_key_status(tid, K, 1) is KeyStatus.RETIRED
-        await other.archive(tid, K, 1)
-        assert await store.get_key_status(tid, K, 1) is KeyStatus.ARCHIVED
-    finally:
-        await other.close()
-    assert key_state_path(backend.sqlite_path).exists()
-
-
 async def test_an_edit_by_hand_is_seen_once_the_status_expires(
     backend: Backend, store: KeyStore, tenant: TenantRecord,
     new_material: Callable[[], NewKeyMaterial], monkeypatch: pytest.MonkeyPatch,
@@ -126,6 +105,7 @@ async def test_an_edit_by_hand_is_seen_once_the_status_expires(
         db.execute("UPDATE pqkms_key_version SET status = 'archived' "
                    "WHERE tenant_id = ? AND version = 1", (tid,))
     assert await store.get_key_status(tid, K, 1) is KeyStatus.RETIRED  # remembered
+    assert key_state_path(backend.sqlite_path).exists()  # the rotation rewrote it
     now = time.monotonic()
     later = SimpleNamespace(monotonic=lambda: now + 2.0)  # this module's clock only
     monkeypatch.setattr("worker.store.key_state.time", later)

@@ -1,8 +1,9 @@
-"""The per-request status read: always fresh, tenant-scoped, on every backend.
+"""The per-request status read: never stale once a change is answered, tenant-scoped.
 
-On SQLite it runs on a synchronous ``sqlite3`` connection kept open between reads; these
-tests prove that connection still sees every commit of another store and of another
-process at once, and that a busy database falls back to the async path.
+On SQLite it runs on a synchronous ``sqlite3`` connection kept open between reads, its
+answers remembered until a status changes (``worker.store.key_state``); these tests
+prove that a change committed by another store or another process is still seen on the
+next read, and that a busy database falls back to the async path.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ async def test_a_change_committed_by_another_store_is_seen_at_once(
 ) -> None:
     tid = tenant.tenant_id
     await store.generate_first(tid, K, new_material(), None)
-    assert await store.get_key_status(tid, K, 1) is KeyStatus.ACTIVE  # reader now warm
+    # The reader is warm now and, on SQLite, the status remembered (worker.store.key_state).
+    assert await store.get_key_status(tid, K, 1) is KeyStatus.ACTIVE
     other = await backend.open(master_key)  # as another worker would
     try:
         await other.rotate(tid, K, new_material(), None)
