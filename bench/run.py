@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import shutil
 import tempfile
@@ -19,7 +20,17 @@ from bench.fixture import OPERATIONS, LocalKeys, Seeds
 from bench.floor import CryptoFloor
 from bench.http_client import HttpPool
 from bench.measure import Call, Measurement, closed_loop
-from bench.report import Report, Row, machine_info
+from bench.pairs import Cell, Pair, measure_pair
+from bench.report import (
+    TARGET_BATCH,
+    TARGET_ENCRYPT,
+    TARGET_HTTP,
+    TARGET_JOB,
+    TARGET_SIGN,
+    Report,
+    Row,
+    machine_info,
+)
 from bench.stack import BenchStack
 from schemas.subjects import HEADER_API_KEY
 
@@ -47,6 +58,8 @@ class BenchConfig:
     batch_in_flight: int = 4
     job_items: int = 100_000  # items in the durable job (capped by max_ops)
     job_chunk_items: int = 500
+    # Rounds of each target's figure next to its floor (bench/pairs.py); 0: none.
+    pair_rounds: int = 3
     processes: tuple[int, ...] = (1, 2)
     operations: tuple[str, ...] = OPERATIONS
     http: bool = True
@@ -140,6 +153,8 @@ async def _over_the_wire(config: BenchConfig, report: Report, stack: BenchStack,
             await _pqkms_http(config, report, stack)
         await _batches(config, report, stack, client, nats_pid)
         await _durable_job(config, report, stack)
+        if config.pair_rounds > 0:
+            await _back_to_back(config, report, stack, seeds, client)
     finally:
         await client.close()
 
@@ -305,26 +320,102 @@ async def _batches(config: BenchConfig, report: Report, stack: BenchStack,
 
 async def _durable_job(config: BenchConfig, report: Report, stack: BenchStack) -> None:
     """One durable JetStream job of ``job_items`` 1 KiB encryptions, submit to completion."""
+    workers = len(stack.workers)
+    _say(config, f"pqkms durable job: encrypt x {_job_size(config)}, {workers} worker(s), "
+                 f"chunks of {config.job_chunk_items}")
+    measurement = await _run_job(config, stack)
+    report.add(Row.measured(
+        f"job/encrypt/{workers}w", f"pqkms durable job ({_job_size(config)} items)", "encrypt",
+        workers, None, measurement, floor=f"crypto/encrypt/{workers}p",
+        crypto_floor=f"crypto/encrypt/{workers}p",
+        note="ops/s counts items from first submit to job completed; p50 is the whole job",
+    ))
+
+
+def _job_size(config: BenchConfig) -> int:
+    return max(1, min(config.job_items, config.max_ops))
+
+
+async def _run_job(config: BenchConfig, stack: BenchStack) -> Measurement:
+    """Submit a job of ``_job_size`` items and wait for it: items per second in all."""
     from pqkms.client import PqkmsClient
 
-    workers = len(stack.workers)
-    items = max(1, min(config.job_items, config.max_ops))
+    items = _job_size(config)
     plaintext = base64.b64encode(bytes(range(256)) * 4).decode()
     body = [{"plaintext": plaintext} for _ in range(items)]
-    _say(config, f"pqkms durable job: encrypt x {items}, {workers} worker(s), "
-                 f"chunks of {config.job_chunk_items}")
     async with await PqkmsClient.connect(stack.nats_url, stack.api_key) as client:
         started = time.perf_counter()
         job_id = await client.submit_job("kem.encrypt", body, chunk_items=config.job_chunk_items,
                                          key_version=1)
         status = await client.wait_for_job(job_id, poll_seconds=0.1, timeout=600)
         elapsed = time.perf_counter() - started
-    failed = int(status.get("failed", 0))
-    measurement = Measurement(ops=items - failed, seconds=elapsed, latencies=[elapsed],
-                              errors=failed)
-    report.add(Row.measured(
-        f"job/encrypt/{workers}w", f"pqkms durable job ({items} items)", "encrypt", workers,
-        None, measurement, floor=f"crypto/encrypt/{workers}p",
-        crypto_floor=f"crypto/encrypt/{workers}p",
-        note="ops/s counts items from first submit to job completed; p50 is the whole job",
-    ))
+    failed = int(status.get("items_failed", 0))
+    return Measurement(ops=items - failed, seconds=elapsed, latencies=[elapsed], errors=failed)
+
+
+async def _back_to_back(config: BenchConfig, report: Report, stack: BenchStack, seeds: Seeds,
+                        client: nats.NATS) -> None:
+    """Each target's figure next to its floor, ``pair_rounds`` times (bench/pairs.py)."""
+    workers = len(stack.workers)
+    keys = LocalKeys(seeds)
+    floor_bodies = Bodies(keys.payload, keys.ciphertext, keys.signature)
+    bodies = await _pqkms_bodies(stack, client, bytes(range(256)) * 4)
+    floor = CryptoFloor(workers, seeds)
+    await stack.start_responders(workers, seeds)
+    pool: HttpPool | None = None
+    try:
+        async def crypto(operation: str) -> float:
+            measurement = await asyncio.to_thread(floor.measure, operation, config.duration,
+                                                  config.max_ops, config.warmup)
+            return measurement.ops_per_s
+
+        def loaded(call: Call, in_flight: int, items: int = 1) -> Cell:
+            async def cell() -> float:
+                measurement = await closed_loop(call, in_flight, config.duration,
+                                                config.max_ops, config.warmup)
+                return measurement.ops_per_s * items
+            return cell
+
+        def pqkms(operation: str) -> Cell:
+            return loaded(nats_call(client, PQKMS_SUBJECTS[operation], operation,
+                                    bodies[operation], stack.api_key), config.in_flight)
+
+        async def job() -> float:
+            return (await _run_job(config, stack)).ops_per_s
+
+        pairs: list[tuple[str, str, str, Cell, Cell]] = []
+        if "encrypt" in config.operations:
+            bare = loaded(nats_call(client, FLOOR_SUBJECTS["encrypt"], "encrypt",
+                                    floor_bodies["encrypt"]), config.in_flight)
+            encrypt_floor: Cell = lambda: crypto("encrypt")  # noqa: E731
+            pairs.append((TARGET_ENCRYPT, "pqkms encrypt", "bare responder", pqkms("encrypt"),
+                          bare))
+            batch = loaded(batch_call(client, _batch_body(bytes(range(256)) * 4,
+                                                          config.batch_items),
+                                      config.batch_items, stack.api_key),
+                           config.batch_in_flight, config.batch_items)
+            pairs.append((TARGET_BATCH, "pqkms batch items", "crypto encrypt", batch,
+                          encrypt_floor))
+            pairs.append((TARGET_JOB, "pqkms job items", "crypto encrypt", job, encrypt_floor))
+            if config.http and stack.bridge is not None:
+                pool = HttpPool(stack.http_url, min(config.http_in_flight,
+                                                    config.http_connections),
+                                headers={HEADER_API_KEY: stack.api_key})
+                http = loaded(http_call(pool, "encrypt", Bodies(bytes(range(256)) * 4, b"",
+                                                                 b"")["encrypt"]),
+                              config.http_in_flight)
+                pairs.append((TARGET_HTTP, "pqkms HTTP encrypt", "pqkms NATS encrypt", http,
+                              pqkms("encrypt")))
+        if "sign" in config.operations:
+            pairs.append((TARGET_SIGN, "pqkms sign", "crypto sign", pqkms("sign"),
+                          lambda: crypto("sign")))
+        for target, figure_name, floor_name, figure, below in pairs:
+            _say(config, f"back to back: {figure_name} next to {floor_name}, "
+                         f"{config.pair_rounds} rounds")
+            rounds = await measure_pair(figure, below, config.pair_rounds)
+            report.pairs.append(Pair(target, figure_name, floor_name, rounds))
+    finally:
+        if pool is not None:
+            await pool.close()
+        stack.stop_responders()
+        floor.close()
