@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                         help="process / worker counts, comma-separated (default 1,2)")
     parser.add_argument("--batch-in-flight", type=int, default=4,
                         help="encrypt batches of 100 items in flight (default 4)")
+    parser.add_argument("--pair-rounds", type=int, default=3,
+                        help="rounds of each target's figure measured back to back with its "
+                        "floor (default 3; 0: none)")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP bridge")
     parser.add_argument("--no-audit", action="store_true",
                         help="workers without the audit trail (to measure what it costs; "
@@ -58,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     if unknown:
         parser.error(f"unknown operations: {', '.join(sorted(unknown))}")
     config.processes = tuple(int(n) for n in args.processes.split(",") if n)
+    config.pair_rounds = max(0, args.pair_rounds)
     config.http = not args.no_http
     config.audit = not args.no_audit
     config.worker_log_level = args.worker_log_level

@@ -42,4 +42,8 @@ def test_tiniest_benchmark_measures_every_layer_and_writes_json(tmp_path: Path) 
     saved = json.loads(written[0].read_text())
     assert {row["key"] for row in saved["rows"]} == {row.key for row in report.rows}
     assert len(saved["targets"]) == 6
+    # Every ratio target was also measured back to back with its floor.
+    assert {pair["target"] for pair in saved["back_to_back"]} == {
+        target["target"] for target in saved["targets"] if "p50" not in target["target"]}
+    assert all(len(pair["rounds"]) == 3 for pair in saved["back_to_back"])
     assert "pqkms NATS" in report.table()
