@@ -3,6 +3,7 @@ failing item never fails the others."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from typing import Any
@@ -103,3 +104,51 @@ async def test_a_crashing_item_fails_alone(service: BatchService,
     assert outcome.results[1] == {"reference": "1", "error": {
         "code": "ERR_INTERNAL_001", "error_code": "ERR_INTERNAL_001",
         "message": ErrorCode.INTERNAL.default_message}}
+
+
+async def test_a_long_batch_lets_other_requests_run_between_its_slices(
+    service: BatchService,
+) -> None:
+    items = [{"plaintext": _b64(b"x" * 64)} for _ in range(batch_module._ITEMS_PER_SLICE * 4)]
+    events: list[str] = []
+
+    async def other_request() -> None:
+        events.append("other request")
+
+    async def long_batch() -> None:
+        outcome = await service.run(Subject.KEM_ENCRYPT, CALLER, items, 1, "Kyber768")
+        assert outcome.failed == 0
+        events.append("batch done")
+
+    await asyncio.gather(long_batch(), other_request())
+
+    # Started second, answered first: the batch handed the event loop back.
+    assert events == ["other request", "batch done"]
+
+
+async def test_inline_batches_take_turns_and_each_gets_its_own_results(
+    service: BatchService,
+) -> None:
+    count = batch_module._ITEMS_PER_SLICE * 3
+    first = [{"plaintext": _b64(b"a" * 32), "reference": f"a{n}"} for n in range(count)]
+    second = [{"plaintext": _b64(b"b" * 32), "reference": f"b{n}"} for n in range(count)]
+    order: list[str] = []
+    real_lean = service._lean_kem
+
+    def spying_lean(single: Subject) -> Any:
+        crypt = real_lean(single)
+
+        def spy(key: Any, item: Any) -> Any:
+            order.append(item.reference[0])
+            return crypt(key, item)
+        return spy
+
+    service._lean_kem = spying_lean  # type: ignore[method-assign]
+    one, two = await asyncio.gather(
+        service.run(Subject.KEM_ENCRYPT, CALLER, first, 1, "Kyber768"),
+        service.run(Subject.KEM_ENCRYPT, CALLER, second, 1, "Kyber768"),
+    )
+
+    assert order == ["a"] * count + ["b"] * count  # one batch's slices, then the other's
+    assert [result["reference"] for result in one.results] == [f"a{n}" for n in range(count)]
+    assert [result["reference"] for result in two.results] == [f"b{n}" for n in range(count)]

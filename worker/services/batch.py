@@ -44,6 +44,10 @@ SingleCall = Callable[[Caller, Any], Awaitable[BaseModel]]
 # keep its threads busy. KEM calls run inline on the event loop: they gain nothing from
 # running together and would pay for a task each, so they run one after another.
 _WINDOW = 8
+# KEM items run inline, so a batch hands the event loop back every this many items
+# (≈ 1 ms here): requests arriving meanwhile — a lone encrypt, a job's status — wait for
+# one slice, not for the whole batch or job chunk (docs/performance.md).
+_ITEMS_PER_SLICE = 16
 _INLINE_SUBJECTS = frozenset({Subject.KEM_ENCRYPT, Subject.KEM_DECRYPT})
 _KEM_FIELD = {Subject.KEM_ENCRYPT: "plaintext", Subject.KEM_DECRYPT: "ciphertext"}
 _LeanCall = Callable[[KemKey | ServiceError, KemItem], JsonObject]
@@ -122,6 +126,7 @@ class BatchService:
         self._max_message_bytes = max_message_bytes
         self._max_items = max_items
         self._message_limit = message_limit
+        self._inline_turn = asyncio.Lock()
 
     def _single_calls(
         self, keys: KeyAccess
@@ -213,30 +218,11 @@ class BatchService:
             defaults["algorithm"] = algorithm
         results: list[JsonObject] = []
         if single in _INLINE_SUBJECTS:
-            field, crypt = _KEM_FIELD[single], self._lean_kem(single)
-            usage = Usage.PROTECT if single is Subject.KEM_ENCRYPT else Usage.RECOVER
-            loaded: dict[tuple[Algorithm, int], KemKey | ServiceError] = {}
-            for item in items:
-                read = read_kem_item(item, field, defaults)
-                if read is None or len(read.payload) > INLINE_LIMIT_BYTES:
-                    # Unusual or large: the single service (its model, its thread pool).
-                    results.append(await self._one(single, model, call, caller, item, defaults))
-                    continue
-                key_id = (read.algorithm, read.key_version)
-                key = loaded.get(key_id)
-                if key is None:
-                    try:
-                        key = await keys.kem_key(caller, *key_id, usage)
-                    except ServiceError as exc:
-                        key = exc
-                    loaded[key_id] = key
-                try:
-                    results.append(crypt(key, read))
-                except Exception:
-                    # As in _one: type and traceback only, and the other items go on.
-                    _log.exception("batch_item_failed", subject=single.value,
-                                   request_id=caller.request_id, tenant_id=caller.tenant_id)
-                    results.append(error_item(ErrorCode.INTERNAL, None, read.reference))
+            # One batch's slices at a time: a request arriving meanwhile waits for one
+            # slice at each of its steps, not for one slice of every batch in progress.
+            async with self._inline_turn:
+                results = await self._run_inline(single, caller, items, defaults, keys,
+                                                 model, call)
         else:
             for start in range(0, len(items), _WINDOW):
                 window = items[start:start + _WINDOW]
@@ -246,6 +232,39 @@ class BatchService:
                 ))
         failed = sum(1 for result in results if "error" in result)
         return BatchOutcome(results, failed)
+
+    async def _run_inline(self, single: Subject, caller: Caller, items: Sequence[Any],
+                          defaults: Mapping[str, Any], keys: KeyAccess,
+                          model: type[BaseModel], call: SingleCall) -> list[JsonObject]:
+        """KEM items on the event loop, handing it back every ``_ITEMS_PER_SLICE`` items."""
+        results: list[JsonObject] = []
+        field, crypt = _KEM_FIELD[single], self._lean_kem(single)
+        usage = Usage.PROTECT if single is Subject.KEM_ENCRYPT else Usage.RECOVER
+        loaded: dict[tuple[Algorithm, int], KemKey | ServiceError] = {}
+        for index, item in enumerate(items):
+            if index and not index % _ITEMS_PER_SLICE:
+                await asyncio.sleep(0)
+            read = read_kem_item(item, field, defaults)
+            if read is None or len(read.payload) > INLINE_LIMIT_BYTES:
+                # Unusual or large: the single service (its model, its thread pool).
+                results.append(await self._one(single, model, call, caller, item, defaults))
+                continue
+            key_id = (read.algorithm, read.key_version)
+            key = loaded.get(key_id)
+            if key is None:
+                try:
+                    key = await keys.kem_key(caller, *key_id, usage)
+                except ServiceError as exc:
+                    key = exc
+                loaded[key_id] = key
+            try:
+                results.append(crypt(key, read))
+            except Exception:
+                # As in _one: type and traceback only, and the other items go on.
+                _log.exception("batch_item_failed", subject=single.value,
+                               request_id=caller.request_id, tenant_id=caller.tenant_id)
+                results.append(error_item(ErrorCode.INTERNAL, None, read.reference))
+        return results
 
     def _lean_kem(self, single: Subject) -> _LeanCall:
         """Encrypt or decrypt of an item read by ``read_kem_item`` with its key (or the
