@@ -186,7 +186,7 @@ class Report:
             for pair in self.pairs:
                 ratios = "  ".join("n/a" if entry.ratio is None else f"{entry.ratio:.2f}"
                                    for entry in pair.rounds)
-                median = pair.median
+                median = _round(pair.median)  # as the targets below show it
                 out.append(f"  {pair.figure} ÷ {pair.floor}: {ratios}  → median "
                            f"{'n/a' if median is None else f'{median:.2f}'}")
             out.append("")
