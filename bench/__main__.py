@@ -1,4 +1,4 @@
-"""``python -m bench``: the whole benchmark (≈ 3 minutes), ``--quick`` (≈ 1 minute)."""
+"""``python -m bench``: the whole benchmark (≈ 6 minutes), ``--quick`` (≈ 1.5 minutes)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         description="pqkms side by side with the crypto floor and a bare nats-py responder",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="short cells (0.6 s each, 0.2 s warm-up): under a minute")
+                        help="short cells (0.6 s each, 0.2 s warm-up): ≈ 1.5 minutes")
     parser.add_argument("--duration", type=float, help="seconds per cell (default 3)")
     parser.add_argument("--warmup", type=float, help="unrecorded seconds per cell (default 0.5)")
     parser.add_argument("--ops", type=int, help="at most this many operations per cell")
