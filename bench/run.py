@@ -399,7 +399,7 @@ async def _back_to_back(config: BenchConfig, report: Report, stack: BenchStack, 
             pairs.append((TARGET_BATCH, "pqkms batch items", "crypto encrypt", batch,
                           encrypt_floor))
             pairs.append((TARGET_JOB, "pqkms job items", "crypto encrypt", job, encrypt_floor))
-            if config.http and stack.bridge is not None:
+            if config.http and stack.bridge is not None and stack.bridge.poll() is None:
                 pool = HttpPool(stack.http_url, min(config.http_in_flight,
                                                     config.http_connections),
                                 headers={HEADER_API_KEY: stack.api_key})
