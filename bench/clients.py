@@ -6,8 +6,8 @@ import asyncio
 import base64
 from collections.abc import Mapping
 
-import nats
 import orjson
+from nats.aio.client import Client as NatsClient
 
 from bench.http_client import HttpPool
 from bench.measure import Call
@@ -62,7 +62,7 @@ def _check(operation: str, reply: bytes) -> str | None:
     return None
 
 
-def nats_call(client: nats.NATS, subject: str, operation: str, body: bytes,
+def nats_call(client: NatsClient, subject: str, operation: str, body: bytes,
               api_key: str | None = None, timeout: float = 30.0) -> Call:
     """One NATS request per call; the reply must be a success envelope."""
     headers = {HEADER_API_KEY: api_key} if api_key else None

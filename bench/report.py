@@ -198,9 +198,9 @@ class Report:
             if measured is None:
                 absent = {"Durable": "job/encrypt", "Batch": "batch/encrypt"}
                 for word, key in absent.items():
-                    row = self.row(key)
-                    if target["target"].startswith(word) and row is not None and row.note:
-                        status = row.note
+                    found = self.row(key)
+                    if target["target"].startswith(word) and found is not None and found.note:
+                        status = found.note
             shown = "" if measured is None else (
                 f"{measured:.3f} ms" if "p50" in target["target"] else f"{measured:.2f}x")
             if target["from"] != "table" and target["table_ratio"] is not None:
@@ -235,7 +235,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("cryptography", "nats-py", "faststream", "orjson", "uvloop", "httpx",
                     "pydantic", "fastapi", "uvicorn"):
         try:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import nats
 import orjson
 import uvloop
+from nats.aio.msg import Msg
 
 from bench.fixture import LocalKeys, Seeds
 
@@ -43,36 +44,36 @@ async def serve(url: str, seeds: Seeds) -> None:
     identity = f"{os.getpid()}".encode()
     running: set[asyncio.Task[None]] = set()
 
-    async def on_encrypt(msg: nats.aio.msg.Msg) -> None:
+    async def on_encrypt(msg: Msg) -> None:
         body = orjson.loads(msg.data)
         sealed = keys.encrypt(base64.b64decode(body["plaintext"]))
         await msg.respond(_reply({"ciphertext": _B64(sealed).decode(), "key_version": 1}))
 
-    async def on_decrypt(msg: nats.aio.msg.Msg) -> None:
+    async def on_decrypt(msg: Msg) -> None:
         body = orjson.loads(msg.data)
         opened = keys.decrypt(base64.b64decode(body["ciphertext"]))
         await msg.respond(_reply({"plaintext": _B64(opened).decode(), "key_version": 1}))
 
-    async def sign_and_reply(msg: nats.aio.msg.Msg) -> None:
+    async def sign_and_reply(msg: Msg) -> None:
         body = orjson.loads(msg.data)
         message = base64.b64decode(body["message"])
         signed = await loop.run_in_executor(pool, keys.sign, message)
         await msg.respond(_reply({"signature": _B64(signed).decode(), "key_version": 1}))
 
-    async def on_sign(msg: nats.aio.msg.Msg) -> None:
+    async def on_sign(msg: Msg) -> None:
         # nats-py runs one callback at a time per subscription: hand off so that
         # several signatures run in the pool at once.
         task = loop.create_task(sign_and_reply(msg))
         running.add(task)
         task.add_done_callback(running.discard)
 
-    async def on_verify(msg: nats.aio.msg.Msg) -> None:
+    async def on_verify(msg: Msg) -> None:
         body = orjson.loads(msg.data)
         valid = keys.verify(base64.b64decode(body["signature"]),
                             base64.b64decode(body["message"]))
         await msg.respond(_reply({"valid": valid, "key_version": 1}))
 
-    async def on_ping(msg: nats.aio.msg.Msg) -> None:
+    async def on_ping(msg: Msg) -> None:
         await msg.respond(identity)
 
     for name, callback in (("encrypt", on_encrypt), ("decrypt", on_decrypt),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nats
 import orjson
+from nats.aio.client import Client as NatsClient
 
 from bench.clients import FLOOR_SUBJECTS, PQKMS_SUBJECTS, Bodies, http_call, nats_call
 from bench.cpu import CpuMeter
@@ -165,7 +166,7 @@ def _in_flights(config: BenchConfig, processes: int) -> list[int]:
 
 
 async def _transport_floor(config: BenchConfig, report: Report, stack: BenchStack,
-                           seeds: Seeds, client: nats.NATS, nats_pid: int) -> None:
+                           seeds: Seeds, client: NatsClient, nats_pid: int) -> None:
     keys = LocalKeys(seeds)
     bodies = Bodies(keys.payload, keys.ciphertext, keys.signature)
     for processes in config.processes:
@@ -186,7 +187,7 @@ async def _transport_floor(config: BenchConfig, report: Report, stack: BenchStac
     stack.stop_responders()
 
 
-async def _pqkms_bodies(stack: BenchStack, client: nats.NATS, payload: bytes) -> Bodies:
+async def _pqkms_bodies(stack: BenchStack, client: NatsClient, payload: bytes) -> Bodies:
     """A real ciphertext and signature from the service for decrypt and verify."""
     headers = {HEADER_API_KEY: stack.api_key}
     scratch = Bodies(payload, b"", b"")
@@ -199,7 +200,7 @@ async def _pqkms_bodies(stack: BenchStack, client: nats.NATS, payload: bytes) ->
 
 
 async def _pqkms_nats(config: BenchConfig, report: Report, stack: BenchStack,
-                      client: nats.NATS, nats_pid: int) -> None:
+                      client: NatsClient, nats_pid: int) -> None:
     await stack.init_store()
     await stack.start_workers(1)
     await stack.generate_keys(client)
@@ -271,7 +272,7 @@ def _batch_error(reply: bytes, items: int) -> str | None:
     return None
 
 
-def batch_call(client: nats.NATS, body: bytes, items: int, api_key: str) -> Call:
+def batch_call(client: NatsClient, body: bytes, items: int, api_key: str) -> Call:
     """One encrypt batch of ``items`` per call; every item must succeed."""
     headers = {HEADER_API_KEY: api_key}
 
@@ -286,7 +287,7 @@ def batch_call(client: nats.NATS, body: bytes, items: int, api_key: str) -> Call
 
 
 async def _batches(config: BenchConfig, report: Report, stack: BenchStack,
-                   client: nats.NATS, nats_pid: int) -> None:
+                   client: NatsClient, nats_pid: int) -> None:
     """Encrypt batches of ``batch_items`` when the worker serves them, else n/a."""
     workers = len(stack.workers)
     items = config.batch_items
@@ -356,7 +357,7 @@ async def _run_job(config: BenchConfig, stack: BenchStack) -> Measurement:
 
 
 async def _back_to_back(config: BenchConfig, report: Report, stack: BenchStack, seeds: Seeds,
-                        client: nats.NATS) -> None:
+                        client: NatsClient) -> None:
     """Each target's figure next to its floor, ``pair_rounds`` times (bench/pairs.py)."""
     workers = len(stack.workers)
     keys = LocalKeys(seeds)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import nats
 import orjson
+from nats.aio.client import Client as NatsClient
 
 from bench.fixture import Seeds
 from bench.responder import PING_SUBJECT
@@ -125,7 +126,7 @@ class BenchStack:
         await self._wait_for(Subject.HEALTH_PING.value, count, self.workers,
                              lambda data: orjson.loads(data)["data"]["worker"])
 
-    async def generate_keys(self, client: nats.NATS) -> None:
+    async def generate_keys(self, client: NatsClient) -> None:
         """Version 1 of Kyber768 and Dilithium3 for the tenant."""
         for algorithm in ("Kyber768", "Dilithium3"):
             reply = await client.request(
@@ -169,7 +170,7 @@ class BenchStack:
                 for process in processes:
                     if process.poll() is not None:
                         raise RuntimeError(
-                            f"{process.args} exited with {process.returncode}; "
+                            f"{process.args!r} exited with {process.returncode}; "
                             f"see the logs under {self.root}"
                         )
                 try:
