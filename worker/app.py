@@ -80,7 +80,7 @@ def build_services(
     access = KeyAccess(store)
     authenticator = Authenticator(store)
     metrics = WorkerMetrics() if settings.metrics_port is not None else None
-    audit = audit_trail(settings, store.engine)
+    audit = audit_trail(settings, store.engine, upcoming=lambda: runner.submitted)
     handler = EnvelopeHandler(authenticator, rate_limiter, settings, audit=request_sink(audit),
                               metrics=request_observer(metrics, settings.otel))
     bulk = get_bulk_settings()

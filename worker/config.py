@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         "before its requests are answered; by default a commit is in the WAL, which survives "
         "a crash of the worker but not a power cut (docs/audit.md#durability)",
     )
+    audit_linger_ms: float = Field(
+        default=10.0, ge=0, le=1000, description="while signatures are running in the crypto "
+        "pool, the audit group commit waits up to this long for their records, so one commit "
+        "serves several (0: never wait; docs/audit.md)",
+    )
     audit_stream_replicas: int | None = Field(
         default=None, ge=1, le=5, description="PQKMS_AUDIT replicas (default: jetstream_replicas)"
     )

@@ -206,8 +206,10 @@ class FakeStream:
     def __init__(self) -> None:
         self.published: dict[tuple[str, int], bytes] = {}
         self.fail = False
+        self.flushes: list[list[str]] = []  # the kinds of each publish call's records
 
     async def publish(self, entries: Sequence[AuditEntry]) -> list[BaseException | None]:
+        self.flushes.append([entry.kind for entry in entries])
         if self.fail:
             return [ConnectionError("JetStream down") for _ in entries]
         for entry in entries:
@@ -364,3 +366,86 @@ def test_the_record_hash_is_reproducible_with_the_standard_library() -> None:
                          "prev_hash": entry.prev_hash, "record_hash": ""}
                       ).computed_hash() == expected
     assert fields["recorded_at"] == "2025-01-02T03:04:05.680901Z"
+
+
+# -- lingering for upcoming records -------------------------------------------------------
+
+_NEVER = 3600.0  # a linger this long only ends early, which is what these tests show
+_GUARD = 30.0  # a broken linger fails the test instead of hanging it
+
+
+@pytest.fixture
+def upcoming() -> list[int]:
+    """Requests still running whose records are due (the crypto pool's count)."""
+    return [0]
+
+
+@pytest.fixture
+async def lingering(log: AuditLog, stream: FakeStream,
+                    upcoming: list[int]) -> AsyncIterator[AuditTrail]:
+    sink = AuditTrail(log, stream, WORKER, linger_seconds=_NEVER,  # type: ignore[arg-type]
+                      upcoming=lambda: upcoming[0])
+    sink.start()
+    try:
+        yield sink
+    finally:
+        await asyncio.wait_for(sink.close(), _GUARD)
+
+
+async def test_records_due_soon_share_one_flush(
+    lingering: AuditTrail, stream: FakeStream, upcoming: list[int]
+) -> None:
+    await asyncio.wait_for(lingering.append(_record(0)), _GUARD)  # (after the open record)
+    upcoming[0] = 3
+
+    async def one_finishes(n: int) -> None:
+        upcoming[0] -= 1  # its signature is done; its record follows
+        await lingering.append(_record(n))
+
+    appends = []
+    for n in range(1, 4):
+        appends.append(asyncio.create_task(one_finishes(n)))
+        await asyncio.sleep(0.01)  # each arrives while the others still run
+    await asyncio.wait_for(asyncio.gather(*appends), _GUARD)
+
+    assert stream.flushes[-1] == ["request", "request", "request"]
+
+
+async def test_nothing_upcoming_means_no_wait(
+    lingering: AuditTrail, stream: FakeStream
+) -> None:
+    for n in range(3):
+        await asyncio.wait_for(lingering.append(_record(n)), _GUARD)
+
+    assert stream.flushes[-3:] == [["request"]] * 3
+
+
+async def test_a_linger_ends_at_its_deadline(log: AuditLog, stream: FakeStream) -> None:
+    sink = AuditTrail(log, stream, WORKER, linger_seconds=0.05,  # type: ignore[arg-type]
+                      upcoming=lambda: 1)  # never comes
+    sink.start()
+    try:
+        await asyncio.wait_for(sink.append(_record(1)), _GUARD)
+    finally:
+        await asyncio.wait_for(sink.close(), _GUARD)
+
+    assert ["request"] in [[kind for kind in flush if kind != "open"] for flush in stream.flushes]
+
+
+async def test_closing_ends_a_linger_and_writes_what_waits(
+    log: AuditLog, stream: FakeStream, upcoming: list[int]
+) -> None:
+    sink = AuditTrail(log, stream, WORKER, linger_seconds=_NEVER,  # type: ignore[arg-type]
+                      upcoming=lambda: upcoming[0])
+    sink.start()
+    await asyncio.wait_for(sink.append(_record(0)), _GUARD)
+    upcoming[0] = 5  # five more are running and never finish
+    pending = asyncio.create_task(sink.append(_record(1)))
+    await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(sink.close(), _GUARD)
+
+    await asyncio.wait_for(pending, _GUARD)  # written, not failed
+    report = await verify_audit_log(log, list(stream.published.values()))
+    assert report.intact and report.records == 4  # open, two requests, close
+

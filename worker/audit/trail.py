@@ -6,6 +6,11 @@ database transaction, then publishes them to ``PQKMS_AUDIT`` and wakes the waite
 each request waits for one commit and one ack round trip shared with every request that
 arrived meanwhile. A request whose record is not both committed and acked fails.
 
+While requests whose records are due soon are still running (``upcoming``: signatures
+in the crypto pool), the flusher lingers up to ``linger_seconds`` for their records
+before it writes, so that one commit and one JetStream message serve several of them
+instead of two or three (docs/performance.md). With nothing upcoming it writes at once.
+
 Keeping the chain consistent when something fails:
 
 - the database refuses or loses the transaction: the sequence numbers are reused by the
@@ -42,6 +47,12 @@ if TYPE_CHECKING:  # (worker.store.audit_log imports this package: no cycle at r
 __all__ = ["AuditTrail", "AuditUnavailable"]
 
 _log = structlog.get_logger("pqkms.worker")
+# Lingering ends early once this many records wait.
+_LINGER_BATCH = 32
+
+
+def _nothing_upcoming() -> int:
+    return 0
 
 
 class AuditUnavailable(RuntimeError):
@@ -71,13 +82,17 @@ class AuditTrail:
     """Group-committing :class:`AuditSink` of one worker process (one chain per run)."""
 
     def __init__(self, log: AuditLog, stream: AuditStream, worker_id: str, *,
-                 max_batch: int = 1000) -> None:
+                 max_batch: int = 1000, linger_seconds: float = 0.0,
+                 upcoming: Callable[[], int] = _nothing_upcoming) -> None:
         self._log = log
         self._stream = stream
         self._worker_id = worker_id
         self._max_batch = max_batch
+        self._linger = linger_seconds
+        self._upcoming = upcoming
         self._waiting: list[_Waiting] = []
         self._wake = asyncio.Event()
+        self._more = asyncio.Event()  # a record arrived (or the linger is over)
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         # The chain: the next sequence number and the hash the next record links to.
@@ -113,6 +128,7 @@ class AuditTrail:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(kind, record, datetime.now(UTC), future))
         self._wake.set()
+        self._more.set()
         await future
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -122,6 +138,7 @@ class AuditTrail:
         if flusher is None:
             return
         self._wake.set()
+        self._more.set()
         try:
             await asyncio.wait_for(flusher, timeout)
             if self._next_seq > 1:  # an open chain: close it
@@ -147,6 +164,7 @@ class AuditTrail:
             await self._wake.wait()
             self._wake.clear()
             while self._waiting or self._next_seq == 1:
+                await self._gather_upcoming()
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: len(batch)]
                 try:
@@ -159,6 +177,23 @@ class AuditTrail:
                     break  # only the open record was due: no busy loop if it failed
             if self._closing and not self._waiting:
                 return
+
+    async def _gather_upcoming(self) -> None:
+        """Linger (at most ``linger_seconds``) while upcoming records are still running
+        and fewer than ``_LINGER_BATCH`` wait."""
+        if (self._linger <= 0 or self._closing or len(self._waiting) >= _LINGER_BATCH
+                or self._upcoming() <= 0):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._linger
+        timer = loop.call_at(deadline, self._more.set)
+        try:
+            while (not self._closing and len(self._waiting) < _LINGER_BATCH
+                   and self._upcoming() > 0 and loop.time() < deadline):
+                self._more.clear()
+                await self._more.wait()
+        finally:
+            timer.cancel()
 
     async def _flush(self, batch: list[_Waiting]) -> None:
         entries: list[AuditEntry] = []

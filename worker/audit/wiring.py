@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 
 from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,9 +20,15 @@ from worker.store.audit_log import AuditLog
 __all__ = ["audit_trail", "finish_subscribers", "job_chunk_sink", "request_sink"]
 
 
-def audit_trail(settings: Settings, engine: AsyncEngine) -> AuditTrail | None:
+def _nothing_upcoming() -> int:
+    return 0
+
+
+def audit_trail(settings: Settings, engine: AsyncEngine,
+                upcoming: Callable[[], int] | None = None) -> AuditTrail | None:
     """The worker's audit trail on the key store's engine, or ``None`` with
-    ``PQKMS_AUDIT=false``. Attach the NATS connection with ``use_connection``."""
+    ``PQKMS_AUDIT=false``. Attach the NATS connection with ``use_connection``.
+    ``upcoming``: requests whose records are due soon (the crypto pool's calls)."""
     if not settings.audit:
         return None
     stream = AuditStream(StreamSettings(
@@ -29,7 +36,9 @@ def audit_trail(settings: Settings, engine: AsyncEngine) -> AuditTrail | None:
         max_age_days=settings.audit_stream_max_age_days,
     ))
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    return AuditTrail(AuditLog(engine, fsync=settings.audit_fsync), stream, worker_id)
+    return AuditTrail(AuditLog(engine, fsync=settings.audit_fsync), stream, worker_id,
+                      linger_seconds=settings.audit_linger_ms / 1000,
+                      upcoming=upcoming or _nothing_upcoming)
 
 
 def request_sink(trail: AuditTrail | None) -> AuditSink:

@@ -23,10 +23,20 @@ class CryptoRunner:
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pqkms-crypto")
+        self._submitted = 0
+
+    @property
+    def submitted(self) -> int:
+        """Calls handed to the pool and not finished yet (running or queued)."""
+        return self._submitted
 
     async def in_thread(self, call: Callable[[], T]) -> T:
         """Run ``call`` in the pool and await its result."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        self._submitted += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        finally:
+            self._submitted -= 1
 
     async def sized(self, size: int, call: Callable[[], T]) -> T:
         """Inline for small inputs, in the pool for large ones."""
