@@ -83,13 +83,13 @@ class AuditTrail:
 
     def __init__(self, log: AuditLog, stream: AuditStream, worker_id: str, *,
                  max_batch: int = 1000, linger_seconds: float = 0.0,
-                 upcoming: Callable[[], int] = _nothing_upcoming) -> None:
+                 upcoming: Callable[[], int] | None = None) -> None:
         self._log = log
         self._stream = stream
         self._worker_id = worker_id
         self._max_batch = max_batch
         self._linger = linger_seconds
-        self._upcoming = upcoming
+        self._upcoming = upcoming or _nothing_upcoming
         self._waiting: list[_Waiting] = []
         self._wake = asyncio.Event()
         self._more = asyncio.Event()  # a record arrived (or the linger is over)

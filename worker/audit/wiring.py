@@ -20,10 +20,6 @@ from worker.store.audit_log import AuditLog
 __all__ = ["audit_trail", "finish_subscribers", "job_chunk_sink", "request_sink"]
 
 
-def _nothing_upcoming() -> int:
-    return 0
-
-
 def audit_trail(settings: Settings, engine: AsyncEngine,
                 upcoming: Callable[[], int] | None = None) -> AuditTrail | None:
     """The worker's audit trail on the key store's engine, or ``None`` with
@@ -38,7 +34,7 @@ def audit_trail(settings: Settings, engine: AsyncEngine,
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     return AuditTrail(AuditLog(engine, fsync=settings.audit_fsync), stream, worker_id,
                       linger_seconds=settings.audit_linger_ms / 1000,
-                      upcoming=upcoming or _nothing_upcoming)
+                      upcoming=upcoming)
 
 
 def request_sink(trail: AuditTrail | None) -> AuditSink:
