@@ -2,6 +2,7 @@
 
 No framework, no auth, no validation, no database: decode the JSON body, base64,
 crypto, base64, JSON reply — the least a responder must do to serve the same contract.
+Its base64 is the worker's codec (pybase64), so that the floor is as fast as pqkms there.
 Sign runs in a 2-thread pool (pyca's ML-DSA releases the GIL), like the worker's.
 
 Run as ``python -m bench.responder NATS_URL KEM_SEED_HEX DSA_SEED_HEX``.
@@ -10,7 +11,6 @@ Run as ``python -m bench.responder NATS_URL KEM_SEED_HEX DSA_SEED_HEX``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
 import sys
@@ -22,13 +22,14 @@ import uvloop
 from nats.aio.msg import Msg
 
 from bench.fixture import LocalKeys, Seeds
+from schemas.fields import b64decode_canonical as _unb64
+from schemas.fields import b64encode as _b64
 
 __all__ = ["PING_SUBJECT", "QUEUE", "SUBJECT_PREFIX", "serve"]
 
 SUBJECT_PREFIX = "bench.floor"
 PING_SUBJECT = f"{SUBJECT_PREFIX}.ping"
 QUEUE = "bench-floor"
-_B64 = base64.b64encode
 
 
 def _reply(data: dict[str, object]) -> bytes:
@@ -46,19 +47,19 @@ async def serve(url: str, seeds: Seeds) -> None:
 
     async def on_encrypt(msg: Msg) -> None:
         body = orjson.loads(msg.data)
-        sealed = keys.encrypt(base64.b64decode(body["plaintext"]))
-        await msg.respond(_reply({"ciphertext": _B64(sealed).decode(), "key_version": 1}))
+        sealed = keys.encrypt(_unb64(body["plaintext"]))
+        await msg.respond(_reply({"ciphertext": _b64(sealed), "key_version": 1}))
 
     async def on_decrypt(msg: Msg) -> None:
         body = orjson.loads(msg.data)
-        opened = keys.decrypt(base64.b64decode(body["ciphertext"]))
-        await msg.respond(_reply({"plaintext": _B64(opened).decode(), "key_version": 1}))
+        opened = keys.decrypt(_unb64(body["ciphertext"]))
+        await msg.respond(_reply({"plaintext": _b64(opened), "key_version": 1}))
 
     async def sign_and_reply(msg: Msg) -> None:
         body = orjson.loads(msg.data)
-        message = base64.b64decode(body["message"])
+        message = _unb64(body["message"])
         signed = await loop.run_in_executor(pool, keys.sign, message)
-        await msg.respond(_reply({"signature": _B64(signed).decode(), "key_version": 1}))
+        await msg.respond(_reply({"signature": _b64(signed), "key_version": 1}))
 
     async def on_sign(msg: Msg) -> None:
         # nats-py runs one callback at a time per subscription: hand off so that
@@ -69,8 +70,8 @@ async def serve(url: str, seeds: Seeds) -> None:
 
     async def on_verify(msg: Msg) -> None:
         body = orjson.loads(msg.data)
-        valid = keys.verify(base64.b64decode(body["signature"]),
-                            base64.b64decode(body["message"]))
+        valid = keys.verify(_unb64(body["signature"]),
+                            _unb64(body["message"]))
         await msg.respond(_reply({"valid": valid, "key_version": 1}))
 
     async def on_ping(msg: Msg) -> None:

@@ -17,7 +17,6 @@ when the output is complete.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import sys
@@ -33,6 +32,7 @@ import orjson
 from pqkms.client import DEFAULT_MESSAGE_LIMIT, PqkmsClient, PqkmsError, split_items
 from schemas.batch import DEFAULT_MAX_BATCH_ITEMS
 from schemas.errors import ErrorCode
+from schemas.fields import b64encode
 from schemas.jobs import JobOperation
 
 __all__ = [
@@ -154,7 +154,7 @@ def _item_from_line(operation: JobOperation, line: bytes, number: int,
         name = _RAW_FIELD[operation]
         if operation is JobOperation.KEM_DECRYPT:
             return {name: value.decode("ascii", errors="replace").strip()}
-        return {name: base64.b64encode(value).decode("ascii")}
+        return {name: b64encode(value)}
     try:
         item = orjson.loads(line)
     except orjson.JSONDecodeError as exc:

@@ -38,6 +38,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from schemas.batch import DEFAULT_MAX_BATCH_ITEMS, REPLY_ENVELOPE_BYTES, item_reply_bound
 from schemas.errors import ErrorCode
+from schemas.fields import b64encode
 from schemas.jobs import JobOperation
 from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID, Subject
 
@@ -61,7 +62,7 @@ _RETRIED = {ErrorCode.RATE_LIMITED.value, ErrorCode.SERVICE_UNAVAILABLE.value}
 
 
 def _b64(data: bytes | str) -> str:
-    return data if isinstance(data, str) else base64.b64encode(data).decode("ascii")
+    return data if isinstance(data, str) else b64encode(data)
 
 
 class PqkmsError(Exception):

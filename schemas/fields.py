@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 from typing import Annotated, Any
 
+import pybase64
 from pydantic import BeforeValidator, Field, PlainSerializer, StrictInt, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -16,13 +17,28 @@ __all__ = [
     "KemAlgorithm",
     "KeyVersion",
     "SignatureAlgorithm",
+    "b64decode_canonical",
     "b64encode",
 ]
 
 
+# pybase64 (SIMD) rather than binascii: for a 1 KiB field it decodes in ≈ 1 µs instead of
+# 6.6 and encodes in 0.5 instead of 3.7 — per item of a batch, per request (see
+# docs/performance.md).
+
+
 def b64encode(raw: bytes) -> str:
     """Standard base64 with padding, as every binary field on the wire."""
-    return binascii.b2a_base64(raw, newline=False).decode("ascii")
+    return pybase64.b64encode_as_string(raw)
+
+
+def b64decode_canonical(value: str) -> bytes:
+    """Standard base64 with its padding: only the alphabet, no whitespace, length a multiple
+    of 4, ``=`` only at the end and at most two of it; anything else raises ``ValueError``
+    (``binascii.Error`` is one)."""
+    if len(value) % 4:
+        raise binascii.Error("bad length")
+    return pybase64.b64decode(value, validate=True)
 
 
 def _decode_base64(value: Any) -> bytes:
@@ -31,13 +47,8 @@ def _decode_base64(value: Any) -> bytes:
     if not isinstance(value, str):
         raise PydanticCustomError("base64_type", "must be a base64 string")
     try:
-        # validate=True rejects characters outside the standard alphabet;
-        # the length check rejects missing padding.
-        if len(value) % 4:
-            raise binascii.Error("bad length")
-        # strict_mode is what b64decode(validate=True) does, without its wrapper.
-        return binascii.a2b_base64(value, strict_mode=True)
-    except (binascii.Error, ValueError):
+        return b64decode_canonical(value)
+    except ValueError:
         raise PydanticCustomError("base64", "must be valid standard base64") from None
 
 

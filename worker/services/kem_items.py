@@ -12,13 +12,13 @@ request of ≈ 300 (docs/performance.md).
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from schemas.algorithms import DEFAULT_KEM_ALGORITHM, KEM_ALGORITHMS, Algorithm, EncryptMode
 from schemas.batch import MAX_REFERENCE_CHARS
+from schemas.fields import b64decode_canonical
 
 __all__ = ["KemItem", "LeanResult", "read_kem_item"]
 
@@ -80,15 +80,14 @@ def read_kem_item(item: Any, field: str, defaults: Mapping[str, Any] = _NO_DEFAU
     name = item["algorithm"] if "algorithm" in item else defaults.get("algorithm",
                                                                        DEFAULT_KEM_ALGORITHM)
     algorithm = _KEM_BY_NAME.get(name) if isinstance(name, str) else None
-    if (type(encoded) is not str or len(encoded) % 4
+    if (type(encoded) is not str
             or (reference is not None and (type(reference) is not str
                                            or len(reference) > MAX_REFERENCE_CHARS))
             or type(version) is not int or not 1 <= version <= _MAX_KEY_VERSION
             or algorithm is None):
         return None
     try:
-        # b64decode(validate=True), as the model's field, without its wrapper.
-        payload = binascii.a2b_base64(encoded, strict_mode=True)
-    except (binascii.Error, ValueError):
+        payload = b64decode_canonical(encoded)  # as the model's field reads it
+    except ValueError:
         return None
     return KemItem(payload, version, algorithm, reference)
