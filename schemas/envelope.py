@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import ErrorCode
@@ -84,8 +85,9 @@ def new_request_id() -> str:
     return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
 
 
-def success_envelope(data: dict[str, Any], request_id: str) -> dict[str, Any]:
-    """The success envelope as a plain dict, ready for JSON."""
+def success_envelope(data: dict[str, Any] | orjson.Fragment, request_id: str) -> dict[str, Any]:
+    """The success envelope as a plain dict, ready for JSON (``data`` may be JSON already
+    serialized, as an ``orjson.Fragment``)."""
     return {"data": data, "request_id": request_id, "timestamp": utc_timestamp()}
 
 

@@ -15,10 +15,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats
+import orjson
 import pytest
 
 from pqkms.client import PqkmsClient, PqkmsError
 from schemas.algorithms import Plan
+from schemas.jobs import JOB_RESULTS_PREFIX, JOB_RESULTS_STREAM
 from tests.support.stack import LocalStack
 
 pytestmark = pytest.mark.integration
@@ -175,3 +178,44 @@ async def test_submit_is_validated(client: PqkmsClient) -> None:
         await client.submit_chunk(job_id, "kem.decrypt", 1, 2, [{"ciphertext": "AA=="}])
     with pytest.raises(PqkmsError, match="job_id"):
         await client.submit_chunk("no spaces", "kem.encrypt", 0, 1, [{"plaintext": "AA=="}])
+
+
+async def test_chunk_results_are_the_stored_results_read_directly(
+        job_stack: LocalStack, client: PqkmsClient) -> None:
+    job_id = await client.submit_job("kem.encrypt", encrypt_items(30), key_version=1,
+                                     chunk_items=10)
+    await client.wait_for_job(job_id, timeout=60)
+    connection = await nats.connect(job_stack.nats_url)
+    try:
+        js = connection.jetstream()
+        assert (await js.stream_info(JOB_RESULTS_STREAM)).config.allow_direct
+        info = await js.stream_info(JOB_RESULTS_STREAM,
+                                    subjects_filter=f"{JOB_RESULTS_PREFIX}.*.{job_id}.1")
+        (subject,) = info.state.subjects or {}
+        stored = await js.get_last_msg(JOB_RESULTS_STREAM, subject)
+        assert stored.data is not None
+        assert await client.chunk_results(job_id, 1) == orjson.loads(stored.data)
+    finally:
+        await connection.close()
+
+
+async def test_results_are_read_from_a_stream_without_direct_get(
+        job_stack: LocalStack, client: PqkmsClient) -> None:
+    job_id = await client.submit_job("kem.encrypt", encrypt_items(5), key_version=1)
+    await client.wait_for_job(job_id, timeout=60)
+    first = await all_results(client, job_id)
+    connection = await nats.connect(job_stack.nats_url)
+    js = connection.jetstream()
+    config = (await js.stream_info(JOB_RESULTS_STREAM)).config
+    try:
+        config.allow_direct = False
+        await js.update_stream(config)
+        assert await all_results(client, job_id) == first
+        with pytest.raises(PqkmsError) as raised:
+            await client.chunk_results(job_id, 1)  # a chunk the job does not have
+        assert raised.value.code == "ERR_NOT_FOUND_001"
+    finally:
+        config.allow_direct = True
+        await js.update_stream(config)
+        await connection.close()
+

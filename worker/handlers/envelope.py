@@ -44,9 +44,10 @@ __all__ = [
 
 
 class JsonResult(Protocol):
-    """A service result already in its JSON form (a batch's plain dicts)."""
+    """A service result already in its JSON form (a batch's plain dicts; a job chunk's
+    stored results, as the serialized JSON they are kept in)."""
 
-    def json_data(self) -> dict[str, Any]:
+    def json_data(self) -> dict[str, Any] | orjson.Fragment:
         """The reply's ``data`` object."""
         ...
 

@@ -7,6 +7,7 @@ one tenant can never see, extend or read another tenant's job, even with the sam
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,7 +21,6 @@ from schemas.errors import ErrorCode
 from schemas.jobs import (
     JOB_CHUNKS_STREAM,
     JOB_RESULTS_STREAM,
-    JobChunkResults,
     JobOperation,
     JobResultsRequest,
     JobState,
@@ -60,6 +60,19 @@ _BATCH_MODELS: dict[JobOperation, type[BaseModel]] = {
 def chunk_headers_of(api_key: str, request_id: str, message_id: str) -> dict[str, str]:
     """Headers of a chunk message: the submitter's API key travels here, never in a body."""
     return {"Nats-Msg-Id": message_id, HEADER_API_KEY: api_key, HEADER_REQUEST_ID: request_id}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunkResults:
+    """A chunk's results as the worker that ran it stored them: a ``JobChunkResults``
+    object serialized (``worker.jobs.runner``). They go into the reply as they are —
+    validating and dumping 500 items again cost ≈ 3 ms per chunk, for the same bytes."""
+
+    stored: bytes
+
+    def json_data(self) -> orjson.Fragment:
+        """The reply's ``data``: the stored JSON."""
+        return orjson.Fragment(self.stored)
 
 
 def _not_found(job_id: str) -> ServiceError:
@@ -191,20 +204,18 @@ class JobService:
             await subscription.unsubscribe()
         return items, failed
 
-    async def results(self, caller: Caller, request: JobResultsRequest) -> JobChunkResults:
+    async def results(self, caller: Caller, request: JobResultsRequest) -> StoredChunkResults:
         """One finished chunk's results; 404 while it is not done."""
         await self._job_record(caller, request.job_id)
         try:
-            message = await self._streams.js.get_last_msg(
-                JOB_RESULTS_STREAM,
-                results_subject(caller.tenant_id, request.job_id, request.chunk_index),
-            )
+            stored = await self._streams.stored_results(caller.tenant_id, request.job_id,
+                                                        request.chunk_index)
         except NotFoundError:
             raise ServiceError(
                 ErrorCode.NOT_FOUND,
                 f"Chunk {request.chunk_index} of job {request.job_id} has no results yet",
             ) from None
-        return JobChunkResults.model_validate_json(message.data or b"{}")
+        return StoredChunkResults(stored)
 
 
 async def _read_back(kv: Any, key: str) -> dict[str, Any]:

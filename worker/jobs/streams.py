@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import structlog
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
@@ -95,6 +96,9 @@ class JobStreams:
             max_msgs_per_subject=1,
             duplicate_window=window,
             num_replicas=replicas,
+            # Results are read by direct get: the stored bytes as they are, where the
+            # stream API would wrap them in base64 inside JSON (docs/jobs.md).
+            allow_direct=True,
         ))
         try:
             kv = await js.create_key_value(bucket=JOBS_BUCKET, history=1, ttl=retention,
@@ -110,6 +114,21 @@ class JobStreams:
         except NotFoundError:
             return False
         return True
+
+    async def stored_results(self, tenant: str, job_id: str, index: int) -> bytes:
+        """A chunk's results as stored (JSON); ``NotFoundError`` while it has none.
+
+        A direct get answers with the message itself; a replica may answer it and lag
+        behind the leader, so "not found" (or no direct get on a stream made before it
+        was allowed) is asked again of the stream's leader, whose answer decides."""
+        subject = results_subject(tenant, job_id, index)
+        try:
+            message = await self.js.get_last_msg(JOB_RESULTS_STREAM, subject, direct=True)
+        except (NotFoundError, NoRespondersError):
+            message = await self.js.get_last_msg(JOB_RESULTS_STREAM, subject)
+        if not message.data:
+            raise RuntimeError("a job chunk's stored results are empty")
+        return message.data
 
     async def ensure_consumer(self) -> None:
         """Create the shared durable consumer, or bring its settings up to date."""
