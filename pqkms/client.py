@@ -22,6 +22,7 @@ import asyncio
 import base64
 import threading
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -408,14 +409,29 @@ class PqkmsClient:
                                   {"job_id": job_id, "chunk_index": chunk_index},
                                   idempotent=True)
 
-    async def job_results(self, job_id: str, *,
-                          start_chunk: int = 0) -> AsyncIterator[dict[str, Any]]:
-        """Every item's result of a completed job, chunk by chunk, in submit order."""
+    async def job_results(self, job_id: str, *, start_chunk: int = 0,
+                          read_ahead: int = 2) -> AsyncIterator[dict[str, Any]]:
+        """Every item's result of a completed job, chunk by chunk, in submit order.
+
+        While one chunk's results are consumed, the next ``read_ahead`` chunks are already
+        being read (0: one request at a time)."""
         status = await self.job_status(job_id)
-        for index in range(start_chunk, int(status["total_chunks"])):
-            chunk = await self.chunk_results(job_id, index)
-            for result in chunk["results"]:
-                yield result
+        total = int(status["total_chunks"])
+        reading: deque[asyncio.Future[dict[str, Any]]] = deque()
+        next_index = start_chunk
+        try:
+            while next_index < total or reading:
+                while next_index < total and len(reading) <= read_ahead:
+                    reading.append(asyncio.ensure_future(self.chunk_results(job_id, next_index)))
+                    next_index += 1
+                chunk = await reading.popleft()
+                for result in chunk["results"]:
+                    yield result
+        finally:
+            # Stopped early (or a read failed): the reads ahead are not wanted any more.
+            for pending in reading:
+                pending.cancel()
+            await asyncio.gather(*reading, return_exceptions=True)
 
 
 def _fields(**fields: Any) -> dict[str, Any]:

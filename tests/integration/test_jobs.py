@@ -219,3 +219,28 @@ async def test_results_are_read_from_a_stream_without_direct_get(
         await js.update_stream(config)
         await connection.close()
 
+
+
+async def test_results_read_ahead_keep_the_submit_order(client: PqkmsClient) -> None:
+    job_id = await client.submit_job("kem.encrypt", encrypt_items(60), key_version=1,
+                                     chunk_items=7)
+    await client.wait_for_job(job_id, timeout=60)
+    one_at_a_time = [r async for r in client.job_results(job_id, read_ahead=0)]
+    assert_each_item_once(one_at_a_time, 60)
+    for read_ahead in (1, 2, 20):
+        assert [r async for r in client.job_results(job_id, read_ahead=read_ahead)] == (
+            one_at_a_time)
+    assert [r async for r in client.job_results(job_id, start_chunk=8)] == one_at_a_time[56:]
+
+
+async def test_stopping_early_leaves_no_read_running(client: PqkmsClient) -> None:
+    job_id = await client.submit_job("kem.encrypt", encrypt_items(40), key_version=1,
+                                     chunk_items=5)
+    await client.wait_for_job(job_id, timeout=60)
+    before = asyncio.all_tasks()
+    results = client.job_results(job_id, read_ahead=4)
+    first = await anext(results)
+    assert first["reference"] == "0"
+    assert len(asyncio.all_tasks() - before) <= 4  # the chunks read ahead, unless done
+    await results.aclose()
+    assert asyncio.all_tasks() - before == set()
