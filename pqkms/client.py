@@ -417,6 +417,7 @@ class PqkmsClient:
         being read (0: one request at a time)."""
         status = await self.job_status(job_id)
         total = int(status["total_chunks"])
+        read_ahead = max(0, read_ahead)
         reading: deque[asyncio.Future[dict[str, Any]]] = deque()
         next_index = start_chunk
         try:

@@ -227,7 +227,7 @@ async def test_results_read_ahead_keep_the_submit_order(client: PqkmsClient) -> 
     await client.wait_for_job(job_id, timeout=60)
     one_at_a_time = [r async for r in client.job_results(job_id, read_ahead=0)]
     assert_each_item_once(one_at_a_time, 60)
-    for read_ahead in (1, 2, 20):
+    for read_ahead in (-1, 1, 2, 20):
         assert [r async for r in client.job_results(job_id, read_ahead=read_ahead)] == (
             one_at_a_time)
     assert [r async for r in client.job_results(job_id, start_chunk=8)] == one_at_a_time[56:]
