@@ -20,9 +20,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--warmup", type=float, help="unrecorded seconds per cell (default 0.5)")
     parser.add_argument("--ops", type=int, help="at most this many operations per cell")
     parser.add_argument("--in-flight", type=int, default=200)
-    parser.add_argument("--http-in-flight", type=int, default=64)
-    parser.add_argument("--http-connections", type=int, default=64,
-                        help="keep-alive connections of the HTTP load generator (default 64)")
+    parser.add_argument("--http-in-flight", type=int, default=200)
+    parser.add_argument("--http-connections", type=int, default=200,
+                        help="keep-alive connections of the HTTP load generator (default 200)")
     parser.add_argument("--operations", default=",".join(OPERATIONS),
                         help="comma-separated subset of " + ",".join(OPERATIONS))
     parser.add_argument("--processes", default="1,2",

@@ -66,11 +66,14 @@ Call = Callable[[], Awaitable[str | None]]
 
 
 async def closed_loop(
-    call: Call, in_flight: int, duration: float, max_ops: int, warmup: float
+    call: Call, in_flight: int, duration: float, max_ops: int, warmup: float,
+    on_window_start: Callable[[], None] | None = None,
 ) -> Measurement:
     """Keep ``in_flight`` requests outstanding until ``duration`` or ``max_ops`` is reached.
 
-    A warm-up of ``warmup`` seconds (at least one round of requests) is not recorded.
+    A warm-up of ``warmup`` seconds (at least one round of requests) is not recorded;
+    ``on_window_start`` is called when it is over, as the recorded window opens (e.g. to
+    start a CPU meter, so that the warm-up's CPU is not charged to the recorded requests).
     """
     warm_deadline = time.perf_counter() + warmup
 
@@ -80,6 +83,8 @@ async def closed_loop(
             await call()
 
     await asyncio.gather(*(warm() for _ in range(in_flight)))
+    if on_window_start is not None:
+        on_window_start()
 
     latencies: list[float] = []
     issued = 0

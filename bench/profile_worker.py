@@ -138,9 +138,9 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         meter = CpuMeter({"worker": [stack.workers[0].pid]})
-        meter.start()
         started = time.perf_counter()
-        measurement = await closed_loop(call, in_flight, seconds + 1.0, 10**9, 0.5)
+        measurement = await closed_loop(call, in_flight, seconds + 1.0, 10**9, 0.5,
+                                        meter.start)
         cpu = meter.per_op_us(measurement.ops)
         requests = measurement.ops_per_s * int(seconds)
         print(f"{operation}: {measurement.ops_per_s:,.0f} ops/s during the profile "

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.budget import budget_lines, budgets
 from bench.measure import Measurement
 from bench.pairs import Pair
 
@@ -88,30 +89,38 @@ class Report:
 
     # -- issue 7 ---------------------------------------------------------------------------
 
+    def _top_workers(self) -> int:
+        workers = [row.processes or 0 for row in self.rows if row.layer == "pqkms NATS"]
+        return max(workers) if workers else 2
+
+    def ratio_targets(self) -> list[tuple[str, float, str | None, str]]:
+        """Issue 7's ratio targets: (name, goal, figure row key, floor row key)."""
+        top = self._top_workers()
+        flight = self.config.get("in_flight", 200)
+        http_flight = self.config.get("http_in_flight", 200)
+        return [
+            (TARGET_ENCRYPT, 0.8, f"nats/encrypt/{top}w/{flight}",
+             f"transport/encrypt/{top}p/{flight}"),
+            (TARGET_SIGN, 0.85, f"nats/sign/{top}w/{flight}", f"crypto/sign/{top}p"),
+            (TARGET_BATCH, 0.6, self._key_starting(f"batch/encrypt/{top}w/"),
+             f"crypto/encrypt/{top}p"),
+            (TARGET_JOB, 0.5, f"job/encrypt/{top}w", f"crypto/encrypt/{top}p"),
+            (TARGET_HTTP, 0.5, f"http/encrypt/{top}w/{http_flight}",
+             f"nats/encrypt/{top}w/{flight}"),
+        ]
+
     def targets(self) -> list[dict[str, Any]]:
         """Issue 7's targets, each with the measured value (None when not measurable)."""
-        top = max((row.processes or 0) for row in self.rows if row.layer == "pqkms NATS") \
-            if any(row.layer == "pqkms NATS" for row in self.rows) else 2
-        flight = self.config.get("in_flight", 200)
-        http_flight = self.config.get("http_in_flight", 64)
+        top = self._top_workers()
         # A lone request is served by one worker whatever their number.
         lone = self.row(f"nats/encrypt/{top}w/1") or next(
             (row for row in self.rows if row.layer == "pqkms NATS"
              and row.operation == "encrypt" and row.in_flight == 1), None)
         lone_p50 = lone.figures["p50_ms"] if lone and lone.figures else None
-        items = [
-            (TARGET_ENCRYPT, 0.8,
-             self.ratio(f"nats/encrypt/{top}w/{flight}", f"transport/encrypt/{top}p/{flight}")),
-            (TARGET_SIGN, 0.85, self.ratio(f"nats/sign/{top}w/{flight}", f"crypto/sign/{top}p")),
-            (TARGET_BATCH, 0.6,
-             self.ratio(self._key_starting(f"batch/encrypt/{top}w/"), f"crypto/encrypt/{top}p")),
-            (TARGET_JOB, 0.5, self.ratio(f"job/encrypt/{top}w", f"crypto/encrypt/{top}p")),
-            (TARGET_HTTP, 0.5,
-             self.ratio(f"http/encrypt/{top}w/{http_flight}", f"nats/encrypt/{top}w/{flight}")),
-        ]
         paired = {pair.target: pair.median for pair in self.pairs if pair.median is not None}
         results = []
-        for name, goal, table_ratio in items:
+        for name, goal, figure_key, floor_key in self.ratio_targets():
+            table_ratio = self.ratio(figure_key, floor_key)
             value = paired.get(name, table_ratio)
             results.append({
                 "target": name, "goal": goal,
@@ -138,7 +147,8 @@ class Report:
             rows.append(entry)
         return {"started_at": self.started_at, "machine": self.machine, "config": self.config,
                 "rows": rows, "back_to_back": [pair.as_json() for pair in self.pairs],
-                "targets": self.targets(), "notes": self.notes}
+                "targets": self.targets(),
+                "budgets": [budget.as_json() for budget in budgets(self)], "notes": self.notes}
 
     def write(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -190,6 +200,9 @@ class Report:
                 out.append(f"  {pair.figure} ÷ {pair.floor}: {ratios}  → median "
                            f"{'n/a' if median is None else f'{median:.2f}'}")
             out.append("")
+        budget = budget_lines(self)
+        if budget:
+            out.extend([*budget, ""])
         out.append("issue 7 targets (2 workers, 200 in flight):")
         for target in self.targets():
             measured = target["measured"]
