@@ -46,4 +46,7 @@ def test_tiniest_benchmark_measures_every_layer_and_writes_json(tmp_path: Path) 
     assert {pair["target"] for pair in saved["back_to_back"]} == {
         target["target"] for target in saved["targets"] if "p50" not in target["target"]}
     assert all(len(pair["rounds"]) == 3 for pair in saved["back_to_back"])
+    # Every ratio target has its CPU budget, and every cell it divides was metered.
+    assert len(saved["budgets"]) == 5
+    assert all(budget["used_us_per_op"] for budget in saved["budgets"])
     assert "pqkms NATS" in report.table()
