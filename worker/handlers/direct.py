@@ -112,11 +112,16 @@ class DirectResponder:
     async def _answer(self, msg: Msg) -> None:
         try:
             route = self._routes[msg.subject]
-            body, headers = await self._handler.handle(
+            (body, headers), finish = await self._handler.respond(
                 route.operation, route.call, msg.data, msg.headers, route.lean
             )
-            if msg.reply and self._connection is not None:
-                await self._connection.publish(msg.reply, body, headers=headers)
+            try:
+                if msg.reply and self._connection is not None:
+                    await self._connection.publish(msg.reply, body, headers=headers)
+            finally:
+                # The metrics and the log line once nats-py has written the reply (its
+                # flusher runs first: it was woken by the publish).
+                asyncio.get_running_loop().call_soon(finish)
         except Exception:
             # The handler never raises; a failed publish (connection lost) is logged.
             _log.exception("direct_reply_failed", subject=msg.subject)

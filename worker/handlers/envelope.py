@@ -135,7 +135,22 @@ class EnvelopeHandler:
         headers: Mapping[str, str] | None,
         lean: LeanCall | None = None,
     ) -> Reply:
-        """Process one request; never raises."""
+        """Process one request, its metrics and log line included; never raises."""
+        reply, finish = await self.respond(operation, call, raw_body, headers, lean)
+        finish()
+        return reply
+
+    async def respond(
+        self,
+        operation: Operation,
+        call: ServiceCall,
+        raw_body: bytes,
+        headers: Mapping[str, str] | None,
+        lean: LeanCall | None = None,
+    ) -> tuple[Reply, Callable[[], None]]:
+        """Process one request; never raises. Returns the reply and ``finish``, which
+        records the request's metrics and log line: a caller may send the reply first
+        and call it after, so that neither delays the answer."""
         started = time.perf_counter()
         request_id = _request_id(headers)
         reply_headers = {HEADER_REQUEST_ID: request_id}
@@ -217,13 +232,18 @@ class EnvelopeHandler:
                 "is reported as failed; retry later",
             )
             reply_headers.pop(HEADER_RETRY_AFTER, None)
-        self._metrics.observe(record if code == record.outcome else _with_outcome(record, code))
-        _log.info(
-            "request",
-            subject=operation.subject.value,
-            request_id=request_id,
-            tenant_id=tenant_id,
-            outcome=code,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        return orjson.dumps(envelope), reply_headers
+        observed = record if code == record.outcome else _with_outcome(record, code)
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+
+        def finish() -> None:
+            self._metrics.observe(observed)
+            _log.info(
+                "request",
+                subject=operation.subject.value,
+                request_id=request_id,
+                tenant_id=tenant_id,
+                outcome=code,
+                duration_ms=duration_ms,
+            )
+
+        return (orjson.dumps(envelope), reply_headers), finish
