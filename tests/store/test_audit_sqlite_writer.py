@@ -97,6 +97,41 @@ async def test_a_held_write_lock_is_waited_for_off_the_event_loop(database: Path
     assert _count(database) == 2
 
 
+async def test_after_a_waited_commit_the_next_tries_without_waiting_again(
+    database: Path,
+) -> None:
+    # The writer sets the busy timeout only when it changes: after a commit that waited
+    # for the lock, the next one on the event loop must again not wait.
+    holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    writer = SqliteAuditWriter(database)
+    entries = _entries(4)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        for batch in (entries[:2], entries[2:]):
+            holder.execute("BEGIN IMMEDIATE")
+            before = ticks
+            append = asyncio.create_task(writer.append(batch))
+            await asyncio.sleep(0.3)
+            assert not append.done()
+            assert ticks - before >= 10  # the loop went on while the append waited
+            holder.execute("COMMIT")
+            await asyncio.wait_for(append, 5)
+        await writer.append(_entries(1))  # and with the lock free, at once on the loop
+    finally:
+        ticker.cancel()
+        writer.close()
+        holder.close()
+    assert _count(database) == 5
+
+
 async def test_a_failed_insert_writes_nothing_and_the_next_append_works(database: Path) -> None:
     log = AuditLog.connect(f"sqlite+aiosqlite:///{database}")
     entries = _entries(3)

@@ -89,6 +89,7 @@ class SqliteAuditWriter:
         self._path = path
         self._fsync = fsync
         self._connection: sqlite3.Connection | None = None
+        self._busy_timeout_ms = _BUSY_TIMEOUT_MS  # the connection's, as _connect sets it
         self._thread: ThreadPoolExecutor | None = None
 
     def _connect(self) -> sqlite3.Connection:
@@ -136,8 +137,12 @@ class SqliteAuditWriter:
         connection = self._connection
         if connection is None:
             connection = self._connection = self._connect()
+            self._busy_timeout_ms = _BUSY_TIMEOUT_MS
         try:
-            connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS if wait else 0}")
+            timeout_ms = _BUSY_TIMEOUT_MS if wait else 0
+            if timeout_ms != self._busy_timeout_ms:  # (a statement saved on most commits)
+                connection.execute(f"PRAGMA busy_timeout={timeout_ms}")
+                self._busy_timeout_ms = timeout_ms
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):  # (busy: nothing began; the caller retries, waiting)
