@@ -46,6 +46,23 @@ def _count(path: Path) -> int:
         return int(connection.execute("SELECT count(*) FROM pqkms_audit_record").fetchone()[0])
 
 
+class _Ticker:
+    """Counts turns of the event loop (one per 10 ms) while it runs: a blocked loop stops
+    counting."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            self.ticks += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
 def test_timestamps_are_spelled_as_sqlalchemy_stores_them() -> None:
     moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     assert sqlite_timestamp(moment) == "2026-01-02 03:04:05.000006"
@@ -72,26 +89,18 @@ async def test_a_held_write_lock_is_waited_for_off_the_event_loop(database: Path
     holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
     writer = SqliteAuditWriter(database)
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
+    ticker = _Ticker()
     try:
         append = asyncio.create_task(writer.append(_entries(2)))
         await asyncio.sleep(0.3)
         assert not append.done()  # waiting for the lock...
-        assert ticks >= 10  # ...while the loop goes on
+        assert ticker.ticks >= 10  # ...while the loop goes on
         holder.execute("COMMIT")
         started = time.monotonic()
         await asyncio.wait_for(append, 5)
         assert time.monotonic() - started < 5
     finally:
-        ticker.cancel()
+        ticker.stop()
         writer.close()
         holder.close()
     assert _count(database) == 2
@@ -105,28 +114,20 @@ async def test_after_a_waited_commit_the_next_tries_without_waiting_again(
     holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
     writer = SqliteAuditWriter(database)
     entries = _entries(4)
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
+    ticker = _Ticker()
     try:
         for batch in (entries[:2], entries[2:]):
             holder.execute("BEGIN IMMEDIATE")
-            before = ticks
+            before = ticker.ticks
             append = asyncio.create_task(writer.append(batch))
             await asyncio.sleep(0.3)
             assert not append.done()
-            assert ticks - before >= 10  # the loop went on while the append waited
+            assert ticker.ticks - before >= 10  # the loop went on while the append waited
             holder.execute("COMMIT")
             await asyncio.wait_for(append, 5)
         await writer.append(_entries(1))  # and with the lock free, at once on the loop
     finally:
-        ticker.cancel()
+        ticker.stop()
         writer.close()
         holder.close()
     assert _count(database) == 5

@@ -78,13 +78,6 @@ async def test_respond_leaves_metrics_and_log_to_finish(tmp_path: Path) -> None:
     assert [e["outcome"] for e in logs if e["event"] == "request"] == ["ERR_AUTH_001"]
 
 
-async def test_handle_still_records_before_returning(tmp_path: Path) -> None:
-    events = _Events()
-    handler = _handler(tmp_path, events)
-    await handler.handle(operation_for(Subject.KEM_ENCRYPT), _unused_call, b"{}", {})
-    assert events.seen == ["observed ERR_AUTH_001"]
-
-
 async def test_direct_reply_is_published_before_the_metrics_and_log(tmp_path: Path) -> None:
     events = _Events()
     responder = DirectResponder(_handler(tmp_path, events), 8)

@@ -127,19 +127,6 @@ class EnvelopeHandler:
         # Settings are read once per process: each plan's caps are fixed for its life.
         self._limits = {plan: settings.limits_for(plan) for plan in Plan}
 
-    async def handle(
-        self,
-        operation: Operation,
-        call: ServiceCall,
-        raw_body: bytes,
-        headers: Mapping[str, str] | None,
-        lean: LeanCall | None = None,
-    ) -> Reply:
-        """Process one request, its metrics and log line included; never raises."""
-        reply, finish = await self.respond(operation, call, raw_body, headers, lean)
-        finish()
-        return reply
-
     async def respond(
         self,
         operation: Operation,

@@ -35,7 +35,8 @@ def jobs_router(handler: EnvelopeHandler, service: JobService) -> NatsRouter:
             assert isinstance(request, JobSubmitRequest)
             return await service.submit(caller, request, api_key)
 
-        body, headers = await handler.handle(submit, call, msg.body, msg.headers)
+        (body, headers), finish = await handler.respond(submit, call, msg.body, msg.headers)
+        finish()  # (FastStream sends the reply once this returns)
         return NatsResponse(body, headers=headers)
 
     router.subscriber(Subject.JOBS_SUBMIT.value, queue=QUEUE_GROUP,

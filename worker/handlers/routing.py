@@ -54,8 +54,9 @@ def subscribe(
     # context field with ``anyio.to_thread``.
     async def on_request(msg: Any) -> NatsResponse:
         message: NatsMessage = msg
-        body, headers = await handler.handle(operation, call, message.body, message.headers,
-                                             lean)
+        (body, headers), finish = await handler.respond(operation, call, message.body,
+                                                        message.headers, lean)
+        finish()  # (FastStream sends the reply once this returns)
         return NatsResponse(body, headers=headers)
 
     on_request.__name__ = f"on_{subject.value.replace('.', '_').replace('-', '_')}"
