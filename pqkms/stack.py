@@ -34,7 +34,7 @@ from pydantic import Field
 
 from pqkms.admin import database_errors, describe_database_failure, initialise_store
 from pqkms.health import bridge_is_healthy, ping_workers
-from pqkms.nats_embedded import nats_server_binary, write_config
+from pqkms.nats_embedded import nats_server_binary, use_batch_scheduling, write_config
 from worker.config import Settings
 
 __all__ = [
@@ -72,6 +72,11 @@ class StackSettings(Settings):
     nats_port: int = Field(default=4222, ge=1, le=65535)
     workers: int = Field(default=2, ge=1, le=256)
     bridge: bool = Field(default=True, description="start the HTTP bridge when installed")
+    nats_batch_scheduling: bool = Field(
+        default=True,
+        description="run the embedded nats-server under SCHED_BATCH on Linux "
+                    "(pqkms.nats_embedded)",
+    )
     start_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
@@ -205,6 +210,11 @@ def _die_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
+def _die_with_parent_batch_scheduled() -> None:
+    _die_with_parent()
+    use_batch_scheduling()
+
+
 def _last_line(path: Path, limit: int = 16 * 1024) -> str:
     """The last non-empty line of a log file, for error messages."""
     try:
@@ -227,6 +237,7 @@ class SupervisedProcess:
     argv: Sequence[str]
     env: dict[str, str]
     log_path: Path
+    batch_scheduling: bool = False  # SCHED_BATCH (pqkms.nats_embedded)
     process: asyncio.subprocess.Process | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
     restarts: int = field(default=0, init=False)
@@ -242,7 +253,8 @@ class SupervisedProcess:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=(_die_with_parent_batch_scheduled if self.batch_scheduling
+                            else _die_with_parent),
             )
         self.started_at = time.monotonic()
         _log.debug("%s started (pid %d)", self.name, self.process.pid)
@@ -379,6 +391,7 @@ class _Supervisor:
             argv=[str(nats_server_binary()), "-c", str(config)],
             env=dict(os.environ),
             log_path=self.layout.logs_dir / "nats.log",
+            batch_scheduling=self.settings.nats_batch_scheduling,
         )
         await self.nats.start()
         deadline = time.monotonic() + NATS_LISTEN_TIMEOUT

@@ -36,6 +36,13 @@ def test_tiniest_benchmark_measures_every_layer_and_writes_json(tmp_path: Path) 
     job = measured["job/encrypt/1w"].figures
     assert job is not None
     assert job["errors"] == 0 and job["ops"] == 50
+    # Its three phases add up to the whole job, each with the CPU it used.
+    phases = job["phases"]
+    assert list(phases) == ["submit", "run_after_submit", "read_back"]
+    assert sum(phase["seconds"] for phase in phases.values()) == pytest.approx(
+        job["seconds"], abs=1e-3)
+    assert all({"servers", "nats", "generator"} <= set(phase["cpu_us_per_item"])
+               for phase in phases.values())
 
     written = list(tmp_path.glob("*.json"))
     assert len(written) == 1

@@ -174,3 +174,8 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def thread_policies(pid: int) -> set[int]:
+    """The scheduling policy of every thread of ``pid`` (Linux /proc)."""
+    return {os.sched_getscheduler(int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from tests.cli.processes import (
     descendants,
     run_pqkms,
     start_pqkms,
+    thread_policies,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -111,7 +113,7 @@ except StackError as exc:
 
 
 def _start_driver(
-    tmp_path: Path, *extra: str, timeout: float = 30
+    tmp_path: Path, *extra: str, timeout: float = 30, **env: str
 ) -> tuple[RunningCommand, int, int]:
     """The supervisor with stand-in children; returns it, its HTTP and its NATS port."""
     http_port, nats_port = find_free_port(), find_free_port()
@@ -119,7 +121,8 @@ def _start_driver(
         sys.executable, "-c", _DRIVER, str(tmp_path / "data"),
         str(http_port), str(nats_port), str(tmp_path / "events"), str(HERE), *extra,
     ]  # fmt: skip
-    return RunningCommand(argv, clean_env(STANDIN_TIMEOUT=str(timeout))), http_port, nats_port
+    command = RunningCommand(argv, clean_env(STANDIN_TIMEOUT=str(timeout), **env))
+    return command, http_port, nats_port
 
 
 def _events(tmp_path: Path) -> list[str]:
@@ -162,6 +165,11 @@ def test_supervisor_restarts_a_dead_worker_and_stops_in_order(tmp_path: Path) ->
         healthz = f"http://127.0.0.1:{http_port}/healthz"
         assert run_pqkms("health", "--http-url", healthz).returncode == 0
 
+        # nats-server runs under SCHED_BATCH (pqkms.nats_embedded), the workers do not.
+        if hasattr(os, "SCHED_BATCH"):
+            assert thread_policies(_nats_server_pid(driver.pid)) == {os.SCHED_BATCH}
+            assert all(thread_policies(pid) == {os.SCHED_OTHER} for pid in _worker_pids(tmp_path))
+
         victim = _worker_pids(tmp_path)[0]
         subprocess.run(["kill", "-KILL", str(victim)], check=True)
         _wait(lambda: len(_worker_pids(tmp_path)) == 3, 10, "the worker to be restarted")
@@ -180,6 +188,17 @@ def test_supervisor_restarts_a_dead_worker_and_stops_in_order(tmp_path: Path) ->
     # Workers were stopped while nats-server still ran, so they could drain.
     assert all(line.endswith("nats-up") for line in stops[1:])
     assert not [pid for pid in children if alive(pid)]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_supervisor_keeps_nats_on_the_default_policy_when_told(tmp_path: Path) -> None:
+    driver, _, _ = _start_driver(tmp_path, PQKMS_NATS_BATCH_SCHEDULING="false")
+    try:
+        driver.wait_for_stdout("pqkms ready:", timeout=30)
+        assert thread_policies(_nats_server_pid(driver.pid)) == {os.SCHED_OTHER}
+        assert driver.stop(signal.SIGTERM, timeout=30) == 0
+    finally:
+        driver.kill()
 
 
 def test_supervisor_gives_up_when_workers_never_get_ready(tmp_path: Path) -> None:
@@ -250,6 +269,11 @@ def test_pqkms_up_serves_http_and_nats_and_stops_cleanly(tmp_path: Path) -> None
         up.kill()
 
     assert not [pid for pid in children if alive(pid)]
+
+
+def _nats_server_pid(parent: int) -> int:
+    (pid,) = [pid for pid in descendants(parent) if "nats-server" in _cmdline(pid)]
+    return pid
 
 
 def _cmdline(pid: int) -> str:
