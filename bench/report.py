@@ -195,9 +195,11 @@ class Report:
             out.append("back to back (each target's figure next to its floor, order swapped "
                        "every round; median):")
             for pair in self.pairs:
-                ratios = "  ".join("n/a" if entry.ratio is None else f"{entry.ratio:.2f}"
-                                   for entry in pair.rounds)
-                median = _round(pair.median)  # as the targets below show it
+                # Rounds and median both from their 3-decimal values (as the JSON and the
+                # targets below have them), so that the median shown is a round shown.
+                ratios = "  ".join("n/a" if entry.ratio is None
+                                   else f"{_round(entry.ratio):.2f}" for entry in pair.rounds)
+                median = _round(pair.median)
                 out.append(f"  {pair.figure} ÷ {pair.floor}: {ratios}  → median "
                            f"{'n/a' if median is None else f'{median:.2f}'}")
             out.append("")

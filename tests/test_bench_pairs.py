@@ -61,3 +61,15 @@ def test_a_target_with_rounds_takes_their_median_and_keeps_the_table_ratio() -> 
     assert targets[TARGET_BATCH]["measured"] == 0.3
     assert targets[TARGET_BATCH]["from"] == "table"
     assert "back to back" in report.table()
+
+
+def test_the_printed_median_is_one_of_the_printed_rounds() -> None:
+    # 0.3848 alone would print as 0.38, its 3-decimal 0.385 (the median's) as 0.39.
+    report = Report(config={"in_flight": 200}, machine={})
+    report.pairs.append(Pair(TARGET_BATCH, "pqkms batch items", "crypto encrypt",
+                             [PairRound(3910, 10000), PairRound(3740, 10000),
+                              PairRound(3848, 10000)]))
+
+    (line,) = [line for line in report.table().splitlines() if "pqkms batch items" in line]
+
+    assert line.endswith("0.39  0.37  0.39  → median 0.39")

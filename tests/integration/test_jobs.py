@@ -18,11 +18,14 @@ from typing import Any
 import nats
 import orjson
 import pytest
+from nats.js import JetStreamContext
 
 from pqkms.client import PqkmsClient, PqkmsError
 from schemas.algorithms import Plan
 from schemas.jobs import JOB_RESULTS_PREFIX, JOB_RESULTS_STREAM
 from tests.support.stack import LocalStack
+from worker.bulk_config import BulkSettings
+from worker.jobs.streams import JobStreams
 
 pytestmark = pytest.mark.integration
 
@@ -180,21 +183,48 @@ async def test_submit_is_validated(client: PqkmsClient) -> None:
         await client.submit_chunk("no spaces", "kem.encrypt", 0, 1, [{"plaintext": "AA=="}])
 
 
+async def finished_job(client: PqkmsClient, items: int, chunk_items: int) -> str:
+    job_id = await client.submit_job("kem.encrypt", encrypt_items(items), key_version=1,
+                                     chunk_items=chunk_items)
+    await client.wait_for_job(job_id, timeout=60)
+    return job_id
+
+
+async def results_subject_of(js: JetStreamContext, job_id: str, index: int) -> str:
+    """The stored results' subject of one chunk (its tenant is the caller's)."""
+    info = await js.stream_info(JOB_RESULTS_STREAM,
+                                subjects_filter=f"{JOB_RESULTS_PREFIX}.*.{job_id}.{index}")
+    (subject,) = info.state.subjects or {}
+    return subject
+
+
 async def test_chunk_results_are_the_stored_results_read_directly(
         job_stack: LocalStack, client: PqkmsClient) -> None:
-    job_id = await client.submit_job("kem.encrypt", encrypt_items(30), key_version=1,
-                                     chunk_items=10)
-    await client.wait_for_job(job_id, timeout=60)
+    job_id = await finished_job(client, 30, chunk_items=10)
     connection = await nats.connect(job_stack.nats_url)
     try:
         js = connection.jetstream()
         assert (await js.stream_info(JOB_RESULTS_STREAM)).config.allow_direct
-        info = await js.stream_info(JOB_RESULTS_STREAM,
-                                    subjects_filter=f"{JOB_RESULTS_PREFIX}.*.{job_id}.1")
-        (subject,) = info.state.subjects or {}
-        stored = await js.get_last_msg(JOB_RESULTS_STREAM, subject)
+        stored = await js.get_last_msg(JOB_RESULTS_STREAM, await results_subject_of(js, job_id, 1))
         assert stored.data is not None
         assert await client.chunk_results(job_id, 1) == orjson.loads(stored.data)
+    finally:
+        await connection.close()
+
+
+async def test_has_results_counts_the_chunk_subject_only(
+        job_stack: LocalStack, client: PqkmsClient) -> None:
+    # Chunks 0-10 of one job: chunk 1 must not be taken for chunk 10's prefix, nor the
+    # tenant's job for another tenant's job of the same id.
+    job_id = await finished_job(client, 11, chunk_items=1)
+    connection = await nats.connect(job_stack.nats_url)
+    try:
+        streams = JobStreams(lambda: connection, BulkSettings())
+        tenant = (await results_subject_of(connection.jetstream(), job_id, 0)).split(".")[-3]
+        assert all([await streams.has_results(tenant, job_id, n) for n in range(11)])
+        assert not await streams.has_results(tenant, job_id, 11)
+        assert not await streams.has_results(tenant, job_id + "x", 1)
+        assert not await streams.has_results("another-tenant", job_id, 1)
     finally:
         await connection.close()
 

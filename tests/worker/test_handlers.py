@@ -10,6 +10,7 @@ from typing import Any
 import nats.errors
 import orjson
 import pytest
+from faststream import AckPolicy
 from faststream.nats import NatsBroker, TestNatsBroker
 from nats.js.errors import ServiceUnavailableError
 from structlog.testing import capture_logs
@@ -132,3 +133,15 @@ async def test_nats_briefly_away_is_a_503_to_retry_not_a_500(
         await store.close()
     assert "data" not in body and body["error"]["code"] == "ERR_SERVICE_001"
     assert "retry" in body["error"]["message"]
+
+
+async def test_request_subscribers_leave_decoding_and_acks_to_the_handler(
+        harness: tuple[NatsBroker, str]) -> None:
+    # FastStream would otherwise JSON-decode every body (a job chunk is up to a megabyte)
+    # and wrap each request in its acknowledgement middleware (worker/handlers/routing.py).
+    broker, _ = harness
+    subscribers = {subscriber.subject.template: subscriber for subscriber in broker.subscribers}
+    assert Subject.JOBS_SUBMIT.value in subscribers
+    for subject, subscriber in subscribers.items():
+        if subject != Subject.HEALTH_PING.value:
+            assert subscriber.ack_policy is AckPolicy.MANUAL, subject

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from faststream.nats import NatsResponse, NatsRouter
-from faststream.nats.annotations import NatsMessage
+from faststream.nats.message import NatsMessage
 from pydantic import BaseModel
 
 from schemas.jobs import JobSubmitRequest
 from schemas.operations import operation_for
-from schemas.subjects import HEADER_API_KEY, QUEUE_GROUP, Subject
+from schemas.subjects import HEADER_API_KEY, Subject
 from worker.handlers.envelope import EnvelopeHandler, header_value
-from worker.handlers.routing import MAX_IN_FLIGHT_PER_SUBJECT, subscribe
+from worker.handlers.routing import subscribe, subscribe_message
 from worker.jobs.service import JobService
 from worker.services.context import Caller
 
@@ -26,7 +26,7 @@ def jobs_router(handler: EnvelopeHandler, service: JobService) -> NatsRouter:
     subscribe(router, handler, Subject.JOBS_RESULTS, service.results)
     submit = operation_for(Subject.JOBS_SUBMIT)
 
-    async def on_jobs_submit(msg: NatsMessage) -> NatsResponse:
+    async def answer_submit(msg: NatsMessage) -> NatsResponse:
         # The chunk keeps the submitter's API key (in its headers) for the worker that
         # runs it; the envelope handler has already authenticated it.
         api_key = header_value(msg.headers, HEADER_API_KEY) or ""
@@ -39,7 +39,5 @@ def jobs_router(handler: EnvelopeHandler, service: JobService) -> NatsRouter:
         finish()  # (FastStream sends the reply once this returns)
         return NatsResponse(body, headers=headers)
 
-    router.subscriber(Subject.JOBS_SUBMIT.value, queue=QUEUE_GROUP,
-                      max_workers=MAX_IN_FLIGHT_PER_SUBJECT, title=Subject.JOBS_SUBMIT.value,
-                      description=submit.summary)(on_jobs_submit)
+    subscribe_message(router, Subject.JOBS_SUBMIT, answer_submit)
     return router

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream import AckPolicy
@@ -13,7 +14,10 @@ from schemas.subjects import QUEUE_GROUP, Subject
 from worker.handlers.direct import DirectResponder
 from worker.handlers.envelope import EnvelopeHandler, LeanCall, ServiceCall
 
-__all__ = ["DATA_PLANE_SUBJECTS", "MAX_IN_FLIGHT_PER_SUBJECT", "subscribe"]
+__all__ = [
+    "DATA_PLANE_SUBJECTS", "MAX_IN_FLIGHT_PER_SUBJECT", "MessageAnswer", "subscribe",
+    "subscribe_message",
+]
 
 # Requests handled concurrently per subject and worker process.
 MAX_IN_FLIGHT_PER_SUBJECT = 64
@@ -25,6 +29,10 @@ DATA_PLANE_SUBJECTS = frozenset({
     Subject.SIGNATURE_VERIFY_HASH, Subject.KEM_ENCRYPT_BATCH, Subject.KEM_DECRYPT_BATCH,
     Subject.SIGNATURE_SIGN_BATCH, Subject.SIGNATURE_VERIFY_BATCH,
 })
+
+
+# Answers one raw request message with its reply.
+MessageAnswer = Callable[[NatsMessage], Awaitable[NatsResponse]]
 
 
 async def _message_itself(msg: NatsMessage) -> NatsMessage:
@@ -48,16 +56,26 @@ def subscribe(
         return
     operation = operation_for(subject)
 
+    async def answer(message: NatsMessage) -> NatsResponse:
+        (body, headers), finish = await handler.respond(operation, call, message.body,
+                                                        message.headers, lean)
+        finish()  # (FastStream sends the reply once this returns)
+        return NatsResponse(body, headers=headers)
+
+    subscribe_message(router, subject, answer)
+
+
+def subscribe_message(router: NatsRouter, subject: Subject, answer: MessageAnswer) -> None:
+    """A FastStream subscriber for ``subject`` in the workers' queue group that hands
+    ``answer`` the raw message: no JSON decoding, dependency injection or
+    acknowledgement by FastStream (``answer`` decodes the body itself)."""
+
     # The message reaches the handler through the decoder below, as the handler's one
     # (untyped, so unvalidated) argument. The ``NatsMessage`` context annotation would
     # cost a thread-pool round trip per request: fast_depends resolves that sync
     # context field with ``anyio.to_thread``.
     async def on_request(msg: Any) -> NatsResponse:
-        message: NatsMessage = msg
-        (body, headers), finish = await handler.respond(operation, call, message.body,
-                                                        message.headers, lean)
-        finish()  # (FastStream sends the reply once this returns)
-        return NatsResponse(body, headers=headers)
+        return await answer(msg)
 
     on_request.__name__ = f"on_{subject.value.replace('.', '_').replace('-', '_')}"
     router.subscriber(
@@ -70,5 +88,5 @@ def subscribe(
         # acknowledgement middleware from every message.
         ack_policy=AckPolicy.MANUAL,
         title=subject.value,
-        description=operation.summary,
+        description=operation_for(subject).summary,
     )(on_request)

@@ -108,12 +108,14 @@ class JobStreams:
         return kv
 
     async def has_results(self, tenant: str, job_id: str, index: int) -> bool:
-        """Whether a chunk's results are already in the results stream."""
-        try:
-            await self.js.get_last_msg(JOB_RESULTS_STREAM, results_subject(tenant, job_id, index))
-        except NotFoundError:
-            return False
-        return True
+        """Whether a chunk's results are already in the results stream.
+
+        Asked of the stream's leader as a per-subject count (stream info filtered to the
+        chunk's subject): fetching the message instead would move the whole results,
+        up to a megabyte wrapped in base64 and JSON, to learn that they exist."""
+        subject = results_subject(tenant, job_id, index)
+        info = await self.js.stream_info(JOB_RESULTS_STREAM, subjects_filter=subject)
+        return bool((info.state.subjects or {}).get(subject))
 
     async def stored_results(self, tenant: str, job_id: str, index: int) -> bytes:
         """A chunk's results as stored (JSON); ``NotFoundError`` while it has none.
