@@ -114,7 +114,10 @@ class JobStreams:
         chunk's subject): fetching the message instead would move the whole results,
         up to a megabyte wrapped in base64 and JSON, to learn that they exist."""
         subject = results_subject(tenant, job_id, index)
-        info = await self.js.stream_info(JOB_RESULTS_STREAM, subjects_filter=subject)
+        try:
+            info = await self.js.stream_info(JOB_RESULTS_STREAM, subjects_filter=subject)
+        except NotFoundError:  # no results stream (deleted since ``ensure``): no results
+            return False
         return bool((info.state.subjects or {}).get(subject))
 
     async def stored_results(self, tenant: str, job_id: str, index: int) -> bytes:
