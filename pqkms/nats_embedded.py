@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -67,8 +68,44 @@ def use_batch_scheduling() -> None:
             os.sched_setscheduler(0, *_BATCH_POLICY)
 
 
+# Where Linux takes the local ports of outgoing connections and of binds to port 0.
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# The lowest port handed out below that range: clear of the well-known services.
+_LOWEST_CHOSEN_PORT = 10000
+_CHOICE_ATTEMPTS = 200
+
+
+def _ports_below_ephemeral_range() -> range | None:
+    """Ports under the kernel's ephemeral range, or None where it cannot be read."""
+    try:
+        low = int(_EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(_LOWEST_CHOSEN_PORT, low) if low - _LOWEST_CHOSEN_PORT >= 1000 else None
+
+
+def _can_bind(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now."""
+    """A TCP port that nothing uses right now, for a server started a moment later.
+
+    Chosen below the kernel's ephemeral range where it can be read: a port from that
+    range may be handed to any outgoing connection (a worker's to nats-server, say)
+    between the moment it is chosen and the moment its server binds it.
+    """
+    candidates = _ports_below_ephemeral_range()
+    if candidates is not None:
+        for _ in range(_CHOICE_ATTEMPTS):
+            port = secrets.choice(candidates)
+            if _can_bind(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

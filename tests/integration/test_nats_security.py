@@ -277,7 +277,7 @@ class SecureStack(LocalStack):
                     raise TimeoutError(f"only {len(seen)} of {count} workers answered")
                 for process in self.workers:
                     if process.poll() is not None:
-                        raise RuntimeError(f"worker exited with {process.returncode}")
+                        raise RuntimeError(self.exit_report(process))
                 try:
                     reply = await client.request(Subject.HEALTH_PING.value, b"", timeout=0.5)
                     seen.add(orjson.loads(reply.data)["data"]["worker"])

@@ -32,6 +32,7 @@ __all__ = [
     "NatsCaller",
     "PostgresUnavailable",
     "Reply",
+    "log_tail",
     "temporary_postgres_database",
 ]
 
@@ -65,6 +66,15 @@ async def temporary_postgres_database(prefix: str = "pqkms_it") -> AsyncIterator
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a process's log, for a failure message."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log at {path}: {exc.strerror})"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -200,7 +210,7 @@ class LocalStack:
                     raise TimeoutError(f"only {len(seen)} of {count} workers answered")
                 for process in self.workers:
                     if process.poll() is not None:
-                        raise RuntimeError(f"worker exited with {process.returncode}")
+                        raise RuntimeError(self.exit_report(process))
                 try:
                     reply = await client.request("pqkms.v1.health.ping", b"", timeout=0.5)
                     seen.add(orjson.loads(reply.data)["data"]["worker"])
@@ -215,7 +225,9 @@ class LocalStack:
             while time.monotonic() < deadline:
                 assert self.bridge is not None
                 if self.bridge.poll() is not None:
-                    raise RuntimeError(f"bridge exited with {self.bridge.returncode}")
+                    raise RuntimeError(
+                        f"bridge exited with {self.bridge.returncode}; the end of its log:\n"
+                        + log_tail(self.root / "bridge.log"))
                 try:
                     if (await client.get(f"{self.http_url}/healthz")).status_code == 200:
                         return
@@ -223,6 +235,11 @@ class LocalStack:
                     pass
                 await asyncio.sleep(0.1)
         raise TimeoutError("bridge not healthy")
+
+    def exit_report(self, worker: subprocess.Popen[bytes]) -> str:
+        """Why a worker that should be running is not: its exit code and its last log lines."""
+        return (f"worker exited with {worker.returncode}; the end of its log:\n"
+                + log_tail(self.worker_logs[worker.pid]))
 
     def stop_workers(self) -> None:
         for process in self.workers:
