@@ -46,6 +46,9 @@ class BenchStack:
     audit: bool = True
     # nats-server under SCHED_BATCH, as `pqkms up` runs it (pqkms.nats_embedded).
     nats_batch_scheduling: bool = True
+    # The checkout whose code the spawned processes run (``python -m`` imports from the
+    # working directory first); None: this one (bench.compare sets another).
+    code_dir: Path | None = None
     nats: EmbeddedNats | None = None
     responders: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -86,7 +89,7 @@ class BenchStack:
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = open(self.root / log_name, "ab")  # noqa: SIM115 - owned by the child
         return subprocess.Popen([sys.executable, *args], env=self._env(),
-                                stdout=log, stderr=log)
+                                stdout=log, stderr=log, cwd=self.code_dir)
 
     # -- nats and the transport floor --------------------------------------------------
 

@@ -1,0 +1,145 @@
+"""Two checkouts side by side: the same cell on both stacks, rounds alternated.
+
+The host of these measurements drifts by up to ±20 % within minutes, more than most
+changes move a figure, so full benchmark runs minutes apart cannot tell code A from
+code B. Here both codes run at once, each with its own nats-server and workers, and
+one cell is measured on each in turn (order swapped every round); the median of the
+rounds' ratios is the comparison.
+
+``python -m bench.compare --base ../pqkms-base --operation encrypt --rounds 8`` with
+``../pqkms-base`` a checkout of the code to compare against (``git worktree add
+../pqkms-base <commit>``); both must share the database schema. Prints each round and
+the medians of throughput, worker CPU per item and p50 (this checkout ÷ base).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import uvloop
+from nats.aio.client import Client as NatsClient
+
+from bench.clients import PQKMS_SUBJECTS, nats_call
+from bench.cpu import CpuMeter
+from bench.fixture import OPERATIONS
+from bench.measure import Call, closed_loop
+from bench.run import _batch_body, _pqkms_bodies, batch_call
+from bench.stack import BenchStack
+
+__all__ = ["CellFigures", "compare", "main", "median_ratios"]
+
+_PAYLOAD = bytes(range(256)) * 4
+_WARMUP_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CellFigures:
+    """One measurement of the cell on one stack."""
+
+    items_per_s: float
+    worker_cpu_us_per_item: float
+    p50_ms: float
+
+
+@dataclass(slots=True)
+class _Side:
+    stack: BenchStack
+    client: NatsClient
+    call: Call
+
+
+def median_ratios(new: list[CellFigures], base: list[CellFigures]) -> CellFigures:
+    """Round by round ``new ÷ base`` of each figure, then the median of each."""
+    return CellFigures(
+        statistics.median(n.items_per_s / b.items_per_s for n, b in zip(new, base, strict=True)),
+        statistics.median(n.worker_cpu_us_per_item / b.worker_cpu_us_per_item
+                          for n, b in zip(new, base, strict=True)),
+        statistics.median(n.p50_ms / b.p50_ms for n, b in zip(new, base, strict=True)),
+    )
+
+
+async def _start(code_dir: Path | None, operation: str, batch: int, workers: int) -> _Side:
+    stack = BenchStack(Path(tempfile.mkdtemp(prefix="pqkms-compare-")), code_dir=code_dir)
+    try:
+        stack.start_nats()
+        await stack.init_store()
+        await stack.start_workers(workers)
+        client = await nats.connect(stack.nats_url, pending_size=64 * 1024 * 1024)
+        await stack.generate_keys(client)
+    except BaseException:
+        stack.stop()
+        raise
+    if batch:
+        call = batch_call(client, _batch_body(_PAYLOAD, batch), batch, stack.api_key)
+    else:
+        bodies = await _pqkms_bodies(stack, client, _PAYLOAD)
+        call = nats_call(client, PQKMS_SUBJECTS[operation], operation, bodies[operation],
+                         stack.api_key)
+    return _Side(stack, client, call)
+
+
+async def _measure(side: _Side, in_flight: int, seconds: float, items: int) -> CellFigures:
+    meter = CpuMeter({"workers": [process.pid for process in side.stack.workers]})
+    measured = await closed_loop(side.call, in_flight, seconds, 10**9, _WARMUP_SECONDS,
+                                 meter.start)
+    if measured.errors:
+        raise RuntimeError(f"{measured.errors} requests failed: {measured.first_error}")
+    ordered = sorted(measured.latencies)
+    return CellFigures(measured.ops_per_s * items,
+                       meter.per_op_us(measured.ops)["workers"] / items,
+                       ordered[len(ordered) // 2] * 1000)
+
+
+async def compare(base: Path, operation: str, batch: int, in_flight: int, workers: int,
+                  rounds: int, seconds: float) -> tuple[list[CellFigures], list[CellFigures]]:
+    """The cell measured ``rounds`` times on each stack: (this checkout's, the base's)."""
+    sides = {"base": await _start(base, operation, batch, workers)}
+    try:
+        sides["new"] = await _start(None, operation, batch, workers)
+        figures: dict[str, list[CellFigures]] = {"base": [], "new": []}
+        for round_number in range(rounds):
+            order = ("base", "new") if round_number % 2 == 0 else ("new", "base")
+            for name in order:
+                figures[name].append(
+                    await _measure(sides[name], in_flight, seconds, batch or 1))
+            new, old = figures["new"][-1], figures["base"][-1]
+            print(f"round {round_number + 1}: base {old.items_per_s:,.0f}/s "
+                  f"{old.worker_cpu_us_per_item:.0f} µs p50 {old.p50_ms:.3f} ms, "
+                  f"new {new.items_per_s:,.0f}/s {new.worker_cpu_us_per_item:.0f} µs "
+                  f"p50 {new.p50_ms:.3f} ms", flush=True)
+        return figures["new"], figures["base"]
+    finally:
+        for side in sides.values():
+            await side.client.close()
+            side.stack.stop()
+            shutil.rmtree(side.stack.root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
+    parser.add_argument("--base", type=Path, required=True,
+                        help="the checkout to compare this one against")
+    parser.add_argument("--operation", choices=OPERATIONS, default="encrypt")
+    parser.add_argument("--batch", type=int, default=0, metavar="ITEMS",
+                        help="encrypt batches of ITEMS items instead of single requests")
+    parser.add_argument("--in-flight", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per round and stack")
+    args = parser.parse_args(argv)
+    new, base = uvloop.run(compare(args.base.resolve(), args.operation, args.batch,
+                                   args.in_flight, args.workers, args.rounds, args.seconds))
+    ratios = median_ratios(new, base)
+    print(f"this checkout ÷ base, median of {args.rounds} rounds: items/s "
+          f"{ratios.items_per_s:.3f}, worker CPU per item {ratios.worker_cpu_us_per_item:.3f}, "
+          f"p50 {ratios.p50_ms:.3f}")
+
+
+if __name__ == "__main__":
+    main()
