@@ -77,6 +77,10 @@ def log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _exit_report(name: str, process: subprocess.Popen[bytes], log: Path) -> str:
+    return f"{name} exited with {process.returncode}; the end of its log:\n{log_tail(log)}"
+
+
 @dataclass
 class Reply:
     """A decoded NATS reply."""
@@ -226,8 +230,7 @@ class LocalStack:
                 assert self.bridge is not None
                 if self.bridge.poll() is not None:
                     raise RuntimeError(
-                        f"bridge exited with {self.bridge.returncode}; the end of its log:\n"
-                        + log_tail(self.root / "bridge.log"))
+                        _exit_report("bridge", self.bridge, self.root / "bridge.log"))
                 try:
                     if (await client.get(f"{self.http_url}/healthz")).status_code == 200:
                         return
@@ -238,8 +241,7 @@ class LocalStack:
 
     def exit_report(self, worker: subprocess.Popen[bytes]) -> str:
         """Why a worker that should be running is not: its exit code and its last log lines."""
-        return (f"worker exited with {worker.returncode}; the end of its log:\n"
-                + log_tail(self.worker_logs[worker.pid]))
+        return _exit_report("worker", worker, self.worker_logs[worker.pid])
 
     def stop_workers(self) -> None:
         for process in self.workers:
