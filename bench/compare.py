@@ -32,7 +32,7 @@ from bench.measure import Call, closed_loop
 from bench.run import _batch_body, _pqkms_bodies, batch_call
 from bench.stack import BenchStack
 
-__all__ = ["CellFigures", "compare", "main", "median_ratios"]
+__all__ = ["CellFigures", "compare", "main", "median_ratios", "parse_env"]
 
 _PAYLOAD = bytes(range(256)) * 4
 _WARMUP_SECONDS = 0.5
@@ -64,8 +64,10 @@ def median_ratios(new: list[CellFigures], base: list[CellFigures]) -> CellFigure
     )
 
 
-async def _start(code_dir: Path | None, operation: str, batch: int, workers: int) -> _Side:
-    stack = BenchStack(Path(tempfile.mkdtemp(prefix="pqkms-compare-")), code_dir=code_dir)
+async def _start(code_dir: Path | None, operation: str, batch: int, workers: int,
+                 env: dict[str, str]) -> _Side:
+    stack = BenchStack(Path(tempfile.mkdtemp(prefix="pqkms-compare-")), code_dir=code_dir,
+                       extra_env=env)
     try:
         stack.start_nats()
         await stack.init_store()
@@ -96,12 +98,26 @@ async def _measure(side: _Side, in_flight: int, seconds: float, items: int) -> C
                        ordered[len(ordered) // 2] * 1000)
 
 
+def parse_env(assignments: list[str]) -> dict[str, str]:
+    """``["NAME=value", ...]`` as a mapping; a malformed one is an error."""
+    env: dict[str, str] = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            raise ValueError(f"expected NAME=value, got {assignment!r}")
+        env[name] = value
+    return env
+
+
 async def compare(base: Path, operation: str, batch: int, in_flight: int, workers: int,
-                  rounds: int, seconds: float) -> tuple[list[CellFigures], list[CellFigures]]:
-    """The cell measured ``rounds`` times on each stack: (this checkout's, the base's)."""
-    sides = {"base": await _start(base, operation, batch, workers)}
+                  rounds: int, seconds: float, env: dict[str, str] | None = None,
+                  base_env: dict[str, str] | None = None,
+                  ) -> tuple[list[CellFigures], list[CellFigures]]:
+    """The cell measured ``rounds`` times on each stack: (this checkout's, the base's).
+    ``env`` and ``base_env``: settings for each side's processes."""
+    sides = {"base": await _start(base, operation, batch, workers, base_env or {})}
     try:
-        sides["new"] = await _start(None, operation, batch, workers)
+        sides["new"] = await _start(None, operation, batch, workers, env or {})
         figures: dict[str, list[CellFigures]] = {"base": [], "new": []}
         for round_number in range(rounds):
             order = ("base", "new") if round_number % 2 == 0 else ("new", "base")
@@ -132,9 +148,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0, help="per round and stack")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for this checkout's workers (repeatable); with "
+                             "--base . it compares settings of the same code")
+    parser.add_argument("--base-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the base's workers (repeatable)")
     args = parser.parse_args(argv)
+    try:
+        env, base_env = parse_env(args.env), parse_env(args.base_env)
+    except ValueError as exc:
+        parser.error(str(exc))
     new, base = uvloop.run(compare(args.base.resolve(), args.operation, args.batch,
-                                   args.in_flight, args.workers, args.rounds, args.seconds))
+                                   args.in_flight, args.workers, args.rounds, args.seconds,
+                                   env, base_env))
     ratios = median_ratios(new, base)
     print(f"this checkout ÷ base, median of {args.rounds} rounds: items/s "
           f"{ratios.items_per_s:.3f}, worker CPU per item {ratios.worker_cpu_us_per_item:.3f}, "

@@ -49,6 +49,8 @@ class BenchStack:
     # The checkout whose code the spawned processes run (``python -m`` imports from the
     # working directory first); None: this one (bench.compare sets another).
     code_dir: Path | None = None
+    # Settings for the spawned processes on top of the defaults (bench.compare --env).
+    extra_env: dict[str, str] = field(default_factory=dict)
     nats: EmbeddedNats | None = None
     responders: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -84,6 +86,7 @@ class BenchStack:
             "PQKMS_LOG_JSON": "true",
             "PQKMS_LOG_LEVEL": self.worker_log_level,
             "PQKMS_AUDIT": "true" if self.audit else "false",
+            **self.extra_env,
         }
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:

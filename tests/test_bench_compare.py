@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
-from bench.compare import CellFigures, compare, median_ratios
+from bench.compare import CellFigures, compare, main, median_ratios, parse_env
+from bench.stack import BenchStack
+from pqkms.nats_embedded import EmbeddedNats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,3 +31,36 @@ async def test_a_checkout_against_itself_measures_both_stacks_every_round() -> N
     assert len(new) == len(base) == 2
     assert all(figures.items_per_s > 0 and figures.worker_cpu_us_per_item > 0
                and figures.p50_ms > 0 for figures in new + base)
+
+
+def test_settings_are_read_as_name_equals_value() -> None:
+    assert parse_env(["PQKMS_AUDIT=false", "PQKMS_LOG_LEVEL=", "A=b=c"]) == {
+        "PQKMS_AUDIT": "false", "PQKMS_LOG_LEVEL": "", "A": "b=c"}
+
+
+@pytest.mark.parametrize("malformed", ["PQKMS_AUDIT", "=false"])
+def test_a_malformed_setting_is_refused_before_anything_starts(
+    malformed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--base", str(ROOT), "--env", malformed])
+    assert exit_info.value.code == 2
+    assert "expected NAME=value" in capsys.readouterr().err
+
+
+def test_a_stack_s_settings_override_the_benchmark_defaults(tmp_path: Path) -> None:
+    stack = BenchStack(tmp_path, extra_env={"PQKMS_LOG_LEVEL": "WARNING",
+                                            "PQKMS_AUDIT_LINGER_MS": "0"})
+    stack.nats = cast(EmbeddedNats, SimpleNamespace(url="nats://127.0.0.1:1"))
+    env = stack._env()
+    assert env["PQKMS_LOG_LEVEL"] == "WARNING"
+    assert env["PQKMS_AUDIT_LINGER_MS"] == "0"
+    assert env["PQKMS_AUDIT"] == "true"
+
+
+@pytest.mark.integration
+async def test_each_side_runs_with_its_own_settings() -> None:
+    # The same code, the audit trail off on one side only: both sides answer.
+    new, base = await compare(ROOT, "encrypt", batch=0, in_flight=4, workers=1, rounds=1,
+                              seconds=0.3, env={"PQKMS_AUDIT": "false"}, base_env={})
+    assert new[0].items_per_s > 0 and base[0].items_per_s > 0
