@@ -12,6 +12,7 @@ from faststream.nats import NatsBroker, NatsResponse
 
 from schemas.envelope import new_request_id, success_envelope
 from schemas.subjects import QUEUE_GROUP, Subject
+from worker.audit.flush_metrics import NO_AUDIT_METRICS
 from worker.audit.trail import AuditTrail
 from worker.audit.wiring import audit_trail, job_chunk_sink, request_sink
 from worker.bulk_config import BulkSettings, get_bulk_settings
@@ -80,7 +81,8 @@ def build_services(
     access = KeyAccess(store)
     authenticator = Authenticator(store)
     metrics = WorkerMetrics() if settings.metrics_port is not None else None
-    audit = audit_trail(settings, store.engine, upcoming=lambda: runner.submitted)
+    audit = audit_trail(settings, store.engine, upcoming=lambda: runner.submitted,
+                        metrics=metrics or NO_AUDIT_METRICS)
     handler = EnvelopeHandler(authenticator, rate_limiter, settings, audit=request_sink(audit),
                               metrics=request_observer(metrics, settings.otel))
     bulk = get_bulk_settings()

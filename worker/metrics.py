@@ -31,12 +31,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.process_collector import ProcessCollector
 
 from schemas.operations import JOB_OPERATIONS, OPERATIONS
+from worker.audit.flush_metrics import FlushStage
 from worker.services.request_record import NO_METRICS, RequestMetrics, RequestRecord
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 __all__ = [
+    "AUDIT_FLUSH_BUCKETS",
     "BATCH_ITEMS_BUCKETS",
     "DURATION_BUCKETS",
     "NO_JOB_METRICS",
@@ -58,6 +60,8 @@ DURATION_BUCKETS = (
 )
 # One item up to the largest batch a bulk configuration allows.
 BATCH_ITEMS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+# Records per audit group commit: one lone request up to the flusher's maximum.
+AUDIT_FLUSH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 _OK = "OK"
 
 
@@ -124,6 +128,21 @@ class WorkerMetrics:
         self._tasks = Gauge(
             "pqkms_worker_tasks", "asyncio tasks alive in the worker: requests in progress "
             "plus a constant few background tasks", registry=self.registry)
+        self._audit_records = Histogram(
+            "pqkms_audit_flush_records", "Audit records per group commit (one database "
+            "transaction and one JetStream ack shared by the requests waiting)",
+            buckets=AUDIT_FLUSH_BUCKETS, registry=self.registry)
+        self._audit_commit = Histogram(
+            "pqkms_audit_commit_seconds", "Database transaction of one audit group commit",
+            buckets=DURATION_BUCKETS, registry=self.registry)
+        self._audit_publish = Histogram(
+            "pqkms_audit_publish_seconds", "JetStream publish of one audit group commit, "
+            "until acked", buckets=DURATION_BUCKETS, registry=self.registry)
+        self._audit_failures = Counter(
+            "pqkms_audit_flush_failures", "Audit group commits that failed (their requests "
+            "were answered ERR_SERVICE_001), by stage", ["stage"], registry=self.registry)
+        for stage in ("database", "stream"):
+            self._audit_failures.labels(stage)
         ProcessCollector(registry=self.registry)
         self._series: dict[str, _OperationSeries] = {}
         batch_subjects = [op.subject.value for op in OPERATIONS if op.cost is not None]
@@ -168,6 +187,17 @@ class WorkerMetrics:
         self._batch_items.labels(operation, "job").observe(items)
         self._job_items.labels(operation, "succeeded").inc(items - failed)
         self._job_items.labels(operation, "failed").inc(failed)
+
+    def audit_flushed(self, records: int, commit_seconds: float,
+                      publish_seconds: float) -> None:
+        """Record one audit group commit (``worker.audit.flush_metrics``)."""
+        self._audit_records.observe(records)
+        self._audit_commit.observe(commit_seconds)
+        self._audit_publish.observe(publish_seconds)
+
+    def audit_flush_failed(self, stage: FlushStage) -> None:
+        """Count one failed audit group commit."""
+        self._audit_failures.labels(stage).inc()
 
     def watch_event_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Report the tasks of ``loop`` (counted at scrape time, from the server thread)."""

@@ -144,6 +144,15 @@ async def test_worker_and_bridge_metrics_count_what_was_sent(
                         operation=ENCRYPT) for port in ports]
     assert all(count > 0 for count in per_worker), per_worker
     assert total(workers, "pqkms_worker_tasks") >= 2
+    # 18 requests above (the key, 12 + 3 singles, the batch, 2 over HTTP) were audited,
+    # after each chain's open record, in group commits that all went through.
+    assert total(workers, "pqkms_audit_flush_records_sum") >= 18 + 2
+    assert 0 < total(workers, "pqkms_audit_flush_records_count") <= 20
+    assert total(workers, "pqkms_audit_commit_seconds_count") == total(
+        workers, "pqkms_audit_flush_records_count")
+    assert total(workers, "pqkms_audit_publish_seconds_count") == total(
+        workers, "pqkms_audit_flush_records_count")
+    assert total(workers, "pqkms_audit_flush_failures_total") == 0
 
     bridge = scrape(f"{local.http_url}/metrics")
     bridge_requests = "pqkms_bridge_requests_total"

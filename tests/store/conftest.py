@@ -16,7 +16,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from schemas.algorithms import Plan
+from tests.support.audit_fakes import FakeStream
 from worker.store import KeyStore, MasterKey, NewKeyMaterial, TenantRecord
+from worker.store.audit_log import AuditLog
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
@@ -130,3 +132,19 @@ def _random_material() -> NewKeyMaterial:
 def new_material() -> Callable[[], NewKeyMaterial]:
     """A factory of random stand-in key material (the store does not interpret it)."""
     return _random_material
+
+
+@pytest.fixture
+async def log(store: KeyStore) -> AsyncIterator[AuditLog]:
+    """The audit log on the store's database."""
+    audit_log = AuditLog(store.engine)
+    try:
+        yield audit_log
+    finally:
+        await audit_log.close()
+
+
+@pytest.fixture
+def stream() -> FakeStream:
+    """A stand-in for the audit stream."""
+    return FakeStream()

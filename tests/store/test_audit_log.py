@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from schemas.audit import AuditKind
+from tests.support.audit_fakes import FakeStream
 from worker.audit.entry import GENESIS_HASH, AuditEntry
 from worker.audit.trail import AuditTrail, AuditUnavailable
 from worker.audit.verify import Severity, VerifyReport, verify_audit_log
@@ -47,15 +48,6 @@ def _chain(length: int, *, closed: bool = True) -> list[AuditEntry]:
         entries.append(entry)
         prev = entry.record_hash
     return entries
-
-
-@pytest.fixture
-async def log(store: KeyStore) -> AsyncIterator[AuditLog]:
-    audit_log = AuditLog(store.engine)
-    try:
-        yield audit_log
-    finally:
-        await audit_log.close()
 
 
 async def _write(log: AuditLog, entries: Sequence[AuditEntry], batch: int = 3) -> None:
@@ -198,30 +190,6 @@ async def test_an_open_chain_tail_is_checked_against_the_stream(
 
 
 # -- the sink ---------------------------------------------------------------------------
-
-
-class FakeStream:
-    """Stands in for AuditStream: records what was published, fails on demand."""
-
-    def __init__(self) -> None:
-        self.published: dict[tuple[str, int], bytes] = {}
-        self.fail = False
-        self.flushes: list[list[str]] = []  # the kinds of each publish call's records
-
-    async def publish(self, entries: Sequence[AuditEntry]) -> list[BaseException | None]:
-        self.flushes.append([entry.kind for entry in entries])
-        if self.fail:
-            return [ConnectionError("JetStream down") for _ in entries]
-        for entry in entries:
-            # A seq published again with other content would break the sink's promise.
-            key = (entry.chain_id, entry.seq)
-            assert self.published.setdefault(key, entry.to_message()) == entry.to_message()
-        return [None] * len(entries)
-
-
-@pytest.fixture
-def stream() -> FakeStream:
-    return FakeStream()
 
 
 @pytest.fixture

@@ -118,6 +118,27 @@ def test_job_chunks_and_their_items() -> None:
     assert value(found, "pqkms_job_chunks_total", outcome="failed") == 0
 
 
+def test_audit_group_commits_by_size_time_and_failed_stage() -> None:
+    metrics = WorkerMetrics()
+    found = samples(scrape(metrics))
+    assert value(found, "pqkms_audit_flush_failures_total", stage="database") == 0
+    assert value(found, "pqkms_audit_flush_failures_total", stage="stream") == 0
+
+    metrics.audit_flushed(records=40, commit_seconds=0.0002, publish_seconds=0.0006)
+    metrics.audit_flushed(records=1, commit_seconds=0.0001, publish_seconds=0.0004)
+    metrics.audit_flush_failed("stream")
+
+    found = samples(scrape(metrics))
+    assert value(found, "pqkms_audit_flush_records_count") == 2
+    assert value(found, "pqkms_audit_flush_records_sum") == 41
+    assert value(found, "pqkms_audit_flush_records_bucket", le="1.0") == 1
+    assert value(found, "pqkms_audit_flush_records_bucket", le="50.0") == 2
+    assert value(found, "pqkms_audit_commit_seconds_bucket", le="0.00025") == 2
+    assert value(found, "pqkms_audit_publish_seconds_bucket", le="0.0005") == 1
+    assert value(found, "pqkms_audit_publish_seconds_sum") == pytest.approx(0.001)
+    assert value(found, "pqkms_audit_flush_failures_total", stage="stream") == 1
+
+
 def test_no_tenant_or_request_id_in_the_exposition() -> None:
     metrics = WorkerMetrics()
     metrics.observe(record(outcome="ERR_AUTH_001"))

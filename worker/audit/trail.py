@@ -27,6 +27,7 @@ Keeping the chain consistent when something fails:
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from nats.aio.client import Client
 
 from schemas.audit import AuditKind
 from worker.audit.entry import GENESIS_HASH, AuditEntry
+from worker.audit.flush_metrics import NO_AUDIT_METRICS, AuditFlushMetrics
 from worker.audit.stream import AuditStream
 from worker.services.request_record import AuditSink, RequestRecord
 
@@ -83,8 +85,10 @@ class AuditTrail:
 
     def __init__(self, log: AuditLog, stream: AuditStream, worker_id: str, *,
                  max_batch: int = 1000, linger_seconds: float = 0.0,
-                 upcoming: Callable[[], int] | None = None) -> None:
+                 upcoming: Callable[[], int] | None = None,
+                 metrics: AuditFlushMetrics = NO_AUDIT_METRICS) -> None:
         self._log = log
+        self._metrics = metrics
         self._stream = stream
         self._worker_id = worker_id
         self._max_batch = max_batch
@@ -197,10 +201,13 @@ class AuditTrail:
 
     async def _flush(self, batch: list[_Waiting]) -> None:
         entries: list[AuditEntry] = []
+        started = committed = 0.0
         try:
             await self._settle()
             entries = self._seal(batch)
+            started = time.perf_counter()
             await self._log.append(entries)
+            committed = time.perf_counter()
         except asyncio.CancelledError:
             self._unsure = entries or self._unsure
             _fail_all(batch, "the audit trail stopped")
@@ -210,6 +217,9 @@ class AuditTrail:
             self._unsure = entries or self._unsure
             _log.warning("audit_write_failed", chain_id=self._chain_id,
                          reason=type(exc).__name__)
+            # Settling fails on the stream when earlier records still cannot be published.
+            stalled = not entries and not self._unsure and self._unpublished
+            self._metrics.audit_flush_failed("stream" if stalled else "database")
             _fail_all(batch, "the audit record could not be stored", exc)
             return
         self._advance(entries)
@@ -220,6 +230,10 @@ class AuditTrail:
             _log.warning("audit_publish_failed", chain_id=self._chain_id,
                          records=len(self._unpublished),
                          reason=type(next(e for e in results if e)).__name__)
+            self._metrics.audit_flush_failed("stream")
+        else:
+            self._metrics.audit_flushed(len(entries), committed - started,
+                                        time.perf_counter() - committed)
         # Entries and waiters line up from the end: an open record may come first.
         offset = len(entries) - len(batch)
         for index, waiting in enumerate(batch):

@@ -11,6 +11,7 @@ from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.audit import AuditKind
+from worker.audit.flush_metrics import NO_AUDIT_METRICS, AuditFlushMetrics
 from worker.audit.stream import AuditStream, StreamSettings
 from worker.audit.trail import AuditTrail
 from worker.config import Settings
@@ -21,10 +22,12 @@ __all__ = ["audit_trail", "finish_subscribers", "job_chunk_sink", "request_sink"
 
 
 def audit_trail(settings: Settings, engine: AsyncEngine,
-                upcoming: Callable[[], int] | None = None) -> AuditTrail | None:
+                upcoming: Callable[[], int] | None = None,
+                metrics: AuditFlushMetrics = NO_AUDIT_METRICS) -> AuditTrail | None:
     """The worker's audit trail on the key store's engine, or ``None`` with
     ``PQKMS_AUDIT=false``. Attach the NATS connection with ``use_connection``.
-    ``upcoming``: requests whose records are due soon (the crypto pool's calls)."""
+    ``upcoming``: requests whose records are due soon (the crypto pool's calls);
+    ``metrics``: where each group commit is reported."""
     if not settings.audit:
         return None
     stream = AuditStream(StreamSettings(
@@ -34,7 +37,7 @@ def audit_trail(settings: Settings, engine: AsyncEngine,
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     return AuditTrail(AuditLog(engine, fsync=settings.audit_fsync), stream, worker_id,
                       linger_seconds=settings.audit_linger_ms / 1000,
-                      upcoming=upcoming)
+                      upcoming=upcoming, metrics=metrics)
 
 
 def request_sink(trail: AuditTrail | None) -> AuditSink:
