@@ -29,6 +29,7 @@ from pathlib import Path
 
 from schemas.audit import AuditKind
 from worker.audit.entry import AuditEntry
+from worker.store.sqlite_wal import is_busy, switch_to_wal
 from worker.store.tables import ROW_SCHEMA_VERSION
 
 __all__ = ["SqliteAuditWriter", "sqlite_timestamp"]
@@ -75,13 +76,6 @@ def _record_row(entry: AuditEntry) -> _Row:
     )
 
 
-def _is_busy(error: sqlite3.OperationalError) -> bool:
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(error) or "busy" in str(error)
-
-
 class SqliteAuditWriter:
     """Appends sealed entries to a SQLite file on one connection of its own."""
 
@@ -92,13 +86,16 @@ class SqliteAuditWriter:
         self._busy_timeout_ms = _BUSY_TIMEOUT_MS  # the connection's, as _connect sets it
         self._thread: ThreadPoolExecutor | None = None
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, wait: bool) -> sqlite3.Connection:
         # isolation_level=None: the transaction is ours (BEGIN IMMEDIATE ... COMMIT).
         connection = sqlite3.connect(self._path, isolation_level=None,
                                      check_same_thread=False, cached_statements=8)
         try:
             connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA journal_mode=WAL")
+            if wait:  # (in the writer's thread: retried while another process has it)
+                switch_to_wal(connection.execute, _BUSY_TIMEOUT_MS / 1000)
+            else:  # (on the event loop: busy goes to the thread, see append)
+                connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
         except BaseException:
             connection.close()
@@ -124,7 +121,7 @@ class SqliteAuditWriter:
                 self._write(records, opened, closed, wait=False)
                 return
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise
             # Another process holds the write lock: wait for it off the event loop.
         if self._thread is None:
@@ -136,7 +133,7 @@ class SqliteAuditWriter:
                wait: bool) -> None:
         connection = self._connection
         if connection is None:
-            connection = self._connection = self._connect()
+            connection = self._connection = self._connect(wait)
             self._busy_timeout_ms = _BUSY_TIMEOUT_MS
         try:
             timeout_ms = _BUSY_TIMEOUT_MS if wait else 0
@@ -145,7 +142,7 @@ class SqliteAuditWriter:
                 self._busy_timeout_ms = timeout_ms
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):  # (busy: nothing began; the caller retries, waiting)
+            if not is_busy(exc):  # (busy: nothing began; the caller retries, waiting)
                 self._drop_connection()
             raise
         except BaseException:

@@ -13,6 +13,8 @@ upgrades to the newest revision under a lock, :func:`require_current_schema` onl
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,13 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import await_only
+from sqlalchemy.util.concurrency import in_greenlet
 
 from worker.store import migrations
 from worker.store import tables as _tables  # noqa: F401  (registers the tables)
 from worker.store.migrations import SchemaState, SchemaUpgrade
+from worker.store.sqlite_wal import switch_to_wal
 
 __all__ = [
     "POOL_SIZE",
@@ -105,6 +110,15 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def _pause(seconds: float) -> None:
+    # Connect hooks run in SQLAlchemy's greenlet on the event loop: wait without
+    # blocking it (a synchronous engine, outside any greenlet, sleeps).
+    if in_greenlet():
+        await_only(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     sync_engine = engine.sync_engine
 
@@ -114,9 +128,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            # busy_timeout first, so switching to WAL waits for a lock instead of failing.
+            # busy_timeout first, so switching to WAL waits for a lock where SQLite lets
+            # it; where it does not, the switch is retried (worker.store.sqlite_wal).
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(cursor.execute, SQLITE_BUSY_TIMEOUT_MS / 1000, _pause)
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
