@@ -86,3 +86,22 @@ async def test_a_database_that_refuses_the_records_is_reported_as_such(
             await connection.execute(
                 text("ALTER TABLE pqkms_audit_record_away RENAME TO pqkms_audit_record"))
     assert flushes.failed == ["database"]
+
+
+class BrokenMetrics(RecordedFlushes):
+    def audit_flushed(self, records: int, commit_seconds: float,
+                      publish_seconds: float) -> None:
+        raise RuntimeError("metrics backend broken")
+
+
+async def test_a_failing_metric_never_fails_a_written_flush(
+    log: AuditLog, stream: FakeStream
+) -> None:
+    sink = AuditTrail(log, stream, WORKER, metrics=BrokenMetrics())  # type: ignore[arg-type]
+    sink.start()
+    try:
+        await sink.append(_record(1))  # committed and acked: answered, metric or not
+        await sink.append(_record(2))
+    finally:
+        await sink.close()
+    assert len(stream.published) == 4  # open, two requests, close

@@ -219,7 +219,8 @@ class AuditTrail:
                          reason=type(exc).__name__)
             # Settling fails on the stream when earlier records still cannot be published.
             stalled = not entries and not self._unsure and self._unpublished
-            self._metrics.audit_flush_failed("stream" if stalled else "database")
+            self._report(lambda: self._metrics.audit_flush_failed(
+                "stream" if stalled else "database"))
             _fail_all(batch, "the audit record could not be stored", exc)
             return
         self._advance(entries)
@@ -230,10 +231,11 @@ class AuditTrail:
             _log.warning("audit_publish_failed", chain_id=self._chain_id,
                          records=len(self._unpublished),
                          reason=type(next(e for e in results if e)).__name__)
-            self._metrics.audit_flush_failed("stream")
+            self._report(lambda: self._metrics.audit_flush_failed("stream"))
         else:
-            self._metrics.audit_flushed(len(entries), committed - started,
-                                        time.perf_counter() - committed)
+            acked = time.perf_counter()
+            self._report(lambda: self._metrics.audit_flushed(
+                len(entries), committed - started, acked - committed))
         # Entries and waiters line up from the end: an open record may come first.
         offset = len(entries) - len(batch)
         for index, waiting in enumerate(batch):
@@ -243,6 +245,13 @@ class AuditTrail:
                     waiting.future.set_result(None)
             else:
                 _fail(waiting, "the audit record could not be published", error)
+
+    def _report(self, report: Callable[[], None]) -> None:
+        # A metric must never fail the requests of a flush that was written.
+        try:
+            report()
+        except Exception:
+            _log.warning("audit_metrics_failed", chain_id=self._chain_id, exc_info=True)
 
     async def _settle(self) -> None:
         """Before writing anything new: learn what an unsure commit did, and publish the
