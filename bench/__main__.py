@@ -15,10 +15,13 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         description="pqkms side by side with the crypto floor and a bare nats-py responder",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="short cells (0.6 s each, 0.2 s warm-up): ≈ 1.5 minutes")
+                        help="short cells (0.6 s each, 0.2 s warm-up, jobs of 20 000 items): "
+                             "≈ 1.5 minutes")
     parser.add_argument("--duration", type=float, help="seconds per cell (default 3)")
     parser.add_argument("--warmup", type=float, help="unrecorded seconds per cell (default 0.5)")
     parser.add_argument("--ops", type=int, help="at most this many operations per cell")
+    parser.add_argument("--job-items", type=int,
+                        help="items in each durable job (default 100 000)")
     parser.add_argument("--in-flight", type=int, default=200)
     parser.add_argument("--http-in-flight", type=int, default=200)
     parser.add_argument("--http-connections", type=int, default=200,
@@ -48,13 +51,15 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
     config = BenchConfig()
     if args.quick:
-        config.duration, config.warmup = 0.6, 0.2
+        config.duration, config.warmup, config.job_items = 0.6, 0.2, 20_000
     if args.duration is not None:
         config.duration = args.duration
     if args.warmup is not None:
         config.warmup = args.warmup
     if args.ops is not None:
         config.max_ops = args.ops
+    if args.job_items is not None:
+        config.job_items = max(1, args.job_items)
     config.in_flight = args.in_flight
     config.http_in_flight = args.http_in_flight
     config.batch_in_flight = args.batch_in_flight

@@ -14,7 +14,10 @@ from bench.measure import Call
 from bench.responder import SUBJECT_PREFIX
 from schemas.subjects import HEADER_API_KEY, Subject
 
-__all__ = ["HTTP_PATHS", "PQKMS_SUBJECTS", "Bodies", "http_call", "nats_call"]
+__all__ = [
+    "ALGORITHMS", "BATCH_SUBJECTS", "HTTP_PATHS", "JOB_OPERATIONS", "PQKMS_SUBJECTS", "Bodies",
+    "http_call", "item_error", "nats_call",
+]
 
 PQKMS_SUBJECTS: Mapping[str, str] = {
     "encrypt": Subject.KEM_ENCRYPT.value,
@@ -24,6 +27,13 @@ PQKMS_SUBJECTS: Mapping[str, str] = {
 }
 FLOOR_SUBJECTS: Mapping[str, str] = {
     name: f"{SUBJECT_PREFIX}.{name}" for name in ("encrypt", "decrypt", "sign", "verify")
+}
+BATCH_SUBJECTS: Mapping[str, str] = {
+    name: f"{subject}.batch" for name, subject in PQKMS_SUBJECTS.items()
+}
+# A job's operation: the single operation's subject without its prefix (docs/jobs.md).
+JOB_OPERATIONS: Mapping[str, str] = {
+    name: subject.removeprefix("pqkms.v1.") for name, subject in PQKMS_SUBJECTS.items()
 }
 HTTP_PATHS: Mapping[str, str] = {
     name: "/api/v1/" + subject.removeprefix("pqkms.v1.").replace(".", "/")
@@ -35,29 +45,55 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+ALGORITHMS: Mapping[str, str] = {
+    "encrypt": "Kyber768", "decrypt": "Kyber768", "sign": "Dilithium3", "verify": "Dilithium3",
+}
+
+
 class Bodies:
-    """JSON request bodies of the four operations, encoded once."""
+    """Request bodies of the four operations: single bodies encoded once, and the same
+    item without its key (for batches and jobs, whose key is named once)."""
 
     def __init__(self, payload: bytes, ciphertext: bytes, signature: bytes) -> None:
-        kem = {"key_version": 1, "algorithm": "Kyber768"}
-        dsa = {"key_version": 1, "algorithm": "Dilithium3"}
+        self.items: dict[str, dict[str, str]] = {
+            "encrypt": {"plaintext": _b64(payload)},
+            "decrypt": {"ciphertext": _b64(ciphertext)},
+            "sign": {"message": _b64(payload)},
+            "verify": {"message": _b64(payload), "signature": _b64(signature)},
+        }
         self.encoded: dict[str, bytes] = {
-            "encrypt": orjson.dumps({"plaintext": _b64(payload), **kem}),
-            "decrypt": orjson.dumps({"ciphertext": _b64(ciphertext), **kem}),
-            "sign": orjson.dumps({"message": _b64(payload), **dsa}),
-            "verify": orjson.dumps(
-                {"message": _b64(payload), "signature": _b64(signature), **dsa}
-            ),
+            operation: orjson.dumps({**item, **self.key(operation)})
+            for operation, item in self.items.items()
         }
 
     def __getitem__(self, operation: str) -> bytes:
         return self.encoded[operation]
+
+    @staticmethod
+    def key(operation: str) -> dict[str, int | str]:
+        """The key every benchmark request names: version 1 of the operation's algorithm."""
+        return {"key_version": 1, "algorithm": ALGORITHMS[operation]}
+
+    def batch(self, operation: str, items: int) -> bytes:
+        """One batch request of ``items`` identical items."""
+        return orjson.dumps({"items": [self.items[operation]] * items, **self.key(operation)})
 
 
 def _check(operation: str, reply: bytes) -> str | None:
     if not reply.startswith(b'{"data"'):
         return reply[:200].decode(errors="replace")
     if operation == "verify" and b'"valid":true' not in reply:
+        return "signature did not verify"
+    return None
+
+
+def item_error(operation: str, result: Mapping[str, object]) -> str | None:
+    """What is wrong with one batch or job result (an error, or a signature that did not
+    verify), or ``None``."""
+    data = result.get("data")
+    if not isinstance(data, Mapping):
+        return str(result.get("error", result))[:200]
+    if operation == "verify" and data.get("valid") is not True:
         return "signature did not verify"
     return None
 

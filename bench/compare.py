@@ -29,7 +29,7 @@ from bench.clients import PQKMS_SUBJECTS, nats_call
 from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS
 from bench.measure import Call, closed_loop
-from bench.run import _batch_body, _pqkms_bodies, batch_call
+from bench.run import _pqkms_bodies, batch_call
 from bench.stack import BenchStack
 
 __all__ = ["CellFigures", "compare", "main", "median_ratios", "parse_env"]
@@ -77,10 +77,11 @@ async def _start(code_dir: Path | None, operation: str, batch: int, workers: int
     except BaseException:
         stack.stop()
         raise
+    bodies = await _pqkms_bodies(stack, client, _PAYLOAD)
     if batch:
-        call = batch_call(client, _batch_body(_PAYLOAD, batch), batch, stack.api_key)
+        call = batch_call(client, operation, bodies.batch(operation, batch), batch,
+                          stack.api_key)
     else:
-        bodies = await _pqkms_bodies(stack, client, _PAYLOAD)
         call = nats_call(client, PQKMS_SUBJECTS[operation], operation, bodies[operation],
                          stack.api_key)
     return _Side(stack, client, call)
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the checkout to compare this one against")
     parser.add_argument("--operation", choices=OPERATIONS, default="encrypt")
     parser.add_argument("--batch", type=int, default=0, metavar="ITEMS",
-                        help="encrypt batches of ITEMS items instead of single requests")
+                        help="batches of ITEMS items of the operation instead of single "
+                             "requests")
     parser.add_argument("--in-flight", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=8)

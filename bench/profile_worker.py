@@ -24,7 +24,7 @@ from bench.clients import PQKMS_SUBJECTS, nats_call
 from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS
 from bench.measure import closed_loop
-from bench.run import _batch_body, _pqkms_bodies, batch_call
+from bench.run import _pqkms_bodies, batch_call
 from bench.stack import BenchStack
 
 __all__ = ["CATEGORIES", "categorize_collapsed", "summarize_collapsed"]
@@ -123,7 +123,7 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
         await stack.generate_keys(client)
         bodies = await _pqkms_bodies(stack, client, bytes(range(256)) * 4)
         if batch_items:
-            call = batch_call(client, _batch_body(bytes(range(256)) * 4, batch_items),
+            call = batch_call(client, operation, bodies.batch(operation, batch_items),
                               batch_items, stack.api_key)
         else:
             call = nats_call(client, PQKMS_SUBJECTS[operation], operation, bodies[operation],
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/pqkms-worker-profile.txt"))
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--batch", type=int, default=0, metavar="ITEMS",
-                        help="profile encrypt batches of ITEMS items instead (in flight: "
-                             "--in-flight batches)")
+                        help="profile batches of ITEMS items of the operation instead (in "
+                             "flight: --in-flight batches)")
     parser.add_argument("--gil", action="store_true",
                         help="sample only the thread holding the GIL (no double counting of "
                              "threads waiting for it)")

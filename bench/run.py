@@ -16,7 +16,17 @@ import nats
 import orjson
 from nats.aio.client import Client as NatsClient
 
-from bench.clients import FLOOR_SUBJECTS, PQKMS_SUBJECTS, Bodies, http_call, nats_call
+from bench.clients import (
+    ALGORITHMS,
+    BATCH_SUBJECTS,
+    FLOOR_SUBJECTS,
+    JOB_OPERATIONS,
+    PQKMS_SUBJECTS,
+    Bodies,
+    http_call,
+    item_error,
+    nats_call,
+)
 from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS, LocalKeys, Seeds
 from bench.floor import CryptoFloor
@@ -39,7 +49,6 @@ from schemas.subjects import HEADER_API_KEY
 __all__ = ["RESULTS_DIR", "BenchConfig", "run_bench"]
 
 RESULTS_DIR = Path(__file__).parent / "results"
-BATCH_SUBJECT = "pqkms.v1.kem.encrypt.batch"
 NOT_IMPLEMENTED = "n/a (not implemented)"
 
 
@@ -59,7 +68,7 @@ class BenchConfig:
     http_connections: int = 200
     batch_items: int = 100
     batch_in_flight: int = 4
-    job_items: int = 100_000  # items in the durable job (capped by max_ops)
+    job_items: int = 100_000  # items in each durable job (capped by max_ops)
     job_chunk_items: int = 500
     # Rounds of each target's figure next to its floor (bench/pairs.py); 0: none.
     pair_rounds: int = 3
@@ -157,13 +166,13 @@ async def _over_the_wire(config: BenchConfig, report: Report, stack: BenchStack,
     client = await nats.connect(stack.nats_url, pending_size=64 * 1024 * 1024)
     try:
         await _transport_floor(config, report, stack, seeds, client, nats_pid)
-        await _pqkms_nats(config, report, stack, client, nats_pid)
+        bodies = await _pqkms_nats(config, report, stack, client, nats_pid)
         if config.http:
-            await _pqkms_http(config, report, stack, nats_pid)
-        await _batches(config, report, stack, client, nats_pid)
-        await _durable_job(config, report, stack, nats_pid)
+            await _pqkms_http(config, report, stack, bodies, nats_pid)
+        await _batches(config, report, stack, client, bodies, nats_pid)
+        await _durable_jobs(config, report, stack, bodies, nats_pid)
         if config.pair_rounds > 0:
-            await _back_to_back(config, report, stack, seeds, client)
+            await _back_to_back(config, report, stack, seeds, client, bodies)
     finally:
         await client.close()
 
@@ -208,7 +217,8 @@ async def _pqkms_bodies(stack: BenchStack, client: NatsClient, payload: bytes) -
 
 
 async def _pqkms_nats(config: BenchConfig, report: Report, stack: BenchStack,
-                      client: NatsClient, nats_pid: int) -> None:
+                      client: NatsClient, nats_pid: int) -> Bodies:
+    """The single-request cells; returns the bodies every later pqkms cell sends."""
     await stack.init_store()
     await stack.start_workers(1)
     await stack.generate_keys(client)
@@ -231,138 +241,143 @@ async def _pqkms_nats(config: BenchConfig, report: Report, stack: BenchStack,
                     crypto_floor=f"crypto/{operation}/{workers}p" if in_flight > 1 else None,
                     cpu_us_per_op=cpu,
                 ))
+    return bodies
 
 
-async def _pqkms_http(config: BenchConfig, report: Report, stack: BenchStack,
+async def _pqkms_http(config: BenchConfig, report: Report, stack: BenchStack, bodies: Bodies,
                       nats_pid: int) -> None:
+    """Each operation's single request through the bridge, 1 and ``http_in_flight`` in
+    flight, next to the same request over NATS."""
     workers = len(stack.workers)
     stack.start_bridge()
     if not await stack.wait_for_bridge():
         note = "n/a (bridge did not start; see bridge.log)"
         report.notes.append(f"HTTP bridge: {note}")
-        report.add(Row("http/encrypt", "pqkms HTTP", "encrypt", workers, None, note=note))
+        for operation in config.operations:
+            report.add(Row(f"http/{operation}", "pqkms HTTP", operation, workers, None,
+                           note=note))
         return
     assert stack.bridge is not None
-    payload = bytes(range(256)) * 4
-    bodies = Bodies(payload, b"", b"")
     pids = [p.pid for p in stack.workers]
     meter = CpuMeter({"servers": pids, "bridge": [stack.bridge.pid], "nats": [nats_pid]})
-    for in_flight in (1, config.http_in_flight):
-        _say(config, f"pqkms over HTTP: encrypt, {workers} worker(s), {in_flight} in flight")
-        connections = min(in_flight, config.http_connections)
-        pool = HttpPool(stack.http_url, connections, headers={HEADER_API_KEY: stack.api_key})
-        try:
-            measurement, cpu = await _measure(
-                config, http_call(pool, "encrypt", bodies["encrypt"]), in_flight, meter)
-        finally:
-            await pool.close()
-        # A lone HTTP request is compared with the lone NATS request (one worker's row).
-        nats_row = (f"nats/encrypt/{workers}w/{config.in_flight}" if in_flight > 1
-                    else f"nats/encrypt/{config.processes[0]}w/1")
-        report.add(Row.measured(
-            f"http/encrypt/{workers}w/{in_flight}", "pqkms HTTP", "encrypt", workers,
-            in_flight, measurement, floor=nats_row,
-            cpu_us_per_op=cpu,
-        ))
+    for operation in config.operations:
+        for in_flight in (1, config.http_in_flight):
+            _say(config, f"pqkms over HTTP: {operation}, {workers} worker(s), "
+                         f"{in_flight} in flight")
+            connections = min(in_flight, config.http_connections)
+            pool = HttpPool(stack.http_url, connections,
+                            headers={HEADER_API_KEY: stack.api_key})
+            try:
+                measurement, cpu = await _measure(
+                    config, http_call(pool, operation, bodies[operation]), in_flight, meter)
+            finally:
+                await pool.close()
+            # A lone HTTP request is compared with the lone NATS request (one worker's row).
+            nats_row = (f"nats/{operation}/{workers}w/{config.in_flight}" if in_flight > 1
+                        else f"nats/{operation}/{config.processes[0]}w/1")
+            report.add(Row.measured(
+                f"http/{operation}/{workers}w/{in_flight}", "pqkms HTTP", operation, workers,
+                in_flight, measurement, floor=nats_row,
+                cpu_us_per_op=cpu,
+            ))
 
 
-def _batch_body(payload: bytes, items: int) -> bytes:
-    item = {"plaintext": base64.b64encode(payload).decode()}
-    return orjson.dumps({"items": [item] * items, "key_version": 1, "algorithm": "Kyber768"})
-
-
-def _batch_error(reply: bytes, items: int) -> str | None:
+def batch_error(reply: bytes, operation: str, items: int) -> str | None:
+    """What is wrong with a batch reply (not every item succeeded), or ``None``."""
     try:
         data = orjson.loads(reply)["data"]
+        results = data["results"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return reply[:200].decode(errors="replace")
-    if data.get("succeeded") != items:
-        return f"{data.get('failed')} of {items} items failed"
-    return None
+    if data.get("succeeded") != items or len(results) != items:
+        return f"{data.get('succeeded')} of {items} items succeeded"
+    return next(filter(None, (item_error(operation, result) for result in results)), None)
 
 
-def batch_call(client: NatsClient, body: bytes, items: int, api_key: str) -> Call:
-    """One encrypt batch of ``items`` per call; every item must succeed."""
+def batch_call(client: NatsClient, operation: str, body: bytes, items: int,
+               api_key: str) -> Call:
+    """One batch of ``items`` per call; every item must succeed."""
     headers = {HEADER_API_KEY: api_key}
+    subject = BATCH_SUBJECTS[operation]
 
     async def call() -> str | None:
         try:
-            reply = await client.request(BATCH_SUBJECT, body, timeout=60, headers=headers)
+            reply = await client.request(subject, body, timeout=60, headers=headers)
         except Exception as exc:
             return type(exc).__name__
-        return _batch_error(reply.data, items)
+        return batch_error(reply.data, operation, items)
 
     return call
 
 
 async def _batches(config: BenchConfig, report: Report, stack: BenchStack,
-                   client: NatsClient, nats_pid: int) -> None:
-    """Encrypt batches of ``batch_items`` when the worker serves them, else n/a."""
+                   client: NatsClient, bodies: Bodies, nats_pid: int) -> None:
+    """Batches of ``batch_items`` of each operation when the worker serves them, else n/a."""
     workers = len(stack.workers)
     items = config.batch_items
-    body = _batch_body(bytes(range(256)) * 4, items)
-    headers = {HEADER_API_KEY: stack.api_key}
-    try:
-        probe = await client.request(BATCH_SUBJECT, body, timeout=30, headers=headers)
-        problem = _batch_error(probe.data, items)
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-        problem = "no responder"
-    if problem is not None:
-        note = NOT_IMPLEMENTED if problem == "no responder" else f"n/a ({problem[:60]})"
-        report.add(Row("batch/encrypt", f"pqkms batch ({items} items)", "encrypt", workers,
-                       None, note=note))
-        return
-
-    call = batch_call(client, body, items, stack.api_key)
-    _say(config, f"pqkms batch over NATS: encrypt x {items}, {workers} worker(s), "
-                 f"{config.batch_in_flight} batches in flight")
     meter = CpuMeter({"servers": [p.pid for p in stack.workers], "nats": [nats_pid]})
-    measurement, cpu = await _measure(config, call, config.batch_in_flight, meter)
-    # Figures per item: ops count items, latencies stay per batch.
-    measurement.ops *= items
-    per_item = {name: round(value / items, 1) for name, value in (cpu or {}).items()}
-    report.add(Row.measured(
-        f"batch/encrypt/{workers}w/{config.batch_in_flight}", f"pqkms batch ({items} items)",
-        "encrypt", workers, config.batch_in_flight, measurement,
-        floor=f"crypto/encrypt/{workers}p", crypto_floor=f"crypto/encrypt/{workers}p",
-        cpu_us_per_op=per_item,
-        note="ops/s counts items; p50/p99 are per batch",
-    ))
+    for operation in config.operations:
+        layer = f"pqkms batch ({items} items)"
+        body = bodies.batch(operation, items)
+        call = batch_call(client, operation, body, items, stack.api_key)
+        problem = await call()
+        if problem is not None:
+            note = (NOT_IMPLEMENTED if problem == nats.errors.NoRespondersError.__name__
+                    else f"n/a ({problem[:60]})")
+            report.add(Row(f"batch/{operation}", layer, operation, workers, None, note=note))
+            continue
+        _say(config, f"pqkms batch over NATS: {operation} x {items}, {workers} worker(s), "
+                     f"{config.batch_in_flight} batches in flight")
+        measurement, cpu = await _measure(config, call, config.batch_in_flight, meter)
+        # Figures per item: ops count items, latencies stay per batch.
+        measurement.ops *= items
+        per_item = {name: round(value / items, 1) for name, value in (cpu or {}).items()}
+        report.add(Row.measured(
+            f"batch/{operation}/{workers}w/{config.batch_in_flight}", layer,
+            operation, workers, config.batch_in_flight, measurement,
+            floor=f"crypto/{operation}/{workers}p",
+            crypto_floor=f"crypto/{operation}/{workers}p",
+            cpu_us_per_op=per_item,
+            note="ops/s counts items; p50/p99 are per batch",
+        ))
 
 
-async def _durable_job(config: BenchConfig, report: Report, stack: BenchStack,
-                       nats_pid: int) -> None:
-    """One durable JetStream job of ``job_items`` 1 KiB encryptions, submitted, run and
+async def _durable_jobs(config: BenchConfig, report: Report, stack: BenchStack,
+                        bodies: Bodies, nats_pid: int) -> None:
+    """One durable JetStream job of ``job_items`` items per operation, submitted, run and
     read back."""
     workers = len(stack.workers)
-    _say(config, f"pqkms durable job: encrypt x {_job_size(config)}, {workers} worker(s), "
-                 f"chunks of {config.job_chunk_items}")
     groups = {"servers": [p.pid for p in stack.workers], "nats": [nats_pid]}
-    meter = CpuMeter(groups)
-    meter.start()
-    phases: dict[str, dict[str, Any]] = {}
-    measurement = await _run_job(config, stack, phases, CpuMeter(groups))
-    cpu = meter.per_op_us(measurement.ops)
-    row = report.add(Row.measured(
-        f"job/encrypt/{workers}w", f"pqkms durable job ({_job_size(config)} items)", "encrypt",
-        workers, None, measurement, floor=f"crypto/encrypt/{workers}p",
-        crypto_floor=f"crypto/encrypt/{workers}p", cpu_us_per_op=cpu or None,
-        note="ops/s counts items from the submit to the last result read; p50 is the whole "
-             "job; figures.phases: seconds and CPU per item of the submit, the run after it "
-             "and the read-back",
-    ))
-    assert row.figures is not None
-    row.figures["phases"] = phases
+    for operation in config.operations:
+        _say(config, f"pqkms durable job: {operation} x {_job_size(config)}, "
+                     f"{workers} worker(s), chunks of at most {config.job_chunk_items}")
+        meter = CpuMeter(groups)
+        meter.start()
+        phases: dict[str, dict[str, Any]] = {}
+        measurement = await _run_job(config, stack, operation, bodies, phases,
+                                     CpuMeter(groups))
+        cpu = meter.per_op_us(measurement.ops)
+        row = report.add(Row.measured(
+            f"job/{operation}/{workers}w", f"pqkms durable job ({_job_size(config)} items)",
+            operation, workers, None, measurement, floor=f"crypto/{operation}/{workers}p",
+            crypto_floor=f"crypto/{operation}/{workers}p", cpu_us_per_op=cpu or None,
+            note="ops/s counts items from the submit to the last result read; p50 is the "
+                 "whole job; figures.phases: seconds and CPU per item of the submit, the "
+                 "run after it and the read-back",
+        ))
+        assert row.figures is not None
+        row.figures["phases"] = phases
 
 
 def _job_size(config: BenchConfig) -> int:
     return max(1, min(config.job_items, config.max_ops))
 
 
-async def _run_job(config: BenchConfig, stack: BenchStack,
+async def _run_job(config: BenchConfig, stack: BenchStack, operation: str, bodies: Bodies,
                    phases: dict[str, dict[str, Any]] | None = None,
                    phase_meter: CpuMeter | None = None) -> Measurement:
-    """Submit a job of ``_job_size`` items, wait for it and read every result back: items
+    """Submit a job of ``_job_size`` items of ``operation`` (every item the same 1 KiB
+    request), wait for it and read every result back: items
     per second from the submit to the last result in hand. ``phases`` receives each
     part's seconds (and, with ``phase_meter``, its CPU µs per item of the whole job):
     ``submit`` (every chunk queued; workers run chunks meanwhile), ``run_after_submit``
@@ -370,8 +385,7 @@ async def _run_job(config: BenchConfig, stack: BenchStack,
     from pqkms.client import PqkmsClient
 
     items = _job_size(config)
-    plaintext = base64.b64encode(bytes(range(256)) * 4).decode()
-    body = [{"plaintext": plaintext} for _ in range(items)]
+    body = [bodies.items[operation]] * items
     marks: list[tuple[str, float, dict[str, float]]] = []
 
     def mark(phase: str) -> None:
@@ -384,15 +398,16 @@ async def _run_job(config: BenchConfig, stack: BenchStack,
         if phase_meter is not None:
             phase_meter.start()
         started = time.perf_counter()
-        job_id = await client.submit_job("kem.encrypt", body, chunk_items=config.job_chunk_items,
-                                         key_version=1)
+        job_id = await client.submit_job(JOB_OPERATIONS[operation], body,
+                                         chunk_items=config.job_chunk_items,
+                                         key_version=1, algorithm=ALGORITHMS[operation])
         mark("submit")
         await client.wait_for_job(job_id, poll_seconds=0.1, timeout=600)
         mark("run_after_submit")
         read = failed = 0
         async for result in client.job_results(job_id):
             read += 1
-            failed += "data" not in result
+            failed += item_error(operation, result) is not None
         mark("read_back")
     elapsed = marks[-1][1] - started
     if phases is not None:
@@ -405,12 +420,11 @@ async def _run_job(config: BenchConfig, stack: BenchStack,
 
 
 async def _back_to_back(config: BenchConfig, report: Report, stack: BenchStack, seeds: Seeds,
-                        client: NatsClient) -> None:
+                        client: NatsClient, bodies: Bodies) -> None:
     """Each target's figure next to its floor, ``pair_rounds`` times (bench/pairs.py)."""
     workers = len(stack.workers)
     keys = LocalKeys(seeds)
     floor_bodies = Bodies(keys.payload, keys.ciphertext, keys.signature)
-    bodies = await _pqkms_bodies(stack, client, bytes(range(256)) * 4)
     floor = CryptoFloor(workers, seeds)
     await stack.start_responders(workers, seeds)
     pool: HttpPool | None = None
@@ -432,7 +446,7 @@ async def _back_to_back(config: BenchConfig, report: Report, stack: BenchStack, 
                                     bodies[operation], stack.api_key), config.in_flight)
 
         async def job() -> float:
-            return (await _run_job(config, stack)).ops_per_s
+            return (await _run_job(config, stack, "encrypt", bodies)).ops_per_s
 
         pairs: list[tuple[str, str, str, Cell, Cell]] = []
         if "encrypt" in config.operations:
@@ -441,8 +455,8 @@ async def _back_to_back(config: BenchConfig, report: Report, stack: BenchStack, 
             encrypt_floor: Cell = lambda: crypto("encrypt")  # noqa: E731
             pairs.append((TARGET_ENCRYPT, "pqkms encrypt", "bare responder", pqkms("encrypt"),
                           bare))
-            batch = loaded(batch_call(client, _batch_body(bytes(range(256)) * 4,
-                                                          config.batch_items),
+            batch = loaded(batch_call(client, "encrypt",
+                                      bodies.batch("encrypt", config.batch_items),
                                       config.batch_items, stack.api_key),
                            config.batch_in_flight, config.batch_items)
             pairs.append((TARGET_BATCH, "pqkms batch items", "crypto encrypt", batch,
@@ -452,8 +466,7 @@ async def _back_to_back(config: BenchConfig, report: Report, stack: BenchStack, 
                 pool = HttpPool(stack.http_url, min(config.http_in_flight,
                                                     config.http_connections),
                                 headers={HEADER_API_KEY: stack.api_key})
-                http = loaded(http_call(pool, "encrypt", Bodies(bytes(range(256)) * 4, b"",
-                                                                 b"")["encrypt"]),
+                http = loaded(http_call(pool, "encrypt", bodies["encrypt"]),
                               config.http_in_flight)
                 pairs.append((TARGET_HTTP, "pqkms HTTP encrypt", "pqkms NATS encrypt", http,
                               pqkms("encrypt")))

@@ -33,6 +33,13 @@ async def test_a_checkout_against_itself_measures_both_stacks_every_round() -> N
                and figures.p50_ms > 0 for figures in new + base)
 
 
+@pytest.mark.integration
+async def test_batches_of_any_operation_are_compared() -> None:
+    new, base = await compare(ROOT, "verify", batch=10, in_flight=2, workers=1, rounds=1,
+                              seconds=0.3)
+    assert new[0].items_per_s > 0 and base[0].items_per_s > 0
+
+
 def test_settings_are_read_as_name_equals_value() -> None:
     assert parse_env(["PQKMS_AUDIT=false", "PQKMS_LOG_LEVEL=", "A=b=c"]) == {
         "PQKMS_AUDIT": "false", "PQKMS_LOG_LEVEL": "", "A": "b=c"}

@@ -25,24 +25,30 @@ def test_tiniest_benchmark_measures_every_layer_and_writes_json(tmp_path: Path) 
     measured = {row.key: row for row in report.rows if row.figures is not None}
     for operation in OPERATIONS:
         for key in (f"crypto/{operation}/1p", f"transport/{operation}/1p/10",
-                    f"nats/{operation}/1w/1", f"nats/{operation}/1w/10"):
+                    f"nats/{operation}/1w/1", f"nats/{operation}/1w/10",
+                    f"http/{operation}/1w/1", f"http/{operation}/1w/4"):
             assert key in measured, key
             figures = measured[key].figures
             assert figures is not None
             # Every request got a success envelope back (decrypt opened, verify was valid).
             assert figures["errors"] == 0, (key, figures["first_error"])
             assert 0 < figures["ops"] <= 50
-    # The durable job ran to completion with every item encrypted (max_ops caps its size).
-    job = measured["job/encrypt/1w"].figures
-    assert job is not None
-    assert job["errors"] == 0 and job["ops"] == 50
-    # Its three phases add up to the whole job, each with the CPU it used.
-    phases = job["phases"]
-    assert list(phases) == ["submit", "run_after_submit", "read_back"]
-    assert sum(phase["seconds"] for phase in phases.values()) == pytest.approx(
-        job["seconds"], abs=1e-3)
-    assert all({"servers", "nats", "generator"} <= set(phase["cpu_us_per_item"])
-               for phase in phases.values())
+        # Batches of 100 items: every item of every batch succeeded; ops count items.
+        batch = measured[f"batch/{operation}/1w/4"].figures
+        assert batch is not None
+        assert batch["errors"] == 0, (operation, batch["first_error"])
+        assert batch["ops"] > 0 and batch["ops"] % 100 == 0
+        # The durable job ran to completion, every item succeeded (max_ops caps its size).
+        job = measured[f"job/{operation}/1w"].figures
+        assert job is not None
+        assert job["errors"] == 0 and job["ops"] == 50, operation
+        # Its three phases add up to the whole job, each with the CPU it used.
+        phases = job["phases"]
+        assert list(phases) == ["submit", "run_after_submit", "read_back"]
+        assert sum(phase["seconds"] for phase in phases.values()) == pytest.approx(
+            job["seconds"], abs=1e-3)
+        assert all({"servers", "nats", "generator"} <= set(phase["cpu_us_per_item"])
+                   for phase in phases.values())
 
     written = list(tmp_path.glob("*.json"))
     assert len(written) == 1
