@@ -1,6 +1,7 @@
 """Run CPU-heavy crypto off the event loop where it pays, and together where it doesn't.
 
-pyca's ML-DSA signing releases the GIL, so a small thread pool uses every core;
+pyca's ML-DSA signing releases the GIL, so a few threads use every core
+(:class:`~worker.services.crypto_threads.CryptoThreads`, which hand calls over in groups);
 ML-KEM calls are ~50 µs and hold the GIL, so they run inline unless the payload is
 large enough to stall other requests.
 
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from worker.services.crypto_threads import CryptoThreads
 
 __all__ = ["GROUP_LIMIT", "INLINE_LIMIT_BYTES", "CryptoRunner"]
 
@@ -29,10 +31,10 @@ _Queued = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 
 
 class CryptoRunner:
-    """A bounded thread pool for crypto calls, and the queue of grouped inline calls."""
+    """A few threads for crypto calls, and the queue of grouped inline calls."""
 
     def __init__(self, threads: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pqkms-crypto")
+        self._pool = CryptoThreads(threads)
         self._submitted = 0
         self._queued: list[_Queued] = []
 
@@ -45,7 +47,7 @@ class CryptoRunner:
         """Run ``call`` in the pool and await its result."""
         self._submitted += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            return await self._pool.run(call)
         finally:
             self._submitted -= 1
 
@@ -82,5 +84,5 @@ class CryptoRunner:
                 future.set_result(result)
 
     def close(self) -> None:
-        """Stop the pool (waits for running calls)."""
-        self._pool.shutdown(wait=True)
+        """Stop the threads (waits for queued and running calls)."""
+        self._pool.close()
