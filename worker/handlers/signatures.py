@@ -18,8 +18,9 @@ def signature_router(
 ) -> NatsRouter:
     """Subscribers for every signature operation."""
     router = NatsRouter()
-    subscribe(router, handler, Subject.SIGNATURE_SIGN, service.sign, direct)
-    subscribe(router, handler, Subject.SIGNATURE_VERIFY, service.verify, direct)
+    subscribe(router, handler, Subject.SIGNATURE_SIGN, service.sign, direct, service.sign_lean)
+    subscribe(router, handler, Subject.SIGNATURE_VERIFY, service.verify, direct,
+              service.verify_lean)
     subscribe(router, handler, Subject.SIGNATURE_SIGN_HASH, service.sign_hash, direct)
     subscribe(router, handler, Subject.SIGNATURE_VERIFY_HASH, service.verify_hash, direct)
     return router
