@@ -114,5 +114,15 @@ async def test_closing_waits_for_queued_calls_and_refuses_new_ones() -> None:
         await threads.run(lambda: None)
 
 
+def test_the_same_threads_answer_calls_of_successive_event_loops() -> None:
+    threads = CryptoThreads(1)
+    try:
+        # The first loop is closed when the second starts: its thread carries on.
+        assert asyncio.run(threads.run(lambda: "first")) == "first"
+        assert asyncio.run(threads.run(lambda: "second")) == "second"
+    finally:
+        threads.close()
+
+
 def test_closing_threads_that_never_ran_anything_returns_at_once() -> None:
     CryptoThreads(2).close()

@@ -12,6 +12,7 @@ alone, as a lone request's, runs and is answered at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -25,12 +26,16 @@ T = TypeVar("T")
 GROUP_MAX = 4
 
 
+# A call's future, and what the call returned or raised.
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
 @dataclass(slots=True)
 class _Call:
     call: Callable[[], Any]
     future: asyncio.Future[Any]
 
-    def run(self) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
+    def run(self) -> _Outcome:
         if self.future.cancelled():  # its caller stopped waiting before it started
             return self.future, None, None
         try:
@@ -39,7 +44,7 @@ class _Call:
             return self.future, None, exc
 
 
-def _deliver(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _deliver(done: list[_Outcome]) -> None:
     for future, result, error in done:
         if future.cancelled():
             continue
@@ -50,26 +55,22 @@ def _deliver(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) 
 
 
 class CryptoThreads:
-    """``threads`` threads, started on first use, running calls for one event loop."""
+    """``threads`` threads, started on first use, running calls for event loops."""
 
     def __init__(self, threads: int, name: str = "pqkms-crypto") -> None:
         self._count = max(1, threads)
         self._name = name
         self._inbox: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     async def run(self, call: Callable[[], T]) -> T:
         """Run ``call`` in one of the threads and return (or raise) what it did."""
         if self._closed:
             raise RuntimeError("the crypto threads are closed")
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._start(loop)
-        elif loop is not self._loop:
-            raise RuntimeError("the crypto threads serve another event loop")
-        future: asyncio.Future[T] = loop.create_future()
+        if not self._threads:
+            self._start()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._inbox.put(_Call(call, future))
         return await future
 
@@ -82,15 +83,14 @@ class CryptoThreads:
             thread.join()
         self._threads.clear()
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def _start(self) -> None:
         for index in range(self._count):
-            thread = threading.Thread(target=self._work, args=(loop,), daemon=True,
+            thread = threading.Thread(target=self._work, daemon=True,
                                       name=f"{self._name}-{index}")
             thread.start()
             self._threads.append(thread)
 
-    def _work(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _work(self) -> None:
         inbox = self._inbox
         while True:
             first = inbox.get()
@@ -109,10 +109,12 @@ class CryptoThreads:
                     stop = True
                     break
                 calls.append(queued)
-            done = [queued_call.run() for queued_call in calls]
-            try:
-                loop.call_soon_threadsafe(_deliver, done)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                return
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+            for queued_call in calls:
+                by_loop.setdefault(queued_call.future.get_loop(), []).append(queued_call.run())
+            for loop, done in by_loop.items():
+                # A closed loop: nobody waits for these any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_deliver, done)
             if stop:
                 return
