@@ -378,10 +378,10 @@ async def _run_job(config: BenchConfig, stack: BenchStack, operation: str, bodie
                    phase_meter: CpuMeter | None = None) -> Measurement:
     """Submit a job of ``_job_size`` items of ``operation`` (every item the same 1 KiB
     request), wait for it and read every result back: items per second from the submit
-    to the last result in hand. ``phases`` receives each
-    part's seconds (and, with ``phase_meter``, its CPU µs per item of the whole job):
-    ``submit`` (every chunk queued; workers run chunks meanwhile), ``run_after_submit``
-    (until the job is completed) and ``read_back``."""
+    to the last result in hand. ``phases`` receives each part's seconds (and, with
+    ``phase_meter``, its CPU µs per item of the whole job): ``submit`` (every chunk
+    queued; workers run chunks meanwhile), ``run_after_submit`` (until the job is
+    completed) and ``read_back``."""
     from pqkms.client import PqkmsClient
 
     items = _job_size(config)
