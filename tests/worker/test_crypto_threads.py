@@ -33,6 +33,19 @@ async def test_every_caller_gets_its_own_result_or_error() -> None:
     assert isinstance(outcomes[7], ValueError)
 
 
+async def test_a_call_raising_stop_iteration_still_answers_its_caller() -> None:
+    threads = CryptoThreads(1)
+
+    def exhausted() -> int:
+        return next(iter([]))
+
+    try:
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await asyncio.wait_for(threads.run(exhausted), _GUARD)
+    finally:
+        threads.close()
+
+
 async def test_calls_run_in_the_crypto_threads_not_on_the_loop() -> None:
     threads = CryptoThreads(2)
     try:

@@ -40,6 +40,10 @@ class _Call:
             return self.future, None, None
         try:
             return self.future, self.call(), None
+        except StopIteration as exc:  # a future refuses it: its caller would wait forever
+            error = RuntimeError("a crypto call raised StopIteration")
+            error.__cause__ = exc
+            return self.future, None, error
         except BaseException as exc:  # handed to the caller, as an executor would
             return self.future, None, exc
 
