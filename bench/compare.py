@@ -10,6 +10,8 @@ rounds' ratios is the comparison.
 ``../pqkms-base`` a checkout of the code to compare against (``git worktree add
 ../pqkms-base <commit>``); both must share the database schema. Prints each round and
 the medians of throughput, worker CPU per item and p50 (this checkout ÷ base).
+``--http`` sends the single requests through each stack's bridge instead, and adds the
+bridge's CPU per request.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import nats
 import uvloop
 from nats.aio.client import Client as NatsClient
 
-from bench.clients import PQKMS_SUBJECTS, nats_call
+from bench.clients import PQKMS_SUBJECTS, http_call, nats_call
 from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS
+from bench.http_client import HttpPool
 from bench.measure import Call, closed_loop
 from bench.run import _pqkms_bodies, batch_call
 from bench.stack import BenchStack
+from schemas.subjects import HEADER_API_KEY
 
 __all__ = ["CellFigures", "compare", "main", "median_ratios", "parse_env"]
 
@@ -45,6 +49,8 @@ class CellFigures:
     items_per_s: float
     worker_cpu_us_per_item: float
     p50_ms: float
+    # The bridge's CPU per request (``--http``); 0 without the bridge.
+    bridge_cpu_us_per_item: float = 0.0
 
 
 @dataclass(slots=True)
@@ -52,6 +58,7 @@ class _Side:
     stack: BenchStack
     client: NatsClient
     call: Call
+    pool: HttpPool | None = None
 
 
 def median_ratios(new: list[CellFigures], base: list[CellFigures]) -> CellFigures:
@@ -61,11 +68,14 @@ def median_ratios(new: list[CellFigures], base: list[CellFigures]) -> CellFigure
         statistics.median(n.worker_cpu_us_per_item / b.worker_cpu_us_per_item
                           for n, b in zip(new, base, strict=True)),
         statistics.median(n.p50_ms / b.p50_ms for n, b in zip(new, base, strict=True)),
+        statistics.median(n.bridge_cpu_us_per_item / b.bridge_cpu_us_per_item
+                          if b.bridge_cpu_us_per_item else 0.0
+                          for n, b in zip(new, base, strict=True)),
     )
 
 
 async def _start(code_dir: Path | None, operation: str, batch: int, workers: int,
-                 env: dict[str, str]) -> _Side:
+                 env: dict[str, str], http: bool = False, in_flight: int = 200) -> _Side:
     stack = BenchStack(Path(tempfile.mkdtemp(prefix="pqkms-compare-")), code_dir=code_dir,
                        extra_env=env)
     try:
@@ -78,6 +88,14 @@ async def _start(code_dir: Path | None, operation: str, batch: int, workers: int
         stack.stop()
         raise
     bodies = await _pqkms_bodies(stack, client, _PAYLOAD)
+    if http:
+        stack.start_bridge()
+        if not await stack.wait_for_bridge():
+            await client.close()
+            stack.stop()
+            raise RuntimeError(f"the bridge did not start; see {stack.root / 'bridge.log'}")
+        pool = HttpPool(stack.http_url, in_flight, headers={HEADER_API_KEY: stack.api_key})
+        return _Side(stack, client, http_call(pool, operation, bodies[operation]), pool)
     if batch:
         call = batch_call(client, operation, bodies.batch(operation, batch), batch,
                           stack.api_key)
@@ -88,15 +106,18 @@ async def _start(code_dir: Path | None, operation: str, batch: int, workers: int
 
 
 async def _measure(side: _Side, in_flight: int, seconds: float, items: int) -> CellFigures:
-    meter = CpuMeter({"workers": [process.pid for process in side.stack.workers]})
+    processes = {"workers": [process.pid for process in side.stack.workers]}
+    if side.stack.bridge is not None:
+        processes["bridge"] = [side.stack.bridge.pid]
+    meter = CpuMeter(processes)
     measured = await closed_loop(side.call, in_flight, seconds, 10**9, _WARMUP_SECONDS,
                                  meter.start)
     if measured.errors:
         raise RuntimeError(f"{measured.errors} requests failed: {measured.first_error}")
     ordered = sorted(measured.latencies)
-    return CellFigures(measured.ops_per_s * items,
-                       meter.per_op_us(measured.ops)["workers"] / items,
-                       ordered[len(ordered) // 2] * 1000)
+    cpu = meter.per_op_us(measured.ops)
+    return CellFigures(measured.ops_per_s * items, cpu["workers"] / items,
+                       ordered[len(ordered) // 2] * 1000, cpu.get("bridge", 0.0) / items)
 
 
 def parse_env(assignments: list[str]) -> dict[str, str]:
@@ -112,13 +133,16 @@ def parse_env(assignments: list[str]) -> dict[str, str]:
 
 async def compare(base: Path, operation: str, batch: int, in_flight: int, workers: int,
                   rounds: int, seconds: float, env: dict[str, str] | None = None,
-                  base_env: dict[str, str] | None = None,
+                  base_env: dict[str, str] | None = None, http: bool = False,
                   ) -> tuple[list[CellFigures], list[CellFigures]]:
     """The cell measured ``rounds`` times on each stack: (this checkout's, the base's).
-    ``env`` and ``base_env``: settings for each side's processes."""
-    sides = {"base": await _start(base, operation, batch, workers, base_env or {})}
+    ``env`` and ``base_env``: settings for each side's processes; ``http``: through
+    each stack's bridge."""
+    sides = {"base": await _start(base, operation, batch, workers, base_env or {}, http,
+                                  in_flight)}
     try:
-        sides["new"] = await _start(None, operation, batch, workers, env or {})
+        sides["new"] = await _start(None, operation, batch, workers, env or {}, http,
+                                    in_flight)
         figures: dict[str, list[CellFigures]] = {"base": [], "new": []}
         for round_number in range(rounds):
             order = ("base", "new") if round_number % 2 == 0 else ("new", "base")
@@ -126,16 +150,23 @@ async def compare(base: Path, operation: str, batch: int, in_flight: int, worker
                 figures[name].append(
                     await _measure(sides[name], in_flight, seconds, batch or 1))
             new, old = figures["new"][-1], figures["base"][-1]
-            print(f"round {round_number + 1}: base {old.items_per_s:,.0f}/s "
-                  f"{old.worker_cpu_us_per_item:.0f} µs p50 {old.p50_ms:.3f} ms, "
-                  f"new {new.items_per_s:,.0f}/s {new.worker_cpu_us_per_item:.0f} µs "
-                  f"p50 {new.p50_ms:.3f} ms", flush=True)
+            print(f"round {round_number + 1}: base {_figures_text(old)}, "
+                  f"new {_figures_text(new)}", flush=True)
         return figures["new"], figures["base"]
     finally:
         for side in sides.values():
+            if side.pool is not None:
+                await side.pool.close()
             await side.client.close()
             side.stack.stop()
             shutil.rmtree(side.stack.root, ignore_errors=True)
+
+
+def _figures_text(figures: CellFigures) -> str:
+    bridge = (f" bridge {figures.bridge_cpu_us_per_item:.0f} µs"
+              if figures.bridge_cpu_us_per_item else "")
+    return (f"{figures.items_per_s:,.0f}/s {figures.worker_cpu_us_per_item:.0f} µs{bridge} "
+            f"p50 {figures.p50_ms:.3f} ms")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,18 +186,24 @@ def main(argv: list[str] | None = None) -> None:
                              "--base . it compares settings of the same code")
     parser.add_argument("--base-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the base's workers (repeatable)")
+    parser.add_argument("--http", action="store_true",
+                        help="single requests through each stack's bridge; adds the "
+                             "bridge's CPU per request")
     args = parser.parse_args(argv)
+    if args.http and args.batch:
+        parser.error("--http sends single requests; leave out --batch")
     try:
         env, base_env = parse_env(args.env), parse_env(args.base_env)
     except ValueError as exc:
         parser.error(str(exc))
     new, base = uvloop.run(compare(args.base.resolve(), args.operation, args.batch,
                                    args.in_flight, args.workers, args.rounds, args.seconds,
-                                   env, base_env))
+                                   env, base_env, args.http))
     ratios = median_ratios(new, base)
+    bridge = f", bridge CPU per request {ratios.bridge_cpu_us_per_item:.3f}" if args.http else ""
     print(f"this checkout ÷ base, median of {args.rounds} rounds: items/s "
           f"{ratios.items_per_s:.3f}, worker CPU per item {ratios.worker_cpu_us_per_item:.3f}, "
-          f"p50 {ratios.p50_ms:.3f}")
+          f"p50 {ratios.p50_ms:.3f}{bridge}")
 
 
 if __name__ == "__main__":

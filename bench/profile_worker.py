@@ -1,9 +1,10 @@
-"""Profile one pqkms worker under load with py-spy (``pip install py-spy``).
+"""Profile one pqkms worker, or the HTTP bridge, under load with py-spy (``pip install py-spy``).
 
 ``python -m bench.profile_worker --operation encrypt --seconds 10`` starts its own
 stack with one worker, drives the operation with 200 requests in flight, records the
 worker with ``py-spy record`` (collapsed stacks) and prints where its CPU goes:
-the heaviest functions by inclusive and by self time.
+the heaviest functions by inclusive and by self time. ``--bridge`` records the bridge
+instead, with two workers behind it and the requests sent over HTTP.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import nats
 import uvloop
 
-from bench.clients import PQKMS_SUBJECTS, nats_call
+from bench.clients import PQKMS_SUBJECTS, http_call, nats_call
 from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS
+from bench.http_client import HttpPool
 from bench.measure import closed_loop
 from bench.run import _pqkms_bodies, batch_call
 from bench.stack import BenchStack
+from schemas.subjects import HEADER_API_KEY
 
 __all__ = ["CATEGORIES", "categorize_collapsed", "summarize_collapsed"]
 
@@ -45,6 +49,20 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("FastStream + fast_depends + anyio", ("faststream/", "fast_depends/", "anyio/")),
     ("nats-py client (parse, publish, flush)", ("nats/",)),
     ("event loop (uvloop: I/O, callbacks)", ("asyncio/runners.py",)),
+)
+
+# The same for the bridge (``--bridge``), matched from the leaf up.
+BRIDGE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("request log line (structlog, log sink)", ("structlog/", "log_sink.py",
+                                                "logging_setup.py")),
+    ("metrics (prometheus_client, api_bridge/metrics.py)", ("prometheus_client/",
+                                                            "api_bridge/metrics.py")),
+    ("nats-py client (request, parse, publish)", ("nats/",)),
+    ("socket writes (coalesced_writes.py)", ("coalesced_writes.py",)),
+    ("uvicorn + httptools (HTTP/1.1)", ("uvicorn/", "httptools/")),
+    ("Starlette + FastAPI (Request, Response)", ("starlette/", "fastapi/")),
+    ("bridge's own code", ("api_bridge/", "schemas/")),
+    ("event loop (uvloop: I/O, callbacks)", ("asyncio/",)),
 )
 
 
@@ -76,9 +94,14 @@ def summarize_collapsed(path: Path, top: int = 30) -> str:
     return "\n".join(lines)
 
 
-def categorize_collapsed(path: Path) -> tuple[int, dict[str, int]]:
-    """Samples per cost category (see ``CATEGORIES``); the first category whose marker
-    appears anywhere in a stack takes the sample."""
+def categorize_collapsed(
+    path: Path, categories: tuple[tuple[str, tuple[str, ...]], ...] = CATEGORIES,
+    innermost: bool = False,
+) -> tuple[int, dict[str, int]]:
+    """Samples per cost category (``CATEGORIES`` unless told). By default the first
+    category whose marker appears anywhere in a stack takes the sample; with
+    ``innermost`` the frame nearest the leaf that any marker matches decides (for a
+    process whose middleware wraps everything, such as the bridge)."""
     counts: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
@@ -87,13 +110,18 @@ def categorize_collapsed(path: Path) -> tuple[int, dict[str, int]]:
             continue
         count = int(count_text)
         total += count
-        for name, markers in CATEGORIES:
-            if any(marker in stack for marker in markers):
-                counts[name] += count
-                break
-        else:
-            counts["other"] += count
+        scopes = reversed(stack.split(";")) if innermost else (stack,)
+        counts[_category(scopes, categories)] += count
     return total, dict(counts)
+
+
+def _category(scopes: Iterable[str],
+              categories: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    for scope in scopes:
+        for name, markers in categories:
+            if any(marker in scope for marker in markers):
+                return name
+    return "other"
 
 
 def _short(frame: str) -> str:
@@ -109,51 +137,65 @@ def _short(frame: str) -> str:
 
 
 async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
-                   log_level: str, gil: bool, batch_items: int = 0) -> tuple[float, float]:
-    """Requests completed during the recording and the worker's CPU µs per request."""
+                   log_level: str, gil: bool, batch_items: int = 0,
+                   bridge: bool = False) -> tuple[float, float]:
+    """Requests completed during the recording and the profiled process's CPU µs per
+    request (one worker's, or with ``bridge`` the bridge's in front of two workers)."""
     cpu: dict[str, float] = {}
     requests = 0.0
     root = Path(tempfile.mkdtemp(prefix="pqkms-profile-"))
     stack = BenchStack(root, worker_log_level=log_level)
+    pool: HttpPool | None = None
     try:
         stack.start_nats()
         await stack.init_store()
-        await stack.start_workers(1)
+        await stack.start_workers(2 if bridge else 1)
         client = await nats.connect(stack.nats_url, pending_size=64 * 1024 * 1024)
         await stack.generate_keys(client)
         bodies = await _pqkms_bodies(stack, client, bytes(range(256)) * 4)
-        if batch_items:
+        if bridge:
+            stack.start_bridge()
+            if not await stack.wait_for_bridge() or stack.bridge is None:
+                raise SystemExit(f"the bridge did not start; see {root / 'bridge.log'}")
+            pool = HttpPool(stack.http_url, in_flight, headers={HEADER_API_KEY: stack.api_key})
+            call = http_call(pool, operation, bodies[operation])
+            profiled = stack.bridge.pid
+        elif batch_items:
             call = batch_call(client, operation, bodies.batch(operation, batch_items),
                               batch_items, stack.api_key)
+            profiled = stack.workers[0].pid
         else:
             call = nats_call(client, PQKMS_SUBJECTS[operation], operation, bodies[operation],
                              stack.api_key)
+            profiled = stack.workers[0].pid
         spy = shutil.which("py-spy")
         if spy is None:
             raise SystemExit("py-spy is not installed: pip install py-spy")
         recorder = await asyncio.create_subprocess_exec(
-            spy, "record", "--pid", str(stack.workers[0].pid), "--duration", str(int(seconds)),
+            spy, "record", "--pid", str(profiled), "--duration", str(int(seconds)),
             "--rate", str(_RATE), "--format", "raw", "--output", str(out), "--nonblocking",
             *(["--gil"] if gil else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        meter = CpuMeter({"worker": [stack.workers[0].pid]})
+        meter = CpuMeter({"profiled": [profiled]})
         started = time.perf_counter()
         measurement = await closed_loop(call, in_flight, seconds + 1.0, 10**9, 0.5,
                                         meter.start)
         cpu = meter.per_op_us(measurement.ops)
         requests = measurement.ops_per_s * int(seconds)
         print(f"{operation}: {measurement.ops_per_s:,.0f} ops/s during the profile "
-              f"({time.perf_counter() - started:.1f} s), worker CPU "
-              f"{cpu.get('worker', 0):,.0f} µs per request")
+              f"({time.perf_counter() - started:.1f} s), {'bridge' if bridge else 'worker'} "
+              f"CPU {cpu.get('profiled', 0):,.0f} µs per request")
         _, errors = await recorder.communicate()
         if recorder.returncode != 0:
             print(errors.decode(errors="replace"))
         await client.close()
     finally:
+        if pool is not None:
+            await pool.close()
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
-    return requests, cpu.get("worker", 0.0)
+    return requests, cpu.get("profiled", 0.0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,13 +212,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gil", action="store_true",
                         help="sample only the thread holding the GIL (no double counting of "
                              "threads waiting for it)")
+    parser.add_argument("--bridge", action="store_true",
+                        help="profile the HTTP bridge (two workers behind it) instead")
     args = parser.parse_args(argv)
+    if args.bridge and args.batch:
+        parser.error("--bridge sends single requests; leave out --batch")
     requests, cpu_per_request = uvloop.run(_profile(args.operation, args.seconds, args.in_flight,
                                           args.out, args.worker_log_level, args.gil,
-                                                    args.batch))
+                                                    args.batch, args.bridge))
     if args.out.exists():
-        total, counts = categorize_collapsed(args.out)
-        print(f"\nwhere the worker's time goes per request ({total} samples at {_RATE}/s"
+        process = "bridge" if args.bridge else "worker"
+        total, counts = categorize_collapsed(
+            args.out, BRIDGE_CATEGORIES if args.bridge else CATEGORIES, innermost=args.bridge)
+        print(f"\nwhere the {process}'s time goes per request ({total} samples at {_RATE}/s"
               f"{', GIL holder only' if args.gil else ', every active thread'}, "
               f"{requests:,.0f} requests):")
         sampled = 0.0

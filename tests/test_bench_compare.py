@@ -20,8 +20,16 @@ def test_ratios_are_taken_round_by_round_then_the_median() -> None:
             CellFigures(100.0, 10.0, 1.0)]
     new = [CellFigures(110.0, 9.0, 1.0), CellFigures(60.0, 20.0, 1.0),
            CellFigures(90.0, 12.0, 1.5)]
-    # items/s 1.1, 1.2, 0.9; CPU 0.9, 1.0, 1.2; p50 1.0, 0.5, 1.5
-    assert median_ratios(new, base) == CellFigures(1.1, 1.0, 1.0)
+    # items/s 1.1, 1.2, 0.9; CPU 0.9, 1.0, 1.2; p50 1.0, 0.5, 1.5; no bridge: 0
+    assert median_ratios(new, base) == CellFigures(1.1, 1.0, 1.0, 0.0)
+
+
+def test_the_bridge_cpu_ratio_is_taken_the_same_way() -> None:
+    base = [CellFigures(1.0, 1.0, 1.0, 100.0), CellFigures(1.0, 1.0, 1.0, 200.0),
+            CellFigures(1.0, 1.0, 1.0, 100.0)]
+    new = [CellFigures(1.0, 1.0, 1.0, 80.0), CellFigures(1.0, 1.0, 1.0, 200.0),
+           CellFigures(1.0, 1.0, 1.0, 90.0)]
+    assert median_ratios(new, base).bridge_cpu_us_per_item == pytest.approx(0.9)
 
 
 @pytest.mark.integration
@@ -38,6 +46,21 @@ async def test_batches_of_any_operation_are_compared() -> None:
     new, base = await compare(ROOT, "verify", batch=10, in_flight=2, workers=1, rounds=1,
                               seconds=0.3)
     assert new[0].items_per_s > 0 and base[0].items_per_s > 0
+
+
+@pytest.mark.integration
+async def test_http_requests_go_through_each_stack_s_bridge() -> None:
+    new, base = await compare(ROOT, "encrypt", batch=0, in_flight=4, workers=1, rounds=1,
+                              seconds=0.3, http=True)
+    assert all(figures.items_per_s > 0 and figures.bridge_cpu_us_per_item > 0
+               for figures in new + base)
+
+
+def test_http_and_batches_do_not_go_together(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--base", str(ROOT), "--http", "--batch", "10"])
+    assert exit_info.value.code == 2
+    assert "--http sends single requests" in capsys.readouterr().err
 
 
 def test_settings_are_read_as_name_equals_value() -> None:
