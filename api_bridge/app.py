@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api_bridge.direct_post import DirectPost
 from api_bridge.direct_routes import BridgeApp, direct_post_routes
 from api_bridge.errors import error_response
 from api_bridge.health import add_health_route
@@ -95,20 +96,19 @@ def create_app(settings: Settings) -> BridgeApp:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.gateway = gateway
-    post_paths = add_operation_routes(app, gateway, settings.nats_max_payload())
+    body_limit = settings.nats_max_payload()
+    post_operations = add_operation_routes(app, gateway, body_limit)
     add_health_route(app, gateway)
     add_metrics_route(app, metrics)
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_exception)
     tracer = bridge_tracer(settings)
     # Metrics inside the log middleware (added last, so outermost): a crash it turns
-    # into a 500 is counted as one. The POST operation routes get the same two layers
-    # in front of FastAPI's own (api_bridge.direct_routes); every other request these.
+    # into a 500 is counted as one. The POST operation routes are answered ahead of
+    # FastAPI, with the same log line, count and crash answer (api_bridge.direct_post).
     app.add_middleware(MetricsMiddleware, metrics=metrics, tracer=tracer)
     app.add_middleware(RequestLogMiddleware)
-    app.serve_directly(
-        direct_post_routes(app, post_paths),
-        lambda inner: RequestLogMiddleware(MetricsMiddleware(inner, metrics, tracer)),
-    )
+    app.serve_directly(DirectPost(direct_post_routes(app, post_operations), gateway, metrics,
+                                  tracer, body_limit))
     install_openapi(app, [operation.request for operation in OPERATIONS])
     return app

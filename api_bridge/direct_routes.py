@@ -1,71 +1,49 @@
-"""The POST operation routes served without FastAPI's per-request machinery.
+"""Which requests skip FastAPI's per-request machinery, and the app that sends them by.
 
 FastAPI stays the bridge's framework: it registers every route, documents it in the
-OpenAPI schema, answers 404/405 and the GET routes. But a POST operation route has no
-path parameters, no dependencies and an endpoint that takes the raw request and returns
-a finished response (``api_bridge.routes``), so Starlette's middleware stack (server
-errors, exception handlers, body limits), its routing, dependency solving and exit stack
-add nothing to the reply — and cost more CPU per request than the endpoint itself on the
-2-core machine (docs/performance.md). :class:`BridgeApp` therefore sends an exact
-``POST`` match on such a path, before all of that, through its own request-log and
-metrics layers (the same classes the app's stack has) straight to its endpoint; every
-other request takes FastAPI's path. The matched route goes into the scope, as FastAPI's
-router does, for the metrics label.
+OpenAPI schema, answers 404/405 and the GET routes. But Starlette's middleware stack
+(server errors, exception handlers), its routing, dependency solving and exit stack add
+nothing to a POST operation route's answer, and cost more CPU per request than the
+endpoint itself on the 2-core machine (docs/performance.md). :class:`BridgeApp`
+therefore sends an exact ``POST`` match on such a path, before all of that, to
+``api_bridge.direct_post.DirectPost``; every other request takes FastAPI's path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Mapping
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-__all__ = ["BridgeApp", "DirectPostRoutes", "direct_post_routes"]
+from api_bridge.direct_post import DirectPost, DirectRoute
+from schemas.operations import Operation
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-DirectRoutes = Mapping[str, tuple[APIRoute, Endpoint]]
+__all__ = ["BridgeApp", "direct_post_routes"]
 
 
-def direct_post_routes(app: FastAPI, paths: Collection[str]) -> dict[str, tuple[APIRoute,
-                                                                               Endpoint]]:
-    """The app's ``POST`` routes at ``paths`` (operation routes): path → (route, endpoint)."""
-    found: dict[str, tuple[APIRoute, Endpoint]] = {}
+def direct_post_routes(app: FastAPI,
+                       operations: Mapping[str, Operation]) -> dict[str, DirectRoute]:
+    """The app's ``POST`` routes of ``operations`` (path → operation): path → route."""
+    found: dict[str, DirectRoute] = {}
     for route in app.router.routes:
-        if isinstance(route, APIRoute) and route.path in paths and route.methods == {"POST"}:
-            found[route.path] = (route, route.endpoint)
+        if (isinstance(route, APIRoute) and route.path in operations
+                and route.methods == {"POST"}):
+            found[route.path] = DirectRoute(route, operations[route.path])
     return found
-
-
-class DirectPostRoutes:
-    """Plain ASGI: calls the endpoint of the request's path (one of ``routes``)."""
-
-    def __init__(self, routes: DirectRoutes) -> None:
-        self.routes = dict(routes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point; only ever given a ``POST`` to one of its paths."""
-        route, endpoint = self.routes[scope["path"]]
-        scope["route"] = route
-        response = await endpoint(Request(scope, receive, send))
-        await response(scope, receive, send)
 
 
 class BridgeApp(FastAPI):
     """FastAPI, with the ``POST`` operation routes answered ahead of its middleware."""
 
-    direct: ASGIApp | None = None
-    direct_routes: DirectPostRoutes | None = None
+    direct: DirectPost | None = None
     direct_paths: frozenset[str] = frozenset()
 
-    def serve_directly(self, routes: DirectRoutes,
-                       wrap: Callable[[ASGIApp], ASGIApp]) -> None:
-        """Answer ``routes`` by their endpoints, inside the layers ``wrap`` adds."""
-        self.direct_routes = DirectPostRoutes(routes)
-        self.direct = wrap(self.direct_routes)
-        self.direct_paths = frozenset(routes)
+    def serve_directly(self, direct: DirectPost) -> None:
+        """Answer ``POST`` requests to ``direct``'s paths by it."""
+        self.direct = direct
+        self.direct_paths = frozenset(direct.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""

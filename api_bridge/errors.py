@@ -7,13 +7,19 @@ from collections.abc import Mapping
 import orjson
 from starlette.responses import Response
 
+from api_bridge.answer import JSON_MEDIA_TYPE, Answer
 from schemas.envelope import error_envelope
 from schemas.errors import ErrorCode
 from schemas.subjects import HEADER_REQUEST_ID, HEADER_RETRY_AFTER
 
-__all__ = ["BridgeError", "JSON_MEDIA_TYPE", "envelope_headers", "error_response"]
-
-JSON_MEDIA_TYPE = "application/json"
+__all__ = [
+    "JSON_MEDIA_TYPE",
+    "BridgeError",
+    "envelope_headers",
+    "error_answer",
+    "error_of",
+    "error_response",
+]
 
 
 class BridgeError(Exception):
@@ -43,6 +49,31 @@ def envelope_headers(request_id: str) -> dict[str, str]:
     return {HEADER_REQUEST_ID: request_id, "Cache-Control": "no-store"}
 
 
+def error_answer(
+    code: ErrorCode,
+    request_id: str,
+    message: str | None = None,
+    *,
+    status: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    retry_after: int | None = None,
+) -> Answer:
+    """An error envelope to send, status from the registry unless overridden."""
+    all_headers = envelope_headers(request_id)
+    if headers:
+        all_headers.update(headers)
+    if retry_after is not None:
+        all_headers[HEADER_RETRY_AFTER] = str(retry_after)
+    body = orjson.dumps(error_envelope(code, request_id, message, retry_after))
+    return Answer(status or code.http_status, all_headers, body)
+
+
+def error_of(error: BridgeError, request_id: str) -> Answer:
+    """What the client gets for ``error``."""
+    return error_answer(error.code, request_id, error.message, status=error.status,
+                        headers=error.headers)
+
+
 def error_response(
     code: ErrorCode,
     request_id: str,
@@ -52,16 +83,6 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     retry_after: int | None = None,
 ) -> Response:
-    """An error envelope as an HTTP response, status from the registry unless overridden."""
-    all_headers = envelope_headers(request_id)
-    if headers:
-        all_headers.update(headers)
-    if retry_after is not None:
-        all_headers[HEADER_RETRY_AFTER] = str(retry_after)
-    body = orjson.dumps(error_envelope(code, request_id, message, retry_after))
-    return Response(
-        content=body,
-        status_code=status or code.http_status,
-        headers=all_headers,
-        media_type=JSON_MEDIA_TYPE,
-    )
+    """:func:`error_answer` as a Starlette response."""
+    return error_answer(code, request_id, message, status=status, headers=headers,
+                        retry_after=retry_after).response()

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.types import Message, Receive, Scope
 
 from api_bridge.errors import BridgeError
 from schemas.errors import ErrorCode
@@ -25,19 +27,14 @@ def _invalid(message: str) -> BridgeError:
     return BridgeError(ErrorCode.INVALID, f"Validation failed: {message}")
 
 
-async def read_json_object(request: Request, limit: int) -> bytes:
-    """The raw body bytes, after checking they hold one JSON object of at most ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _invalid(f"request body is larger than {limit} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise _invalid(f"request body is larger than {limit} bytes")
-    except ClientDisconnect:
-        raise _invalid("the client disconnected before the body was complete") from None
+async def read_json_object(receive: Receive, declared_length: str | bytes | None,
+                           limit: int) -> bytes:
+    """The raw body bytes from the ASGI ``receive``, after checking they hold one JSON
+    object of at most ``limit`` bytes; ``declared_length``: the Content-Length header."""
+    if (declared_length is not None and declared_length.isdigit()
+            and int(declared_length) > limit):
+        raise _too_large(limit)
+    body = await _receive_body(receive, limit)
     if not body:
         raise _invalid("request body is required (a JSON object)")
     try:
@@ -48,14 +45,42 @@ async def read_json_object(request: Request, limit: int) -> bytes:
         ) from None
     if not isinstance(value, dict):
         raise _invalid("request body must be a JSON object")
+    return body
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    first = _chunk(message)
+    if len(first) > limit:
+        raise _too_large(limit)
+    if not message.get("more_body", False):
+        return first  # the whole body in one message: the common case, no copy
+    body = bytearray(first)
+    while message.get("more_body", False):
+        message = await receive()
+        body += _chunk(message)
+        if len(body) > limit:
+            raise _too_large(limit)
     return bytes(body)
 
 
-def reject_query(request: Request) -> None:
+def _chunk(message: Message) -> bytes:
+    if message["type"] != "http.request":  # http.disconnect
+        raise _invalid("the client disconnected before the body was complete")
+    chunk: bytes = message.get("body", b"")
+    return chunk
+
+
+def _too_large(limit: int) -> BridgeError:
+    return _invalid(f"request body is larger than {limit} bytes")
+
+
+def reject_query(scope: Scope) -> None:
     """Refuse any query parameter (POST routes take everything in the body)."""
-    if not request.scope.get("query_string"):
+    query = scope.get("query_string")
+    if not query:
         return  # the common case, without parsing an empty query
-    for name in request.query_params:
+    for name in QueryParams(query):
         raise _invalid(f"unknown query parameter '{_short(name)}'")
 
 

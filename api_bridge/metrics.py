@@ -47,6 +47,7 @@ __all__ = [
     "add_metrics_route",
     "bridge_tracer",
     "nats_failure_kind",
+    "record_span",
 ]
 
 UNMATCHED_ROUTE = "unmatched"
@@ -166,23 +167,25 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
             self._metrics.observe(route, status, time.perf_counter() - started)
             if self._tracer is not None:
-                self._record_span(scope, route, status, start_ns)
+                record_span(self._tracer, scope, route, status, start_ns,
+                            context_of(Request(scope)).request_id)
 
-    def _record_span(self, scope: Scope, route: str, status: int, start_ns: int) -> None:
-        assert self._tracer is not None
-        from opentelemetry.trace import SpanKind, StatusCode
 
-        method = str(scope.get("method", ""))
-        attributes: dict[str, str | int] = {
-            "http.request.method": method, "http.route": route,
-            "http.response.status_code": status,
-            "pqkms.request_id": context_of(Request(scope)).request_id,
-        }
-        span = self._tracer.start_span(f"{method} {route}", kind=SpanKind.SERVER,
-                                       start_time=start_ns, attributes=attributes)
-        if status >= 500:
-            span.set_status(StatusCode.ERROR)
-        span.end()
+def record_span(tracer: Tracer, scope: Scope, route: str, status: int, start_ns: int,
+                request_id: str) -> None:
+    """One request as a finished server span (``PQKMS_OTEL=1``)."""
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    method = str(scope.get("method", ""))
+    attributes: dict[str, str | int] = {
+        "http.request.method": method, "http.route": route,
+        "http.response.status_code": status, "pqkms.request_id": request_id,
+    }
+    span = tracer.start_span(f"{method} {route}", kind=SpanKind.SERVER,
+                             start_time=start_ns, attributes=attributes)
+    if status >= 500:
+        span.set_status(StatusCode.ERROR)
+    span.end()
 
 
 def add_metrics_route(app: FastAPI, metrics: BridgeMetrics) -> None:

@@ -1,19 +1,19 @@
-"""A worker's reply → the HTTP response: body unchanged, status from the registry."""
+"""A worker's reply → the HTTP answer: body unchanged, status from the registry."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from starlette.responses import Response
 
-from api_bridge.errors import JSON_MEDIA_TYPE, BridgeError, envelope_headers
+from api_bridge.answer import Answer
+from api_bridge.errors import BridgeError, envelope_headers
 from api_bridge.nats_gateway import Reply
 from api_bridge.request_context import RequestContext, is_sane_request_id
 from schemas.errors import ErrorCode, http_status_for
 from schemas.subjects import HEADER_RETRY_AFTER
 
-__all__ = ["response_from_reply"]
+__all__ = ["answer_from_reply"]
 
 _DEFAULT_RETRY_AFTER = 1
 _MAX_RETRY_AFTER = 86_400
@@ -60,7 +60,7 @@ def _retry_after(reply: Reply, error: dict[str, Any]) -> str:
     return str(_DEFAULT_RETRY_AFTER)
 
 
-def response_from_reply(reply: Reply, success_status: int, context: RequestContext) -> Response:
+def answer_from_reply(reply: Reply, success_status: int, context: RequestContext) -> Answer:
     """Pass the worker's envelope bytes through with the right status and headers.
 
     Raises :class:`BridgeError` (502 ``ERR_BAD_GATEWAY_001``) for a reply that is
@@ -81,5 +81,4 @@ def response_from_reply(reply: Reply, success_status: int, context: RequestConte
         status = http_status_for(error["code"])
         if status == 429:
             headers[HEADER_RETRY_AFTER] = _retry_after(reply, error)
-    return Response(content=reply.body, status_code=status, headers=headers,
-                    media_type=JSON_MEDIA_TYPE)
+    return Answer(status, headers, reply.body)

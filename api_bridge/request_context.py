@@ -20,14 +20,17 @@ from schemas.envelope import new_request_id
 from schemas.errors import ErrorCode
 
 __all__ = [
+    "CONTEXT_KEY",
     "RequestContext",
     "RequestLogMiddleware",
     "context_of",
     "is_sane_request_id",
+    "log_crash",
+    "log_request",
     "request_id_from_header",
 ]
 
-_SCOPE_KEY = "pqkms.context"
+CONTEXT_KEY = "pqkms.context"  # where a request's RequestContext sits in its ASGI scope
 _REQUEST_ID_HEADER = b"x-request-id"
 _MAX_REQUEST_ID_LENGTH = 128
 _MAX_LOGGED_PATH = 200
@@ -66,11 +69,11 @@ def request_id_from_header(value: bytes | None) -> str:
 
 def context_of(request: Request) -> RequestContext:
     """The context the middleware attached to this request."""
-    context = request.scope.get(_SCOPE_KEY)
+    context = request.scope.get(CONTEXT_KEY)
     if context is None:  # only when the app runs without its middleware
         raw = request.headers.get("x-request-id", "").encode("latin-1")
         context = RequestContext(request_id_from_header(raw))
-        request.scope[_SCOPE_KEY] = context
+        request.scope[CONTEXT_KEY] = context
     assert isinstance(context, RequestContext)
     return context
 
@@ -95,7 +98,7 @@ class RequestLogMiddleware:
             return
         started_at = time.perf_counter()
         context = RequestContext(request_id_from_header(_header(scope, _REQUEST_ID_HEADER)))
-        scope[_SCOPE_KEY] = context
+        scope[CONTEXT_KEY] = context
         status = 500
         response_started = False
 
@@ -113,28 +116,39 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         except Exception as exc:
-            context.error_code = ErrorCode.INTERNAL.value
-            # Type and place only: messages and locals may hold request data.
-            log.error(
-                "unhandled_exception",
-                exception_type=type(exc).__name__,
-                where=_where(exc),
-                request_id=context.request_id,
-                path=_logged_path(scope),
-            )
+            log_crash(exc, context, scope)
             if not response_started:
                 response = error_response(ErrorCode.INTERNAL, context.request_id)
                 await response(scope, receive, send_with_request_id)
         finally:
-            log.info(
-                "http_request",
-                method=scope.get("method"),
-                path=_logged_path(scope),
-                status=status,
-                error_code=context.error_code,
-                request_id=context.request_id,
-                latency_ms=round((time.perf_counter() - started_at) * 1000, 3),
-            )
+            log_request(scope, status, context, started_at)
+
+
+def log_crash(exc: Exception, context: RequestContext, scope: Scope) -> None:
+    """An exception nobody handled: marks the request internal and logs where it was
+    raised (type and place only: messages and locals may hold request data)."""
+    context.error_code = ErrorCode.INTERNAL.value
+    log.error(
+        "unhandled_exception",
+        exception_type=type(exc).__name__,
+        where=_where(exc),
+        request_id=context.request_id,
+        path=_logged_path(scope),
+    )
+
+
+def log_request(scope: Scope, status: int, context: RequestContext,
+                started_at: float) -> None:
+    """The one line per request (``started_at``: its ``time.perf_counter()``)."""
+    log.info(
+        "http_request",
+        method=scope.get("method"),
+        path=_logged_path(scope),
+        status=status,
+        error_code=context.error_code,
+        request_id=context.request_id,
+        latency_ms=round((time.perf_counter() - started_at) * 1000, 3),
+    )
 
 
 def _where(exc: BaseException) -> str:

@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api_bridge import http_input
-from api_bridge.errors import BridgeError, error_response
+from api_bridge.errors import BridgeError
+from api_bridge.forwarding import forward
 from api_bridge.nats_gateway import NatsGateway
 from api_bridge.openapi import (
     REQUEST_ID_PARAMETER,
@@ -28,11 +29,10 @@ from api_bridge.openapi import (
     json_body,
     success_envelope_model,
 )
-from api_bridge.replies import response_from_reply
 from api_bridge.request_context import context_of
 from schemas.errors import ErrorCode
 from schemas.operations import OPERATIONS, Operation
-from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID, SUBJECT_PREFIX, Subject
+from schemas.subjects import HEADER_API_KEY, SUBJECT_PREFIX, Subject
 
 __all__ = ["HttpRoute", "add_operation_routes", "http_routes"]
 
@@ -109,24 +109,16 @@ def _literal_siblings(route: HttpRoute, routes: list[HttpRoute]) -> dict[str, st
     return {name: ", ".join(sorted(methods)) for name, methods in siblings.items()}
 
 
-def _forward_headers(request: Request, request_id: str) -> dict[str, str]:
-    headers = {HEADER_REQUEST_ID: request_id}
-    api_key = request.headers.get(HEADER_API_KEY)  # case-insensitive lookup
-    if api_key is not None:
-        headers[HEADER_API_KEY] = api_key
-    return headers
-
-
 def _make_endpoint(
     route: HttpRoute, gateway: NatsGateway, body_limit: int, siblings: dict[str, str]
 ) -> Endpoint:
     operation = route.operation
-    subject = operation.subject.value
 
     async def build_payload(request: Request) -> bytes:
         if operation.method != "GET":
-            http_input.reject_query(request)
-            return await http_input.read_json_object(request, body_limit)
+            http_input.reject_query(request.scope)
+            return await http_input.read_json_object(
+                request.receive, request.headers.get("content-length"), body_limit)
         body: dict[str, Any] = {}
         for name in route.path_params:
             raw = request.path_params[name]
@@ -144,17 +136,12 @@ def _make_endpoint(
         return orjson.dumps(body)
 
     async def endpoint(request: Request) -> Response:
-        context = context_of(request)
-        try:
-            payload = await build_payload(request)
-            reply = await gateway.request(
-                subject, payload, _forward_headers(request, context.request_id)
-            )
-            return response_from_reply(reply, operation.success_status, context)
-        except BridgeError as exc:
-            context.error_code = exc.code.value
-            return error_response(exc.code, context.request_id, exc.message,
-                                  status=exc.status, headers=exc.headers)
+        # The POST routes are served by api_bridge.direct_post ahead of this endpoint;
+        # it answers them the same way (tests/bridge/test_direct_post.py).
+        api_key = request.headers.get(HEADER_API_KEY)  # case-insensitive lookup
+        answer = await forward(gateway, operation, build_payload(request), api_key,
+                               context_of(request))
+        return answer.response()
 
     endpoint.__name__ = route.operation_id
     endpoint.__doc__ = operation.request.__doc__
@@ -181,9 +168,11 @@ def _openapi_extra(route: HttpRoute) -> dict[str, Any]:
     return extra
 
 
-def add_operation_routes(app: FastAPI, gateway: NatsGateway, body_limit: int) -> list[str]:
+def add_operation_routes(app: FastAPI, gateway: NatsGateway,
+                         body_limit: int) -> dict[str, Operation]:
     """Register every operation's route(s) on the app, documented for OpenAPI; returns
-    the paths of the POST routes (no path parameters: ``api_bridge.direct_routes``)."""
+    the POST routes (no path parameters), path → operation, for
+    ``api_bridge.direct_post``."""
     routes = http_routes()
     for route in routes:
         operation = route.operation
@@ -204,5 +193,5 @@ def add_operation_routes(app: FastAPI, gateway: NatsGateway, body_limit: int) ->
             tags=[operation.subject.value.split(".")[2]],
             openapi_extra=_openapi_extra(route),
         )
-    return [route.path for route in routes
-            if route.operation.method == "POST" and not route.path_params]
+    return {route.path: route.operation for route in routes
+            if route.operation.method == "POST" and not route.path_params}

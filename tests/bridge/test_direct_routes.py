@@ -8,9 +8,8 @@ import httpx
 import pytest
 
 from api_bridge.app import create_app
-from api_bridge.direct_routes import BridgeApp, DirectPostRoutes, direct_post_routes
-from api_bridge.metrics import MetricsMiddleware
-from api_bridge.request_context import RequestLogMiddleware
+from api_bridge.direct_post import DirectPost
+from api_bridge.direct_routes import BridgeApp, direct_post_routes
 from schemas import OPERATIONS
 from worker.config import Settings
 
@@ -23,29 +22,21 @@ def _app(tmp_path: Path) -> BridgeApp:
 
 def test_every_post_operation_and_nothing_else_is_served_directly(tmp_path: Path) -> None:
     app = _app(tmp_path)
-    assert app.direct_routes is not None
-    posts = {op.path for op in OPERATIONS if op.method == "POST"}
-    assert set(app.direct_routes.routes) == set(app.direct_paths) == posts
-    for path, (route, endpoint) in app.direct_routes.routes.items():
-        assert route.path == path and route.methods == {"POST"}
-        assert endpoint is route.endpoint  # the very endpoint FastAPI would call
-
-
-def test_the_direct_path_has_the_log_and_metrics_layers_of_the_app(tmp_path: Path) -> None:
-    app = _app(tmp_path)
-    log_layer = app.direct
-    assert isinstance(log_layer, RequestLogMiddleware)
-    assert isinstance(log_layer.app, MetricsMiddleware)
-    assert log_layer.app.app is app.direct_routes
-    assert isinstance(app.direct_routes, DirectPostRoutes)
-    # Every other request: the same two layers, outermost first, in FastAPI's stack.
+    assert isinstance(app.direct, DirectPost)
+    posts = {op.path: op for op in OPERATIONS if op.method == "POST"}
+    assert set(app.direct.routes) == set(app.direct_paths) == set(posts)
+    for path, direct in app.direct.routes.items():
+        assert direct.route.path == path and direct.route.methods == {"POST"}
+        assert direct.operation is posts[path]
+    # Every other request goes through FastAPI's stack with the log and metrics layers.
     names = [m.cls.__name__ for m in app.user_middleware]  # type: ignore[attr-defined]
     assert names == ["RequestLogMiddleware", "MetricsMiddleware"]
 
 
 def test_paths_without_a_post_route_are_left_out(tmp_path: Path) -> None:
     app = _app(tmp_path)
-    assert direct_post_routes(app, ["/api/v1/kms/keys", "/nowhere"]) == {}
+    operations = {op.path: op for op in OPERATIONS}
+    assert direct_post_routes(app, {"/api/v1/kms/keys": operations["/api/v1/kms/keys"]}) == {}
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT"])
