@@ -5,7 +5,8 @@ never fails the others. A batch is one request: each key version it names is loo
 (existence, state, material) once, and every item sees that answer. Rate limiting is
 the transport's (one token per item, all or nothing). Encrypt and decrypt items in their
 common form skip the request and result models (``worker.services.kem_items``); the
-reply is plain JSON objects.
+reply is plain JSON objects. Sign and verify items in theirs skip them too
+(``worker.services.signature_items``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from worker.services.batch_items import BatchOutcome, JsonObject, data_item, err
 from worker.services.context import Caller
 from worker.services.crypto_runner import INLINE_LIMIT_BYTES, CryptoRunner
 from worker.services.kem import KemService, check_message_size, open_encrypted
-from worker.services.kem_items import KemItem, read_kem_item
+from worker.services.kem_items import KemItem, LeanResult, read_kem_item
 from worker.services.key_access import KeyAccess, Usage
 from worker.services.signatures import SignatureService
 
@@ -40,6 +41,9 @@ __all__ = ["BatchService"]
 _log = structlog.get_logger("pqkms.worker")
 
 SingleCall = Callable[[Caller, Any], Awaitable[BaseModel]]
+# A single operation on a body in its common form, without the models; None for any
+# other body (``SignatureService.sign_lean``, ``verify_lean``).
+LeanSingleCall = Callable[[Caller, dict[str, Any]], Awaitable[LeanResult | None]]
 # Items started together: signing runs in the crypto thread pool, so a few in flight
 # keep its threads busy. KEM calls run inline on the event loop: they gain nothing from
 # running together and would pay for a task each, so they run one after another.
@@ -146,15 +150,19 @@ class BatchService:
 
     def _single_calls(
         self, keys: KeyAccess
-    ) -> dict[Subject, tuple[type[BaseModel], SingleCall]]:
-        """The single-item services, on ``keys`` (a view private to one batch)."""
+    ) -> dict[Subject, tuple[type[BaseModel], SingleCall, LeanSingleCall | None]]:
+        """The single-item services, on ``keys`` (a view private to one batch): the
+        request model, the call, and the call without models where there is one (KEM
+        items take theirs in ``_run_inline``)."""
         kem_service = KemService(keys, self._runner, self._max_message_bytes)
         signatures = SignatureService(keys, self._runner, self._max_message_bytes)
         return {
-            Subject.KEM_ENCRYPT: (kem.EncryptRequest, kem_service.encrypt),
-            Subject.KEM_DECRYPT: (kem.DecryptRequest, kem_service.decrypt),
-            Subject.SIGNATURE_SIGN: (signature.SignRequest, signatures.sign),
-            Subject.SIGNATURE_VERIFY: (signature.VerifyRequest, signatures.verify),
+            Subject.KEM_ENCRYPT: (kem.EncryptRequest, kem_service.encrypt, None),
+            Subject.KEM_DECRYPT: (kem.DecryptRequest, kem_service.decrypt, None),
+            Subject.SIGNATURE_SIGN: (signature.SignRequest, signatures.sign,
+                                     signatures.sign_lean),
+            Subject.SIGNATURE_VERIFY: (signature.VerifyRequest, signatures.verify,
+                                       signatures.verify_lean),
         }
 
     @property
@@ -226,7 +234,7 @@ class BatchService:
     ) -> BatchOutcome:
         """Every item through the single operation, results in item order."""
         keys = _BatchKeys(self._keys)
-        model, call = self._single_calls(keys)[single]
+        model, call, lean = self._single_calls(keys)[single]
         defaults: dict[str, Any] = {}
         if key_version is not None:
             defaults["key_version"] = key_version
@@ -243,7 +251,7 @@ class BatchService:
             for start in range(0, len(items), _WINDOW):
                 window = items[start:start + _WINDOW]
                 results.extend(await asyncio.gather(
-                    *(self._one(single, model, call, caller, item, defaults)
+                    *(self._one(single, model, call, caller, item, defaults, lean)
                       for item in window)
                 ))
         failed = sum(1 for result in results if "error" in result)
@@ -331,7 +339,11 @@ class BatchService:
         caller: Caller,
         item: Any,
         defaults: Mapping[str, Any],
+        lean: LeanSingleCall | None = None,
     ) -> JsonObject:
+        """One item through the single operation: its result or its error object.
+        ``lean``: the operation without models, tried first (it reads only the bodies
+        the model reads the same way, and answers ``None`` for the rest)."""
         if not isinstance(item, dict):
             return error_item(ErrorCode.INVALID, "Validation failed: item must be a JSON object",
                               None)
@@ -346,12 +358,18 @@ class BatchService:
                 f"{MAX_REFERENCE_CHARS} characters",
                 None,
             )
+        body = {**defaults, **fields}
         try:
-            request = model.model_validate({**defaults, **fields})
-        except ValidationError as exc:
-            return error_item(ErrorCode.INVALID, describe_validation_error(exc), reference)
-        try:
-            result = await call(caller, request)
+            result: BaseModel | LeanResult | None = None
+            if lean is not None:
+                result = await lean(caller, body)
+            if result is None:
+                try:
+                    request = model.model_validate(body)
+                except ValidationError as exc:
+                    return error_item(ErrorCode.INVALID, describe_validation_error(exc),
+                                      reference)
+                result = await call(caller, request)
         except ServiceError as exc:
             return error_item(exc.code, exc.message, reference)
         except Exception:
@@ -359,4 +377,6 @@ class BatchService:
             _log.exception("batch_item_failed", subject=single.value,
                            request_id=caller.request_id, tenant_id=caller.tenant_id)
             return error_item(ErrorCode.INTERNAL, None, reference)
-        return data_item(result.model_dump(mode="json"), reference)
+        data = (result.json_data() if isinstance(result, LeanResult)
+                else result.model_dump(mode="json"))
+        return data_item(data, reference)
