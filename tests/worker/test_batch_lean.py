@@ -13,9 +13,10 @@ import pytest
 from schemas.algorithms import Algorithm, Plan
 from schemas.errors import ErrorCode
 from schemas.subjects import Subject
-from worker.crypto import KemKey, kem_algorithm
+from worker.crypto import KemKey, kem_algorithm, seal
 from worker.errors import ServiceError
 from worker.services import batch as batch_module
+from worker.services import batch_inline
 from worker.services.batch import BatchService
 from worker.services.context import Caller
 from worker.services.crypto_runner import CryptoRunner
@@ -87,7 +88,7 @@ async def test_lean_and_model_items_answer_alike(service: BatchService, keys: _K
 
 async def test_a_crashing_item_fails_alone(service: BatchService,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    real_seal = batch_module.seal
+    real_seal = seal
     calls = 0
 
     def flaky_seal(*args: Any) -> bytes:
@@ -97,7 +98,7 @@ async def test_a_crashing_item_fails_alone(service: BatchService,
             raise RuntimeError("boom")
         return real_seal(*args)
 
-    monkeypatch.setattr(batch_module, "seal", flaky_seal)
+    monkeypatch.setattr(batch_inline, "seal", flaky_seal)
     items = [{"plaintext": _b64(bytes([i])), "reference": str(i)} for i in range(3)]
     outcome = await service.run(Subject.KEM_ENCRYPT, CALLER, items, key_version=1)
     assert ["data" in r for r in outcome.results] == [True, False, True]
@@ -127,23 +128,19 @@ async def test_a_long_batch_lets_other_requests_run_between_its_slices(
 
 
 async def test_inline_batches_take_turns_and_each_gets_its_own_results(
-    service: BatchService,
+    service: BatchService, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     count = batch_module._ITEMS_PER_SLICE * 3
     first = [{"plaintext": _b64(b"a" * 32), "reference": f"a{n}"} for n in range(count)]
     second = [{"plaintext": _b64(b"b" * 32), "reference": f"b{n}"} for n in range(count)]
     order: list[str] = []
-    real_lean = service._lean_kem
+    real_seal = seal
 
-    def spying_lean(single: Subject) -> Any:
-        crypt = real_lean(single)
+    def spying_seal(key: Any, algorithm: Any, version: int, mode: Any, payload: bytes) -> bytes:
+        order.append(chr(payload[0]))
+        return real_seal(key, algorithm, version, mode, payload)
 
-        def spy(key: Any, item: Any) -> Any:
-            order.append(item.reference[0])
-            return crypt(key, item)
-        return spy
-
-    service._lean_kem = spying_lean  # type: ignore[method-assign]
+    monkeypatch.setattr(batch_inline, "seal", spying_seal)
     one, two = await asyncio.gather(
         service.run(Subject.KEM_ENCRYPT, CALLER, first, 1, "Kyber768"),
         service.run(Subject.KEM_ENCRYPT, CALLER, second, 1, "Kyber768"),

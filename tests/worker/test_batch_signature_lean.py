@@ -1,23 +1,21 @@
-"""Batch sign and verify items skip the models in their common form, and answer every
-item exactly as the model path does."""
+"""Batch sign and verify items skip the models in their common form (verify items run
+inline, slice by slice, as encrypt and decrypt items do), and answer every item exactly
+as the model path does."""
 
 from __future__ import annotations
 
 import base64
-import secrets
 from typing import Any
 
 import pytest
 
-from schemas.algorithms import Algorithm, Plan
-from schemas.errors import ErrorCode
+from schemas.algorithms import Plan
 from schemas.subjects import Subject
-from worker.crypto import SignatureKey, signature_algorithm
-from worker.errors import ServiceError
+from tests.support.signature_keys import OneSignatureKey
+from worker.services import batch as batch_module
 from worker.services.batch import BatchService
 from worker.services.context import Caller
 from worker.services.crypto_runner import CryptoRunner
-from worker.services.key_access import KeyAccess, Usage
 from worker.services.signatures import SignatureService
 
 CALLER = Caller(tenant_id="t-1", plan=Plan.ENTERPRISE, request_id="r-1")
@@ -25,23 +23,9 @@ MESSAGE = base64.b64encode(b"hello world!").decode()
 CONTEXT = base64.b64encode(b"ctx").decode()
 
 
-class _Keys(KeyAccess):
-    """Version 1 of Dilithium3 exists; every other version is not found."""
-
-    def __init__(self) -> None:  # no store: the batch only asks for keys
-        self.key = signature_algorithm(Algorithm.DILITHIUM3).load(secrets.token_bytes(32))
-
-    async def signature_key(self, caller: Caller, algorithm: Algorithm, version: int,
-                            usage: Usage) -> SignatureKey:
-        if version != 1:
-            raise ServiceError(ErrorCode.NOT_FOUND,
-                               f"Key version {version} not found for {algorithm.value}")
-        return self.key
-
-
 @pytest.fixture
 def service() -> BatchService:
-    return BatchService(_Keys(), CryptoRunner(1), max_message_bytes=64, max_items=1000,
+    return BatchService(OneSignatureKey(), CryptoRunner(1), max_message_bytes=64, max_items=1000,
                         message_limit=8 * 1024 * 1024)
 
 
@@ -68,6 +52,8 @@ async def _without_lean(service: BatchService, single: Subject, items: list[Any]
     with monkeypatch.context() as patch:
         patch.setattr(SignatureService, "sign_lean", no_lean)
         patch.setattr(SignatureService, "verify_lean", no_lean)
+        patch.setattr(batch_module, "INLINE_SUBJECTS",
+                      frozenset({Subject.KEM_ENCRYPT, Subject.KEM_DECRYPT}))
         return (await service.run(single, CALLER, items, key_version=1)).results
 
 
@@ -122,6 +108,32 @@ async def test_sign_items_answer_as_on_the_model_path(
                                  key_version=1)
     assert [result["data"]["valid"] for result in verified.results] == [True, True]
     assert model_calls == []  # every item the model accepts here is read lean
+
+
+async def test_a_verify_item_too_large_to_run_inline_goes_to_the_single_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = BatchService(OneSignatureKey(), CryptoRunner(1), max_message_bytes=128 * 1024,
+                           max_items=10, message_limit=8 * 1024 * 1024)
+    large = base64.b64encode(b"L" * (70 * 1024)).decode()
+    signed = (await service.run(Subject.SIGNATURE_SIGN, CALLER, [{"message": large}],
+                                key_version=1)).results[0]["data"]["signature"]
+    items = [{"message": large, "signature": signed, "reference": "large"},
+             {"message": MESSAGE, "signature": signed, "reference": "small"}]
+    model_calls = _model_calls(monkeypatch, "verify")
+    in_thread: list[int] = []
+    real_in_thread = CryptoRunner.in_thread
+
+    async def counted(self: CryptoRunner, call: Any) -> Any:
+        in_thread.append(1)
+        return await real_in_thread(self, call)
+
+    monkeypatch.setattr(CryptoRunner, "in_thread", counted)
+    outcome = await service.run(Subject.SIGNATURE_VERIFY, CALLER, items, key_version=1)
+    assert [result["data"]["valid"] for result in outcome.results] == [True, False]
+    assert [result["reference"] for result in outcome.results] == ["large", "small"]
+    # The large one through verify_lean, in the thread pool; the small one inline.
+    assert model_calls == [] and in_thread == [1]
 
 
 def _unsigned(result: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import random
-import secrets
 from typing import Any
 
 import pytest
@@ -14,11 +13,10 @@ from pydantic import BaseModel, ValidationError
 from schemas import signature
 from schemas.algorithms import Algorithm, Plan
 from schemas.errors import ErrorCode
-from worker.crypto import SignatureKey, signature_algorithm
+from tests.support.signature_keys import OneSignatureKey
 from worker.errors import ServiceError
 from worker.services.context import Caller
 from worker.services.crypto_runner import CryptoRunner
-from worker.services.key_access import KeyAccess, Usage
 from worker.services.signature_items import read_signature_item
 from worker.services.signatures import SignatureService
 
@@ -132,23 +130,9 @@ def test_random_bodies_never_disagree_with_the_model() -> None:
 CALLER = Caller(tenant_id="t-1", plan=Plan.ENTERPRISE, request_id="r-1")
 
 
-class _Keys(KeyAccess):
-    """Version 1 of Dilithium3 exists; every other version is not found."""
-
-    def __init__(self) -> None:  # no store: the service only asks for keys
-        self.key = signature_algorithm(Algorithm.DILITHIUM3).load(secrets.token_bytes(32))
-
-    async def signature_key(self, caller: Caller, algorithm: Algorithm, version: int,
-                            usage: Usage) -> SignatureKey:
-        if version != 1:
-            raise ServiceError(ErrorCode.NOT_FOUND,
-                               f"Key version {version} not found for {algorithm.value}")
-        return self.key
-
-
 @pytest.fixture
 def service() -> SignatureService:
-    return SignatureService(_Keys(), CryptoRunner(1), max_message_bytes=64)
+    return SignatureService(OneSignatureKey(), CryptoRunner(1), max_message_bytes=64)
 
 
 async def test_a_lean_signature_is_the_model_path_s_reply(service: SignatureService) -> None:

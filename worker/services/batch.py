@@ -3,10 +3,11 @@
 Each item is validated and run on its own; a bad item becomes its own error object and
 never fails the others. A batch is one request: each key version it names is looked up
 (existence, state, material) once, and every item sees that answer. Rate limiting is
-the transport's (one token per item, all or nothing). Encrypt and decrypt items in their
-common form skip the request and result models (``worker.services.kem_items``); the
-reply is plain JSON objects. Sign and verify items in theirs skip them too
-(``worker.services.signature_items``).
+the transport's (one token per item, all or nothing). Encrypt, decrypt and verify items
+in their common form skip the request and result models and run inline, slice by slice
+(``worker.services.batch_inline``); sign items in theirs skip the models too
+(``SignatureService.sign_lean``) and sign in the crypto threads. The reply is plain
+JSON objects.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ from schemas import batch, kem, signature
 from schemas.algorithms import Algorithm
 from schemas.batch import MAX_REFERENCE_CHARS, REPLY_ENVELOPE_BYTES, item_reply_bound
 from schemas.errors import ErrorCode
-from schemas.fields import b64encode
 from schemas.subjects import Subject
 from schemas.validation import describe_validation_error
-from worker.crypto import KemKey, Mode, SignatureKey, seal
+from worker.crypto import KemKey, SignatureKey
 from worker.errors import ServiceError
+from worker.services.batch_inline import INLINE_SUBJECTS, InlineItems, inline_items
 from worker.services.batch_items import BatchOutcome, JsonObject, data_item, error_item
 from worker.services.context import Caller
-from worker.services.crypto_runner import INLINE_LIMIT_BYTES, CryptoRunner
-from worker.services.kem import KemService, check_message_size, open_encrypted
-from worker.services.kem_items import KemItem, LeanResult, read_kem_item
+from worker.services.crypto_runner import CryptoRunner
+from worker.services.kem import KemService
+from worker.services.kem_items import LeanResult
 from worker.services.key_access import KeyAccess, Usage
 from worker.services.signatures import SignatureService
 
@@ -45,40 +46,13 @@ SingleCall = Callable[[Caller, Any], Awaitable[BaseModel]]
 # other body (``SignatureService.sign_lean``, ``verify_lean``).
 LeanSingleCall = Callable[[Caller, dict[str, Any]], Awaitable[LeanResult | None]]
 # Items started together: signing runs in the crypto thread pool, so a few in flight
-# keep its threads busy. KEM calls run inline on the event loop: they gain nothing from
+# keep its threads busy. Inline items (encrypt, decrypt, verify) gain nothing from
 # running together and would pay for a task each, so they run one after another.
 _WINDOW = 8
 # KEM items run inline, so a batch hands the event loop back every this many items
 # (≈ 1 ms here): requests arriving meanwhile — a lone encrypt, a job's status — wait for
 # one slice, not for the whole batch or job chunk (docs/performance.md).
 _ITEMS_PER_SLICE = 16
-_INLINE_SUBJECTS = frozenset({Subject.KEM_ENCRYPT, Subject.KEM_DECRYPT})
-_KEM_FIELD = {Subject.KEM_ENCRYPT: "plaintext", Subject.KEM_DECRYPT: "ciphertext"}
-_KEM_ANSWER = {Subject.KEM_ENCRYPT: "ciphertext", Subject.KEM_DECRYPT: "plaintext"}
-# The crypto of one item read on the lean path: its output, or its error object.
-_LeanCall = Callable[[KemKey | ServiceError, KemItem], bytes | JsonObject]
-
-
-def _size_error(item: KemItem, limit: int) -> JsonObject:
-    try:
-        check_message_size("plaintext", item.payload, limit)
-    except ServiceError as exc:
-        return error_item(exc.code, exc.message, item.reference)
-    raise AssertionError("the payload is within the limit")
-
-
-def _inline_item(item: Any, field: str, defaults: Mapping[str, Any]) -> KemItem | None:
-    """The item read on the lean path, or ``None`` for the single service to take."""
-    read = read_kem_item(item, field, defaults)
-    return None if read is None or len(read.payload) > INLINE_LIMIT_BYTES else read
-
-
-async def _loaded_key(keys: KeyAccess, caller: Caller, read: KemItem,
-                      usage: Usage) -> KemKey | ServiceError:
-    try:
-        return await keys.kem_key(caller, read.algorithm, read.key_version, usage)
-    except ServiceError as exc:
-        return exc
 
 
 _KeyId = tuple[Algorithm, int, Usage]
@@ -241,12 +215,12 @@ class BatchService:
         if algorithm is not None:
             defaults["algorithm"] = algorithm
         results: list[JsonObject] = []
-        if single in _INLINE_SUBJECTS:
+        if single in INLINE_SUBJECTS:
             # One batch's slices at a time: a request arriving meanwhile waits for one
             # slice at each of its steps, not for one slice of every batch in progress.
             async with self._inline_turn:
                 results = await self._run_inline(single, caller, items, defaults, keys,
-                                                 model, call)
+                                                 model, call, lean)
         else:
             for start in range(0, len(items), _WINDOW):
                 window = items[start:start + _WINDOW]
@@ -259,77 +233,54 @@ class BatchService:
 
     async def _run_inline(self, single: Subject, caller: Caller, items: Sequence[Any],
                           defaults: Mapping[str, Any], keys: KeyAccess,
-                          model: type[BaseModel], call: SingleCall) -> list[JsonObject]:
-        """KEM items on the event loop, handing it back every ``_ITEMS_PER_SLICE`` items.
+                          model: type[BaseModel], call: SingleCall,
+                          lean: LeanSingleCall | None) -> list[JsonObject]:
+        """Encrypt, decrypt and verify items on the event loop, handing it back every
+        ``_ITEMS_PER_SLICE`` items (``worker.services.batch_inline``).
 
         Each slice in three passes: read every item and look up the key versions they
         name, then the crypto of the whole slice back to back, then the result objects.
         Between other Python work OpenSSL's code and tables leave the CPU cache, and a
         seal costs ≈ 20 % more than in a loop (docs/performance.md)."""
         results: list[JsonObject] = []
-        field, answered = _KEM_FIELD[single], _KEM_ANSWER[single]
-        crypt = self._lean_kem(single)
-        usage = Usage.PROTECT if single is Subject.KEM_ENCRYPT else Usage.RECOVER
-        loaded: dict[tuple[Algorithm, int], KemKey | ServiceError] = {}
+        inline = inline_items(single, defaults, self._max_message_bytes)
+        loaded: dict[tuple[Algorithm, int], Any] = {}  # the key, or its ServiceError
         for start in range(0, len(items), _ITEMS_PER_SLICE):
             if start:
                 await asyncio.sleep(0)
             chunk = items[start:start + _ITEMS_PER_SLICE]
-            reads = [_inline_item(item, field, defaults) for item in chunk]
+            reads = [inline.read(item) for item in chunk]
             for read in reads:
                 if read is not None and (read.algorithm, read.key_version) not in loaded:
-                    loaded[read.algorithm, read.key_version] = await _loaded_key(
-                        keys, caller, read, usage)
+                    try:
+                        key: Any = await inline.key(keys, caller, read)
+                    except ServiceError as exc:
+                        key = exc
+                    loaded[read.algorithm, read.key_version] = key
             outputs = [None if read is None
-                       else self._crypt_item(single, caller, crypt, loaded, read)
+                       else self._crypt_item(single, caller, inline, loaded, read)
                        for read in reads]
             for item, read, output in zip(chunk, reads, outputs, strict=True):
                 if read is None or output is None:
                     # Unusual or large: the single service (its model, its thread pool).
                     results.append(await self._one(single, model, call, caller, item,
-                                                   defaults))
-                elif isinstance(output, bytes):
-                    results.append(data_item(
-                        {answered: b64encode(output), "key_version": read.key_version,
-                         "algorithm": read.algorithm.value}, read.reference))
+                                                   defaults, lean))
+                elif isinstance(output, dict):
+                    results.append(output)  # the item's error
                 else:
-                    results.append(output)
+                    results.append(inline.answer(read, output))
         return results
 
     @staticmethod
-    def _crypt_item(single: Subject, caller: Caller, crypt: _LeanCall,
-                    loaded: Mapping[tuple[Algorithm, int], KemKey | ServiceError],
-                    read: KemItem) -> bytes | JsonObject:
+    def _crypt_item(single: Subject, caller: Caller, inline: InlineItems[Any, Any, Any],
+                    loaded: Mapping[tuple[Algorithm, int], Any], read: Any) -> Any:
         try:
-            return crypt(loaded[read.algorithm, read.key_version], read)
+            return inline.crypt(loaded[read.algorithm, read.key_version], read)
         except Exception:
             # As in _one: type and traceback only, and the other items go on.
             _log.exception("batch_item_failed", subject=single.value,
                            request_id=caller.request_id, tenant_id=caller.tenant_id)
             return error_item(ErrorCode.INTERNAL, None, read.reference)
-
-    def _lean_kem(self, single: Subject) -> _LeanCall:
-        """The crypto of an item read by ``read_kem_item``, with its key (or the key's
-        error): the same checks and crypto as the single service, without its models.
-        Answers the output bytes, or the item's error object."""
-        limit = self._max_message_bytes
-
-        def encrypt(key: KemKey | ServiceError, item: KemItem) -> bytes | JsonObject:
-            if len(item.payload) > limit:
-                return _size_error(item, limit)
-            if isinstance(key, ServiceError):
-                return error_item(key.code, key.message, item.reference)
-            return seal(key, item.algorithm, item.key_version, Mode.STANDARD, item.payload)
-
-        def decrypt(key: KemKey | ServiceError, item: KemItem) -> bytes | JsonObject:
-            if isinstance(key, ServiceError):
-                return error_item(key.code, key.message, item.reference)
-            try:
-                return open_encrypted(key, item.algorithm, item.key_version, item.payload)
-            except ServiceError as exc:
-                return error_item(exc.code, exc.message, item.reference)
-
-        return encrypt if single is Subject.KEM_ENCRYPT else decrypt
 
     async def _one(
         self,
