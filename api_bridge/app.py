@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from api_bridge.direct_post import DirectPost
 from api_bridge.direct_routes import BridgeApp, direct_post_routes
-from api_bridge.errors import error_response
+from api_bridge.errors import error_answer
 from api_bridge.health import add_health_route
 from api_bridge.metrics import (
     BridgeMetrics,
@@ -59,15 +59,15 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     if len(message or "") > 300:
         message = (message or "")[:300] + "…"
     context.error_code = code.value
-    return error_response(code, context.request_id, message, status=exc.status_code,
-                          headers=headers)
+    return error_answer(code, context.request_id, message, status=exc.status_code,
+                        headers=headers).response()
 
 
 async def _validation_exception(request: Request, exc: Exception) -> Response:
     """Never expected (no route declares validated parameters), but never a 422 either."""
     context = context_of(request)
     context.error_code = ErrorCode.INVALID.value
-    return error_response(ErrorCode.INVALID, context.request_id)
+    return error_answer(ErrorCode.INVALID, context.request_id).response()
 
 
 def create_app(settings: Settings) -> BridgeApp:

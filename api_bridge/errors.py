@@ -1,11 +1,11 @@
-"""Errors the bridge answers itself, and the envelope responses that carry them."""
+"""Errors the bridge answers itself, and the envelope answers that carry them
+(``error_answer(...).response()`` where Starlette sends them)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import orjson
-from starlette.responses import Response
 
 from api_bridge.answer import JSON_MEDIA_TYPE, Answer
 from schemas.envelope import error_envelope
@@ -18,7 +18,6 @@ __all__ = [
     "envelope_headers",
     "error_answer",
     "error_of",
-    "error_response",
 ]
 
 
@@ -73,16 +72,3 @@ def error_of(error: BridgeError, request_id: str) -> Answer:
     return error_answer(error.code, request_id, error.message, status=error.status,
                         headers=error.headers)
 
-
-def error_response(
-    code: ErrorCode,
-    request_id: str,
-    message: str | None = None,
-    *,
-    status: int | None = None,
-    headers: Mapping[str, str] | None = None,
-    retry_after: int | None = None,
-) -> Response:
-    """:func:`error_answer` as a Starlette response."""
-    return error_answer(code, request_id, message, status=status, headers=headers,
-                        retry_after=retry_after).response()

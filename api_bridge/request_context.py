@@ -15,7 +15,7 @@ import structlog
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api_bridge.errors import error_response
+from api_bridge.errors import error_answer
 from schemas.envelope import new_request_id
 from schemas.errors import ErrorCode
 
@@ -118,7 +118,7 @@ class RequestLogMiddleware:
         except Exception as exc:
             log_crash(exc, context, scope)
             if not response_started:
-                response = error_response(ErrorCode.INTERNAL, context.request_id)
+                response = error_answer(ErrorCode.INTERNAL, context.request_id).response()
                 await response(scope, receive, send_with_request_id)
         finally:
             log_request(scope, status, context, started_at)
