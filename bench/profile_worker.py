@@ -138,7 +138,7 @@ def _short(frame: str) -> str:
 
 async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
                    log_level: str, gil: bool, batch_items: int = 0,
-                   bridge: bool = False) -> tuple[float, float]:
+                   bridge: bool = False, blocking: bool = False) -> tuple[float, float]:
     """Requests completed during the recording and the profiled process's CPU µs per
     request (one worker's, or with ``bridge`` the bridge's in front of two workers)."""
     cpu: dict[str, float] = {}
@@ -173,8 +173,8 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
             raise SystemExit("py-spy is not installed: pip install py-spy")
         recorder = await asyncio.create_subprocess_exec(
             spy, "record", "--pid", str(profiled), "--duration", str(int(seconds)),
-            "--rate", str(_RATE), "--format", "raw", "--output", str(out), "--nonblocking",
-            *(["--gil"] if gil else []),
+            "--rate", str(_RATE), "--format", "raw", "--output", str(out),
+            *([] if blocking else ["--nonblocking"]), *(["--gil"] if gil else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         meter = CpuMeter({"profiled": [profiled]})
@@ -214,12 +214,16 @@ def main(argv: list[str] | None = None) -> None:
                              "threads waiting for it)")
     parser.add_argument("--bridge", action="store_true",
                         help="profile the HTTP bridge (two workers behind it) instead")
+    parser.add_argument("--blocking", action="store_true",
+                        help="pause the process for each sample: slower, but every stack "
+                             "is one the process really had (without it py-spy reads a "
+                             "running process and a sample can mix two stacks)")
     args = parser.parse_args(argv)
     if args.bridge and args.batch:
         parser.error("--bridge sends single requests; leave out --batch")
     requests, cpu_per_request = uvloop.run(_profile(args.operation, args.seconds, args.in_flight,
                                           args.out, args.worker_log_level, args.gil,
-                                                    args.batch, args.bridge))
+                                                    args.batch, args.bridge, args.blocking))
     if args.out.exists():
         process = "bridge" if args.bridge else "worker"
         total, counts = categorize_collapsed(
