@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from schemas.algorithms import Plan
+from schemas.batch import SignBatchRequest, VerifyBatchRequest
 from schemas.subjects import Subject
 from tests.support.signature_keys import OneSignatureKey
 from worker.services import batch as batch_module
 from worker.services.batch import BatchService
+from worker.services.batch_items import BatchOutcome
 from worker.services.context import Caller
 from worker.services.crypto_runner import CryptoRunner
 from worker.services.signatures import SignatureService
@@ -44,6 +46,15 @@ def _sign_items() -> list[Any]:
     ]
 
 
+async def _batch(service: BatchService, single: Subject, items: list[Any]) -> BatchOutcome:
+    """As the batch subjects call the service: a validated request that names the key
+    version and the algorithm (an ``Algorithm``, not a string) for every item."""
+    body = {"items": items, "key_version": 1, "algorithm": "Dilithium3"}
+    if single is Subject.SIGNATURE_SIGN:
+        return await service.sign(CALLER, SignBatchRequest.model_validate(body))
+    return await service.verify(CALLER, VerifyBatchRequest.model_validate(body))
+
+
 async def _without_lean(service: BatchService, single: Subject, items: list[Any],
                         monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     async def no_lean(self: SignatureService, caller: Caller, body: Any) -> None:
@@ -54,7 +65,7 @@ async def _without_lean(service: BatchService, single: Subject, items: list[Any]
         patch.setattr(SignatureService, "verify_lean", no_lean)
         patch.setattr(batch_module, "INLINE_SUBJECTS",
                       frozenset({Subject.KEM_ENCRYPT, Subject.KEM_DECRYPT}))
-        return (await service.run(single, CALLER, items, key_version=1)).results
+        return (await _batch(service, single, items)).results
 
 
 def _model_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
@@ -82,7 +93,7 @@ async def test_verify_items_answer_as_on_the_model_path(
     items.append({"message": MESSAGE})  # no signature
     expected = await _without_lean(service, Subject.SIGNATURE_VERIFY, items, monkeypatch)
     model_calls = _model_calls(monkeypatch, "verify")
-    outcome = await service.run(Subject.SIGNATURE_VERIFY, CALLER, items, key_version=1)
+    outcome = await _batch(service, Subject.SIGNATURE_VERIFY, items)
     assert outcome.results == expected
     assert outcome.results[0]["data"]["valid"] is True
     assert outcome.results[1]["data"]["valid"] is False
@@ -96,7 +107,7 @@ async def test_sign_items_answer_as_on_the_model_path(
     items = _sign_items()
     expected = await _without_lean(service, Subject.SIGNATURE_SIGN, items, monkeypatch)
     model_calls = _model_calls(monkeypatch, "sign")
-    outcome = await service.run(Subject.SIGNATURE_SIGN, CALLER, items, key_version=1)
+    outcome = await _batch(service, Subject.SIGNATURE_SIGN, items)
     assert [_unsigned(result) for result in outcome.results] == [
         _unsigned(result) for result in expected]
     assert outcome.failed == sum(1 for result in expected if "error" in result)
@@ -129,7 +140,7 @@ async def test_a_verify_item_too_large_to_run_inline_goes_to_the_single_service(
         return await real_in_thread(self, call)
 
     monkeypatch.setattr(CryptoRunner, "in_thread", counted)
-    outcome = await service.run(Subject.SIGNATURE_VERIFY, CALLER, items, key_version=1)
+    outcome = await _batch(service, Subject.SIGNATURE_VERIFY, items)
     assert [result["data"]["valid"] for result in outcome.results] == [True, False]
     assert [result["reference"] for result in outcome.results] == ["large", "small"]
     # The large one through verify_lean, in the thread pool; the small one inline.

@@ -213,7 +213,9 @@ class BatchService:
         if key_version is not None:
             defaults["key_version"] = key_version
         if algorithm is not None:
-            defaults["algorithm"] = algorithm
+            # As the item would spell it: the readers without models take strings only.
+            defaults["algorithm"] = (algorithm.value if isinstance(algorithm, Algorithm)
+                                     else algorithm)
         results: list[JsonObject] = []
         if single in INLINE_SUBJECTS:
             # One batch's slices at a time: a request arriving meanwhile waits for one
