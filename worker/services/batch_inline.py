@@ -6,8 +6,8 @@ which key it needs, what its crypto is and what it answers. The checks are the s
 service's, in the same order, so an item gets the same result or error either way
 (``tests/worker/test_batch_lean.py``, ``tests/worker/test_batch_signature_lean.py``).
 Verify items joined encrypt and decrypt in the round after their bodies went lean:
-no task per item and no future per verification, +5 % items/s for batches of 100
-(docs/performance.md).
+no model, no task per item and no future per verification, +23 % items/s for batches
+of 100 (docs/performance.md).
 """
 
 from __future__ import annotations
