@@ -35,6 +35,7 @@ __all__ = ["INLINE_SUBJECTS", "InlineItems", "VerifyItem", "inline_items"]
 INLINE_SUBJECTS = frozenset({Subject.KEM_ENCRYPT, Subject.KEM_DECRYPT,
                              Subject.SIGNATURE_VERIFY})
 
+
 class VerifyItem(NamedTuple):
     """A verify item, read: decoded bytes, the key it names and its reference."""
 
