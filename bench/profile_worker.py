@@ -5,6 +5,11 @@ stack with one worker, drives the operation with 200 requests in flight, records
 worker with ``py-spy record`` (collapsed stacks) and prints where its CPU goes:
 the heaviest functions by inclusive and by self time. ``--bridge`` records the bridge
 instead, with two workers behind it and the requests sent over HTTP.
+
+By default py-spy reads the running process: shares are unbiased, but a sample can mix
+two stacks. ``--blocking`` pauses it for each sample: whole stacks, but the pause lands
+where the process next enters the kernel, so system calls collect samples out of
+proportion (docs/performance.md). ``--native`` adds the C frames (and pauses).
 """
 
 from __future__ import annotations
@@ -16,22 +21,29 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import uvloop
 
-from bench.clients import PQKMS_SUBJECTS, http_call, nats_call
+from bench.clients import PQKMS_SUBJECTS, Bodies, http_call, nats_call
 from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS
 from bench.http_client import HttpPool
-from bench.measure import closed_loop
-from bench.run import _pqkms_bodies, batch_call
+from bench.measure import Measurement, closed_loop
+from bench.run import BenchConfig, _pqkms_bodies, _run_job, batch_call
 from bench.stack import BenchStack
 from schemas.subjects import HEADER_API_KEY
 
-__all__ = ["CATEGORIES", "categorize_collapsed", "summarize_collapsed"]
+__all__ = [
+    "CATEGORIES",
+    "Sampling",
+    "categorize_collapsed",
+    "py_spy_record_arguments",
+    "summarize_collapsed",
+]
 
 # Where a sample's CPU goes, first match from the leaf up wins for the innermost
 # interesting frame; checked in this order on the whole stack.
@@ -136,9 +148,45 @@ def _short(frame: str) -> str:
     return f"{name} ({location})"
 
 
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """How py-spy samples the profiled process."""
+
+    gil: bool = False  # only the thread holding the GIL
+    blocking: bool = False  # pause the process for each sample
+    native: bool = False  # C frames too (py-spy pauses the process for them)
+
+
+def py_spy_record_arguments(pid: int, seconds: float, out: Path,
+                            sampling: Sampling) -> list[str]:
+    """``py-spy record``'s arguments (after the executable) for collapsed stacks."""
+    paused = sampling.blocking or sampling.native
+    return [
+        "record", "--pid", str(pid), "--duration", str(int(seconds)),
+        "--rate", str(_RATE), "--format", "raw", "--output", str(out),
+        *([] if paused else ["--nonblocking"]),
+        *(["--native"] if sampling.native else []),
+        *(["--gil"] if sampling.gil else []),
+    ]
+
+
+async def _jobs_back_to_back(stack: BenchStack, operation: str, bodies: Bodies, items: int,
+                             seconds: float, on_start: Callable[[], None]) -> Measurement:
+    """Durable jobs of ``items`` items, one after the other, until ``seconds`` are over
+    (the first job is a warm-up, not counted); items per second over the jobs counted."""
+    config = BenchConfig(job_items=items)
+    await _run_job(config, stack, operation, bodies)
+    on_start()
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        done += (await _run_job(config, stack, operation, bodies)).ops
+    return Measurement(ops=done, seconds=time.perf_counter() - started, latencies=[])
+
+
 async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
-                   log_level: str, gil: bool, batch_items: int = 0,
-                   bridge: bool = False, blocking: bool = False) -> tuple[float, float]:
+                   log_level: str, sampling: Sampling, batch_items: int = 0,
+                   bridge: bool = False, job_items: int = 0) -> tuple[float, float]:
     """Requests completed during the recording and the profiled process's CPU µs per
     request (one worker's, or with ``bridge`` the bridge's in front of two workers)."""
     cpu: dict[str, float] = {}
@@ -160,6 +208,9 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
             pool = HttpPool(stack.http_url, in_flight, headers={HEADER_API_KEY: stack.api_key})
             call = http_call(pool, operation, bodies[operation])
             profiled = stack.bridge.pid
+        elif job_items:
+            call = None
+            profiled = stack.workers[0].pid
         elif batch_items:
             call = batch_call(client, operation, bodies.batch(operation, batch_items),
                               batch_items, stack.api_key)
@@ -172,15 +223,17 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
         if spy is None:
             raise SystemExit("py-spy is not installed: pip install py-spy")
         recorder = await asyncio.create_subprocess_exec(
-            spy, "record", "--pid", str(profiled), "--duration", str(int(seconds)),
-            "--rate", str(_RATE), "--format", "raw", "--output", str(out),
-            *([] if blocking else ["--nonblocking"]), *(["--gil"] if gil else []),
+            spy, *py_spy_record_arguments(profiled, seconds, out, sampling),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         meter = CpuMeter({"profiled": [profiled]})
         started = time.perf_counter()
-        measurement = await closed_loop(call, in_flight, seconds + 1.0, 10**9, 0.5,
-                                        meter.start)
+        if call is None:
+            measurement = await _jobs_back_to_back(stack, operation, bodies, job_items,
+                                                   seconds + 1.0, meter.start)
+        else:
+            measurement = await closed_loop(call, in_flight, seconds + 1.0, 10**9, 0.5,
+                                            meter.start)
         cpu = meter.per_op_us(measurement.ops)
         requests = measurement.ops_per_s * int(seconds)
         print(f"{operation}: {measurement.ops_per_s:,.0f} ops/s during the profile "
@@ -209,21 +262,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=0, metavar="ITEMS",
                         help="profile batches of ITEMS items of the operation instead (in "
                              "flight: --in-flight batches)")
+    parser.add_argument("--job", type=int, default=0, metavar="ITEMS",
+                        help="profile durable jobs of ITEMS items of the operation instead, "
+                             "one after the other (one worker runs every chunk)")
     parser.add_argument("--gil", action="store_true",
                         help="sample only the thread holding the GIL (no double counting of "
                              "threads waiting for it)")
     parser.add_argument("--bridge", action="store_true",
                         help="profile the HTTP bridge (two workers behind it) instead")
     parser.add_argument("--blocking", action="store_true",
-                        help="pause the process for each sample: slower, but every stack "
-                             "is one the process really had (without it py-spy reads a "
-                             "running process and a sample can mix two stacks)")
+                        help="pause the process for each sample: every stack is one the "
+                             "process really had (without it py-spy reads a running "
+                             "process and a sample can mix two stacks), but the pause "
+                             "lands at the process's next entry into the kernel, so "
+                             "samples pile up at system calls: trust its stacks, not its "
+                             "shares")
+    parser.add_argument("--native", action="store_true",
+                        help="C frames too, below the Python ones (implies --blocking)")
     args = parser.parse_args(argv)
-    if args.bridge and args.batch:
-        parser.error("--bridge sends single requests; leave out --batch")
-    requests, cpu_per_request = uvloop.run(_profile(args.operation, args.seconds, args.in_flight,
-                                          args.out, args.worker_log_level, args.gil,
-                                                    args.batch, args.bridge, args.blocking))
+    if args.bridge and (args.batch or args.job):
+        parser.error("--bridge sends single requests; leave out --batch and --job")
+    if args.batch and args.job:
+        parser.error("--batch or --job, not both")
+    sampling = Sampling(gil=args.gil, blocking=args.blocking, native=args.native)
+    requests, cpu_per_request = uvloop.run(_profile(
+        args.operation, args.seconds, args.in_flight, args.out, args.worker_log_level,
+        sampling, args.batch, args.bridge, args.job))
     if args.out.exists():
         process = "bridge" if args.bridge else "worker"
         total, counts = categorize_collapsed(

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.profile_worker import BRIDGE_CATEGORIES, categorize_collapsed, main
+from bench.profile_worker import (
+    BRIDGE_CATEGORIES,
+    Sampling,
+    categorize_collapsed,
+    main,
+    py_spy_record_arguments,
+)
 
 _STACKS = """\
 run (api_bridge/main.py:1);DirectPost.__call__ (api_bridge/direct_post.py:2);\
@@ -49,3 +55,28 @@ def test_the_bridge_takes_single_requests_only(capsys: pytest.CaptureFixture[str
         main(["--bridge", "--batch", "10"])
     assert exit_info.value.code == 2
     assert "--bridge sends single requests" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments", [["--bridge", "--job", "1000"],
+                                       ["--batch", "100", "--job", "1000"]])
+def test_jobs_are_profiled_alone(arguments: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+
+
+def test_py_spy_reads_a_running_process_unless_told_to_pause_it(tmp_path: Path) -> None:
+    out = tmp_path / "stacks.txt"
+    running = py_spy_record_arguments(42, 12.5, out, Sampling(gil=True))
+    assert running == ["record", "--pid", "42", "--duration", "12", "--rate", "250",
+                       "--format", "raw", "--output", str(out), "--nonblocking", "--gil"]
+    paused = py_spy_record_arguments(42, 12.5, out, Sampling(blocking=True))
+    assert "--nonblocking" not in paused
+    assert "--native" not in paused
+
+
+def test_native_frames_pause_the_process(tmp_path: Path) -> None:
+    # py-spy refuses --native together with --nonblocking.
+    arguments = py_spy_record_arguments(7, 3, tmp_path / "out", Sampling(native=True))
+    assert "--native" in arguments
+    assert "--nonblocking" not in arguments
