@@ -39,6 +39,9 @@ class Operation:
     success_status: int = 200
     # Rate-limit tokens of one request, from its decoded JSON body (default: one).
     cost: Callable[[Mapping[str, Any]], int] | None = None
+    # It changes stored state (a key version, a policy): refused before it acts while
+    # the audit trail is failing, so that a 503 never hides a change that was made.
+    changes_state: bool = False
 
 
 _KEM = ErrorCode.KEM_KEY_NOT_FOUND
@@ -72,7 +75,7 @@ OPERATIONS: tuple[Operation, ...] = (
               "Verify a signature over a pre-computed digest", _SIG),
     Operation(Subject.KEYS_GENERATE, "POST", "/api/v1/kms/keys/generate",
               keys.GenerateKeyRequest, keys.KeyInfo, "Generate the first key version", _KMS,
-              success_status=201),
+              success_status=201, changes_state=True),
     Operation(Subject.KEYS_LIST, "GET", "/api/v1/kms/keys", keys.ListKeysRequest,
               keys.KeyListResult, "List key versions", _KMS),
     Operation(Subject.KEYS_ACTIVE, "GET", "/api/v1/kms/keys/active", keys.ActiveKeyRequest,
@@ -80,11 +83,14 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(Subject.KEYS_GET, "GET", "/api/v1/kms/keys/{algorithm}/{version}",
               keys.GetKeyRequest, keys.KeyInfo, "One key version", _KMS),
     Operation(Subject.KEYS_ROTATE, "POST", "/api/v1/kms/keys/rotate", keys.RotateKeyRequest,
-              keys.RotateResult, "New active version; the previous one is retired", _KMS),
+              keys.RotateResult, "New active version; the previous one is retired", _KMS,
+              changes_state=True),
     Operation(Subject.KEYS_RETIRE, "POST", "/api/v1/kms/keys/retire", keys.RetireKeyRequest,
-              keys.KeyInfo, "Retire a version (decrypt and verify only)", _KMS),
+              keys.KeyInfo, "Retire a version (decrypt and verify only)", _KMS,
+              changes_state=True),
     Operation(Subject.KEYS_ARCHIVE, "POST", "/api/v1/kms/keys/archive",
-              keys.ArchiveKeyRequest, keys.KeyInfo, "Archive a retired version", _KMS),
+              keys.ArchiveKeyRequest, keys.KeyInfo, "Archive a retired version", _KMS,
+              changes_state=True),
     Operation(Subject.KEM_ENCRYPT_BATCH, "POST", "/api/v1/kem/encrypt/batch",
               batch.EncryptBatchRequest, batch.BatchResult,
               "Encrypt many plaintexts; one result or error per item", _KEM,
@@ -119,7 +125,7 @@ ROTATION_POLICY_OPERATIONS: tuple[Operation, ...] = (
     Operation(Subject.KEYS_ROTATION_POLICY_SET, "POST", "",
               rotation_policy.SetRotationPolicyRequest, rotation_policy.RotationPolicyInfo,
               "Set (or clear, with a null period) the scheduled rotation of an algorithm",
-              _POLICY),
+              _POLICY, changes_state=True),
     Operation(Subject.KEYS_ROTATION_POLICY_GET, "POST", "",
               rotation_policy.GetRotationPolicyRequest, rotation_policy.RotationPolicyInfo,
               "The scheduled rotation of an algorithm", _POLICY),

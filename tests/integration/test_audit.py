@@ -220,6 +220,36 @@ async def test_a_request_whose_record_cannot_be_written_fails(
     assert code == 0, output  # records written before the deletion are only notes
 
 
+async def test_a_change_is_not_made_while_the_trail_fails(
+    audit_stack: LocalStack, caller: NatsCaller
+) -> None:
+    await caller(Subject.KEYS_GENERATE, {"algorithm": "Kyber768"})
+    with database(audit_stack) as db:
+        db.execute("CREATE TRIGGER audit_frozen BEFORE INSERT ON pqkms_audit_record "
+                   "BEGIN SELECT RAISE(ABORT, 'audit log frozen'); END")
+    try:
+        # Enough requests that both workers (a random pick each) have seen a write fail.
+        for _ in range(20):
+            assert (await encrypt(caller, new_id("frozen"))).code == "ERR_SERVICE_001"
+        rotate = await caller(Subject.KEYS_ROTATE, {"algorithm": "Kyber768"})
+        assert rotate.code == "ERR_SERVICE_001"
+        assert "was not made" in rotate.body["error"]["message"]
+    finally:
+        with database(audit_stack) as db:
+            db.execute("DROP TRIGGER audit_frozen")
+    # Once a record is written again, the rotation goes through (a worker still failing
+    # refuses it once more: its own record is what clears the state).
+    for _ in range(10):
+        rotated = await caller(Subject.KEYS_ROTATE, {"algorithm": "Kyber768"})
+        if rotated.code is None:
+            break
+        assert "was not made" in rotated.body["error"]["message"]
+    else:
+        raise AssertionError("a rotation kept being refused after the trail recovered")
+    # The refused rotations made no version: this one rotates 1 into 2.
+    assert (rotated.data["old_key_version"], rotated.data["key_version"]) == (1, 2)
+
+
 async def test_job_chunks_are_audited_and_a_clean_stop_closes_every_chain(
     audit_stack: LocalStack,
 ) -> None:

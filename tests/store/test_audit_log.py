@@ -223,14 +223,19 @@ async def test_a_stream_failure_fails_the_request_and_is_republished(
     trail: AuditTrail, log: AuditLog, stream: FakeStream
 ) -> None:
     await trail.append(_record(1))
+    assert not trail.failing()
     stream.fail = True
     with pytest.raises(AuditUnavailable):
         await trail.append(_record(2))  # committed, not acked
+    assert trail.failing()  # changes are refused before they act (worker/handlers)
     with pytest.raises(AuditUnavailable):
         await trail.append(_record(3))  # the backlog still does not publish: not written
+    assert trail.failing()
     stream.fail = False
     await trail.append(_record(4))
+    assert not trail.failing()
     await trail.close()
+    assert trail.failing()  # stopped
 
     report = await verify_audit_log(log, list(stream.published.values()))
     assert report.intact, report.lines()
@@ -248,9 +253,11 @@ async def test_a_database_failure_fails_the_request_and_reuses_the_seq(
     try:
         with pytest.raises(AuditUnavailable):
             await trail.append(_record(2))
+        assert trail.failing()
     finally:
         await _sql(store, "ALTER TABLE pqkms_audit_record_away RENAME TO pqkms_audit_record")
     await trail.append(_record(3))
+    assert not trail.failing()
     await trail.close()
 
     report = await verify_audit_log(log, list(stream.published.values()))

@@ -79,6 +79,9 @@ class _KindSink:
     async def append(self, record: RequestRecord) -> None:
         await self._trail.append(record, kind=self._kind)
 
+    def failing(self) -> bool:
+        return self._trail.failing()
+
 
 class AuditTrail:
     """Group-committing :class:`AuditSink` of one worker process (one chain per run)."""
@@ -134,6 +137,12 @@ class AuditTrail:
         self._wake.set()
         self._more.set()
         await future
+
+    def failing(self) -> bool:
+        """The last flush failed and none has succeeded since: records wait to be
+        published again, or a commit's outcome is unknown, or the trail has stopped."""
+        stopped = self._closing or self._flusher is None or self._flusher.done()
+        return stopped or bool(self._unpublished) or bool(self._unsure)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then the close record; later appends raise."""

@@ -60,6 +60,10 @@ Reply = tuple[bytes, dict[str, str]]
 
 _log = structlog.get_logger("pqkms.worker")
 _MAX_REQUEST_ID = 128
+_AUDIT_FAILING_MESSAGE = (
+    "The audit trail cannot be written at the moment, so this change was not made; retry "
+    "later"
+)
 
 
 def header_value(headers: Mapping[str, str] | None, name: str) -> str | None:
@@ -146,6 +150,7 @@ class EnvelopeHandler:
         cost = 1
         request: BaseModel | None = None
         result: BaseModel | JsonResult | None = None
+        refused = False  # a change refused up front: its reply says nothing changed
         try:
             body = _decode_body(raw_body)
             caller = await self._auth.authenticate(
@@ -164,6 +169,9 @@ class EnvelopeHandler:
                 )
             if limits.rate_per_second is not None and limits.burst is not None:
                 await self._rate_limiter.acquire(caller.tenant_id, limits, cost)
+            if operation.changes_state and self._audit.failing():
+                refused = True
+                raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, _AUDIT_FAILING_MESSAGE)
             if lean is not None:
                 result = await lean(caller, body)
             if result is None:
@@ -213,11 +221,12 @@ class EnvelopeHandler:
             code = ErrorCode.SERVICE_UNAVAILABLE.value
             _log.exception("audit_write_failed", subject=operation.subject.value,
                            request_id=request_id, tenant_id=tenant_id)
-            envelope = error_envelope(
-                ErrorCode.SERVICE_UNAVAILABLE, request_id,
-                "The audit record of this request could not be written, so the request "
-                "is reported as failed; retry later",
-            )
+            if not refused:
+                envelope = error_envelope(
+                    ErrorCode.SERVICE_UNAVAILABLE, request_id,
+                    "The audit record of this request could not be written, so the "
+                    "request is reported as failed; retry later",
+                )
             reply_headers.pop(HEADER_RETRY_AFTER, None)
         observed = record if code == record.outcome else _with_outcome(record, code)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)

@@ -33,6 +33,10 @@ class AuditSink(Protocol):
     async def append(self, record: RequestRecord) -> None:
         """Write ``record`` durably, or raise: the request then fails."""
 
+    def failing(self) -> bool:
+        """Whether the last write is known to have failed (and nothing has been written
+        since): a request that would change state is then refused before it acts."""
+
 
 class RequestMetrics(Protocol):
     """Counters and histograms of requests."""
@@ -44,6 +48,9 @@ class RequestMetrics(Protocol):
 class _NoAudit:
     async def append(self, record: RequestRecord) -> None:
         return None
+
+    def failing(self) -> bool:
+        return False
 
 
 class _NoMetrics:
