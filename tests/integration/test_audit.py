@@ -70,6 +70,19 @@ def database(stack: LocalStack) -> Iterator[sqlite3.Connection]:
         connection.close()
 
 
+@contextmanager
+def audit_log_frozen(stack: LocalStack) -> Iterator[None]:
+    """Every insert into the audit table fails while inside."""
+    with database(stack) as db:
+        db.execute("CREATE TRIGGER audit_frozen BEFORE INSERT ON pqkms_audit_record "
+                   "BEGIN SELECT RAISE(ABORT, 'audit log frozen'); END")
+    try:
+        yield
+    finally:
+        with database(stack) as db:
+            db.execute("DROP TRIGGER audit_frozen")
+
+
 def record_of(stack: LocalStack, request_id: str) -> dict[str, Any]:
     with database(stack) as db:
         rows = db.execute("SELECT * FROM pqkms_audit_record WHERE request_id = ?",
@@ -185,17 +198,11 @@ async def test_a_request_whose_record_cannot_be_written_fails(
     audit_stack: LocalStack, caller: NatsCaller
 ) -> None:
     await caller(Subject.KEYS_GENERATE, {"algorithm": "Kyber768"})
-    with database(audit_stack) as db:
-        db.execute("CREATE TRIGGER audit_frozen BEFORE INSERT ON pqkms_audit_record "
-                   "BEGIN SELECT RAISE(ABORT, 'audit log frozen'); END")
-    try:
+    with audit_log_frozen(audit_stack):
         for _ in range(4):  # both workers
             refused = await encrypt(caller, new_id("frozen"))
             assert refused.code == "ERR_SERVICE_001"
             assert "data" not in refused.body
-    finally:
-        with database(audit_stack) as db:
-            db.execute("DROP TRIGGER audit_frozen")
     for _ in range(4):
         assert (await encrypt(caller, new_id("thawed"))).code is None
 
@@ -224,19 +231,13 @@ async def test_a_change_is_not_made_while_the_trail_fails(
     audit_stack: LocalStack, caller: NatsCaller
 ) -> None:
     await caller(Subject.KEYS_GENERATE, {"algorithm": "Kyber768"})
-    with database(audit_stack) as db:
-        db.execute("CREATE TRIGGER audit_frozen BEFORE INSERT ON pqkms_audit_record "
-                   "BEGIN SELECT RAISE(ABORT, 'audit log frozen'); END")
-    try:
+    with audit_log_frozen(audit_stack):
         # Enough requests that both workers (a random pick each) have seen a write fail.
         for _ in range(20):
             assert (await encrypt(caller, new_id("frozen"))).code == "ERR_SERVICE_001"
         rotate = await caller(Subject.KEYS_ROTATE, {"algorithm": "Kyber768"})
         assert rotate.code == "ERR_SERVICE_001"
         assert "was not made" in rotate.body["error"]["message"]
-    finally:
-        with database(audit_stack) as db:
-            db.execute("DROP TRIGGER audit_frozen")
     # Once a record is written again, the rotation goes through (a worker still failing
     # refuses it once more: its own record is what clears the state).
     for _ in range(10):
