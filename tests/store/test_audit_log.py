@@ -4,6 +4,7 @@ and the group-committing sink's failure paths (stream and database)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -243,6 +244,31 @@ async def test_a_stream_failure_fails_the_request_and_is_republished(
         ids = [entry.request_id async for entry in snapshot.entries()]
     assert ids == [None, "req-1", "req-2", "req-4", None]
     assert len(stream.published) == 5  # record 3 (req-2) reached the stream on retry
+
+
+async def test_after_a_failure_the_trail_recovers_without_a_request(
+    log: AuditLog, stream: FakeStream
+) -> None:
+    sink = AuditTrail(log, stream, WORKER, recover_seconds=0.01)  # type: ignore[arg-type]
+    sink.start()
+    try:
+        await sink.append(_record(1))
+        stream.fail = True
+        with pytest.raises(AuditUnavailable):
+            await sink.append(_record(2))  # committed, not acked
+        await asyncio.sleep(0.1)  # a few attempts, all refused
+        assert sink.failing()
+        stream.fail = False
+        for _ in range(200):  # the back-off has grown to 0.08 s at most by now
+            if not sink.failing():
+                break
+            await asyncio.sleep(0.01)
+        assert not sink.failing()
+        # The committed record reached the stream with nobody appending.
+        published = [json.loads(body)["request_id"] for body in stream.published.values()]
+        assert published == [None, "req-1", "req-2"]
+    finally:
+        await sink.close()
 
 
 async def test_a_database_failure_fails_the_request_and_reuses_the_seq(

@@ -22,6 +22,10 @@ Keeping the chain consistent when something fails:
   contents: a record is only re-sent exactly as it was committed.
 - the stored chain does not end where the sink believes (edited meanwhile): the sink
   starts a new chain and logs ``audit_chain_restarted``.
+
+After a failure the flusher does not wait for the next request to try again: it settles
+on its own after a short back-off, so that committed records reach the stream and the
+trail stops ``failing`` (changes are refused meanwhile) even on an idle worker.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ __all__ = ["AuditTrail", "AuditUnavailable"]
 _log = structlog.get_logger("pqkms.worker")
 # Lingering ends early once this many records wait.
 _LINGER_BATCH = 32
+# After a failed flush the flusher tries again on its own, this long after the failure
+# and doubling up to the maximum, until a flush succeeds.
+_RECOVER_FIRST_SECONDS = 0.5
+_RECOVER_MAX_SECONDS = 8.0
 
 
 def _nothing_upcoming() -> int:
@@ -89,13 +97,15 @@ class AuditTrail:
     def __init__(self, log: AuditLog, stream: AuditStream, worker_id: str, *,
                  max_batch: int = 1000, linger_seconds: float = 0.0,
                  upcoming: Callable[[], int] | None = None,
-                 metrics: AuditFlushMetrics = NO_AUDIT_METRICS) -> None:
+                 metrics: AuditFlushMetrics = NO_AUDIT_METRICS,
+                 recover_seconds: float = _RECOVER_FIRST_SECONDS) -> None:
         self._log = log
         self._metrics = metrics
         self._stream = stream
         self._worker_id = worker_id
         self._max_batch = max_batch
         self._linger = linger_seconds
+        self._recover_first = recover_seconds
         self._upcoming = upcoming or _nothing_upcoming
         self._waiting: list[_Waiting] = []
         self._wake = asyncio.Event()
@@ -142,7 +152,7 @@ class AuditTrail:
         """The last flush failed and none has succeeded since: records wait to be
         published again, or a commit's outcome is unknown, or the trail has stopped."""
         stopped = self._closing or self._flusher is None or self._flusher.done()
-        return stopped or bool(self._unpublished) or bool(self._unsure)
+        return stopped or self._backlog()
 
     async def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then the close record; later appends raise."""
@@ -173,8 +183,18 @@ class AuditTrail:
     # -- the flusher ---------------------------------------------------------------------
 
     async def _run(self) -> None:
+        recover_after = self._recover_first
         while True:
-            await self._wake.wait()
+            if self._backlog() and not self._closing:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), recover_after)
+                except TimeoutError:
+                    await self._recover()
+                    recover_after = min(recover_after * 2, _RECOVER_MAX_SECONDS)
+                    continue
+            else:
+                recover_after = self._recover_first
+                await self._wake.wait()
             self._wake.clear()
             while self._waiting or self._next_seq == 1:
                 await self._gather_upcoming()
@@ -190,6 +210,20 @@ class AuditTrail:
                     break  # only the open record was due: no busy loop if it failed
             if self._closing and not self._waiting:
                 return
+
+    def _backlog(self) -> bool:
+        """A failed flush left records to publish again or a commit to resolve."""
+        return bool(self._unpublished) or bool(self._unsure)
+
+    async def _recover(self) -> None:
+        """Settle without a request waiting (no new record is written)."""
+        try:
+            await self._settle()
+        except Exception as exc:
+            _log.info("audit_recovery_failed", chain_id=self._chain_id,
+                      reason=type(exc).__name__)
+        else:
+            _log.info("audit_recovered", chain_id=self._chain_id)
 
     async def _gather_upcoming(self) -> None:
         """Linger (at most ``linger_seconds``) while upcoming records are still running
