@@ -167,11 +167,11 @@ class EnvelopeHandler:
                     f"limit, over the plan's burst of {limits.burst}; send at most "
                     f"{limits.burst} items per request",
                 )
+            if operation.changes_state and self._audit.failing():
+                refused = True  # (before the rate limit: a refusal takes no token)
+                raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, _AUDIT_FAILING_MESSAGE)
             if limits.rate_per_second is not None and limits.burst is not None:
                 await self._rate_limiter.acquire(caller.tenant_id, limits, cost)
-            if operation.changes_state and self._audit.failing():
-                refused = True
-                raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, _AUDIT_FAILING_MESSAGE)
             if lean is not None:
                 result = await lean(caller, body)
             if result is None:
