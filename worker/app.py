@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from worker.store import KeyStore
 
 __all__ = [
+    "GRACEFUL_STOP_SECONDS",
     "WorkerServices",
     "build_broker",
     "build_direct_responder",
@@ -51,6 +52,10 @@ __all__ = [
     "build_services",
     "nats_servers",
 ]
+
+# How long a stopping worker waits for the requests it has taken (FastStream's graceful
+# timeout and worker/handlers/graceful_stop.py).
+GRACEFUL_STOP_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +121,9 @@ def build_direct_responder(settings: Settings, services: WorkerServices) -> Dire
     to serve every subject as a FastStream subscriber."""
     if not settings.direct_data_plane:
         return None
-    return DirectResponder(services.handler, settings.direct_max_in_flight)
+    return DirectResponder(
+        services.handler, settings.direct_max_in_flight, GRACEFUL_STOP_SECONDS
+    )
 
 
 def build_broker(
@@ -136,7 +143,7 @@ def build_broker(
         error_cb=guard.error_cb,
         disconnected_cb=guard.disconnected_cb,
         reconnected_cb=guard.reconnected_cb,
-        graceful_timeout=15.0,
+        graceful_timeout=GRACEFUL_STOP_SECONDS,
         log_level=10,  # FastStream's per-message lines at DEBUG; we log one line ourselves
     )
     broker.include_router(kem_router(services.handler, services.kem, direct))

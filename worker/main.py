@@ -10,6 +10,7 @@ import sys
 import structlog
 
 from worker.app import (
+    GRACEFUL_STOP_SECONDS,
     build_broker,
     build_direct_responder,
     build_job_runner,
@@ -18,6 +19,7 @@ from worker.app import (
 )
 from worker.audit.wiring import finish_subscribers
 from worker.config import Settings
+from worker.handlers.graceful_stop import leave_broker_subjects
 from worker.logging_setup import configure_logging
 from worker.metrics import MetricsServer, serve_metrics
 from worker.services.key_events import ensure_key_events_stream
@@ -89,6 +91,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         if direct is not None:
             await direct.stop()
         await jobs.stop()
+        await leave_broker_subjects(broker, GRACEFUL_STOP_SECONDS)
         if services.audit is not None:
             await finish_subscribers(broker)  # their audit records need the connection
             await services.audit.close()  # the chain's close record

@@ -1,0 +1,133 @@
+"""A stopping worker answers every request NATS has already routed to it.
+
+Against a real nats-server: requests are sent, reach the worker's connection and wait
+there (behind the in-flight bound, or in FastStream's buffer) when the worker stops. Each
+one must still be answered. With nats-py's ``unsubscribe`` or FastStream's ``stop`` alone
+those waiting requests were dropped, unanswered (worker/handlers/graceful_stop.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
+
+import nats
+import pytest
+from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
+
+from pqkms.nats_embedded import EmbeddedNats, start_nats_server
+from schemas.subjects import QUEUE_GROUP, Subject
+from worker.handlers.direct import DirectResponder
+from worker.handlers.envelope import EnvelopeHandler
+from worker.handlers.graceful_stop import leave_broker_subjects
+
+REQUESTS = 8
+HANDLING_SECONDS = 0.2
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    server = start_nats_server(tmp_path_factory.mktemp("nats"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
+    connection = await nats.connect(nats_server.url)
+    yield connection
+    await connection.close()
+
+
+async def _send_all(client: NatsClient, subject: str) -> asyncio.Future[list[Any]]:
+    """``REQUESTS`` requests at once; returns when all are on their way."""
+    replies = asyncio.gather(*(client.request(subject, b"r%d" % n, timeout=10)
+                               for n in range(REQUESTS)), return_exceptions=True)
+    await client.flush()
+    await asyncio.sleep(HANDLING_SECONDS / 2)  # all delivered; the first ones being handled
+    return replies
+
+
+async def _until_answered(client: NatsClient, subject: str) -> None:
+    """A first request, repeated while NATS answers "no responders" (a just-started
+    subscriber and a just-connected client can miss each other for a moment)."""
+    for _ in range(50):
+        try:
+            await client.request(subject, b"ready", timeout=5)
+            return
+        except nats.errors.NoRespondersError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing answers on {subject}")
+
+
+class _SlowHandler:
+    """Stands in for the envelope handler: answers each request after a while."""
+
+    async def respond(self, operation: Any, call: Any, data: bytes, headers: Any,
+                      lean: Any = None) -> tuple[tuple[bytes, dict[str, str]], Any]:
+        await asyncio.sleep(HANDLING_SECONDS)
+        return (b"answer " + data, {}), lambda: None
+
+
+async def test_the_direct_responder_answers_what_it_has_received(
+    nats_server: EmbeddedNats, client: NatsClient
+) -> None:
+    worker = await nats.connect(nats_server.url)
+    try:
+        # One request at a time: the other seven wait in nats-py's queue when stop begins.
+        responder = DirectResponder(cast(EnvelopeHandler, _SlowHandler()), max_in_flight=1)
+        responder.add(Subject.KEM_ENCRYPT, cast(Any, None))
+        await responder.start(worker)
+        await _until_answered(client, Subject.KEM_ENCRYPT.value)
+        replies = await _send_all(client, Subject.KEM_ENCRYPT.value)
+        await responder.stop()
+        answered = await replies
+    finally:
+        await worker.close()
+    assert [reply.data for reply in answered] == [b"answer r%d" % n for n in range(REQUESTS)]
+
+
+async def test_faststream_subscribers_answer_what_they_have_received(
+    nats_server: EmbeddedNats, client: NatsClient
+) -> None:
+    broker = NatsBroker(nats_server.url)
+
+    subject = "pqkms.test.slow"
+
+    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=2)
+    async def slow(body: bytes) -> bytes:
+        await asyncio.sleep(HANDLING_SECONDS)
+        return b"answer " + body
+
+    await broker.start()
+    try:
+        await _until_answered(client, subject)
+        replies = await _send_all(client, subject)
+        await leave_broker_subjects(broker, timeout=10)
+        answered = await asyncio.wait_for(replies, 10)
+    finally:
+        await broker.stop()
+    assert [reply.data for reply in answered] == [b"answer r%d" % n for n in range(REQUESTS)]
+
+
+async def test_after_leaving_no_request_is_routed_to_the_worker(
+    nats_server: EmbeddedNats, client: NatsClient
+) -> None:
+    broker = NatsBroker(nats_server.url)
+
+    subject = "pqkms.test.left"
+
+    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=2)
+    async def answer(body: bytes) -> bytes:
+        return body
+
+    await broker.start()
+    try:
+        await _until_answered(client, subject)
+        await leave_broker_subjects(broker, timeout=10)
+        with pytest.raises(nats.errors.NoRespondersError):
+            await client.request(subject, b"x", timeout=5)
+    finally:
+        await broker.stop()  # finds the subscription already gone, without an error
