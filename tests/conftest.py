@@ -13,13 +13,14 @@ The session ``stack`` runs once per database backend, so every test that uses ``
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import nats
 import pytest
 
+from pqkms.nats_embedded import EmbeddedNats, start_nats_server
 from schemas.algorithms import Plan
 from tests.support.stack import (
     LocalStack,
@@ -30,6 +31,15 @@ from tests.support.stack import (
 
 # Backend → worker processes of the session stack.
 STACK_WORKERS = {"sqlite": 2, "postgres": 4}
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """One bare nats-server for the session (no workers), for tests that bring their own
+    subscribers (the bridge's fake worker, a stopping responder...)."""
+    server = start_nats_server(tmp_path_factory.mktemp("nats"))
+    yield server
+    server.stop()
 
 
 def _backend_params() -> list[object]:

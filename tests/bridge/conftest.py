@@ -13,20 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pqkms.nats_embedded import EmbeddedNats, start_nats_server
+from pqkms.nats_embedded import EmbeddedNats
 
 from .fake_worker import FakeWorker
 from .live import LiveBridge
 
 API_KEY = "qph_test_key"
-
-
-@pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
-    """One nats-server for the session."""
-    server = start_nats_server(tmp_path_factory.mktemp("nats"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ those waiting requests were dropped, unanswered (worker/handlers/graceful_stop.p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import nats
@@ -17,7 +17,7 @@ import pytest
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 
-from pqkms.nats_embedded import EmbeddedNats, start_nats_server
+from pqkms.nats_embedded import EmbeddedNats
 from schemas.subjects import QUEUE_GROUP, Subject
 from worker.handlers.direct import DirectResponder
 from worker.handlers.envelope import EnvelopeHandler
@@ -25,13 +25,7 @@ from worker.handlers.graceful_stop import leave_broker_subjects
 
 REQUESTS = 8
 HANDLING_SECONDS = 0.2
-
-
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
-    server = start_nats_server(tmp_path_factory.mktemp("nats"))
-    yield server
-    server.stop()
+SLOW_SUBJECT = "pqkms.test.slow"
 
 
 @pytest.fixture
@@ -89,45 +83,37 @@ async def test_the_direct_responder_answers_what_it_has_received(
     assert [reply.data for reply in answered] == [b"answer r%d" % n for n in range(REQUESTS)]
 
 
-async def test_faststream_subscribers_answer_what_they_have_received(
-    nats_server: EmbeddedNats, client: NatsClient
-) -> None:
+@pytest.fixture
+async def slow_broker(nats_server: EmbeddedNats, client: NatsClient) -> AsyncIterator[NatsBroker]:
+    """A started FastStream broker answering ``SLOW_SUBJECT`` after a while, 2 at a time
+    (the others wait in FastStream's buffer), in the workers' queue group."""
     broker = NatsBroker(nats_server.url)
 
-    subject = "pqkms.test.slow"
-
-    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=2)
+    @broker.subscriber(SLOW_SUBJECT, queue=QUEUE_GROUP, max_workers=2)
     async def slow(body: bytes) -> bytes:
         await asyncio.sleep(HANDLING_SECONDS)
         return b"answer " + body
 
     await broker.start()
     try:
-        await _until_answered(client, subject)
-        replies = await _send_all(client, subject)
-        await leave_broker_subjects(broker, timeout=10)
-        answered = await asyncio.wait_for(replies, 10)
+        await _until_answered(client, SLOW_SUBJECT)
+        yield broker
     finally:
-        await broker.stop()
+        await broker.stop()  # after leaving: finds no subscription to drop, and no error
+
+
+async def test_faststream_subscribers_answer_what_they_have_received(
+    slow_broker: NatsBroker, client: NatsClient
+) -> None:
+    replies = await _send_all(client, SLOW_SUBJECT)
+    await leave_broker_subjects(slow_broker, timeout=10)
+    answered = await asyncio.wait_for(replies, 10)
     assert [reply.data for reply in answered] == [b"answer r%d" % n for n in range(REQUESTS)]
 
 
 async def test_after_leaving_no_request_is_routed_to_the_worker(
-    nats_server: EmbeddedNats, client: NatsClient
+    slow_broker: NatsBroker, client: NatsClient
 ) -> None:
-    broker = NatsBroker(nats_server.url)
-
-    subject = "pqkms.test.left"
-
-    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=2)
-    async def answer(body: bytes) -> bytes:
-        return body
-
-    await broker.start()
-    try:
-        await _until_answered(client, subject)
-        await leave_broker_subjects(broker, timeout=10)
-        with pytest.raises(nats.errors.NoRespondersError):
-            await client.request(subject, b"x", timeout=5)
-    finally:
-        await broker.stop()  # finds the subscription already gone, without an error
+    await leave_broker_subjects(slow_broker, timeout=10)
+    with pytest.raises(nats.errors.NoRespondersError):
+        await client.request(SLOW_SUBJECT, b"x", timeout=5)
