@@ -20,6 +20,7 @@ from worker.app import (
 from worker.audit.wiring import finish_subscribers
 from worker.config import Settings
 from worker.handlers.graceful_stop import leave_broker_subjects
+from worker.handlers.ordered_flush import send_pings_behind_queued_commands
 from worker.logging_setup import configure_logging
 from worker.metrics import MetricsServer, serve_metrics
 from worker.services.key_events import ensure_key_events_stream
@@ -63,6 +64,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                                            settings.metrics_port)
             _log.info("metrics_serving", host=settings.metrics_host, port=metrics_server.port)
         await broker.connect()
+        # Before any subscription: "ready" below and each drain at the stop rely on a
+        # flush that follows the SUBs and UNSUBs sent before it.
+        send_pings_behind_queued_commands(broker.connection)
         try:
             kv = await broker.key_value(KvRateLimiter.BUCKET, history=1, ttl=3600,
                                         replicas=settings.jetstream_replicas)
@@ -77,7 +81,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             services.audit.start()  # writes this run's chain open record
         await broker.start()
         if direct is not None:
-            await direct.start(broker.connection)
+            await direct.start(broker.connection)  # its flush covers FastStream's SUBs too
+        else:
+            await broker.connection.flush()  # FastStream's SUBs on the server before "ready"
         jobs.start()
         rotations.start()
         # Everything loaded so far lives as long as the process: out of the collector's

@@ -22,6 +22,7 @@ from schemas.subjects import QUEUE_GROUP, Subject
 from worker.handlers.direct import DirectResponder
 from worker.handlers.envelope import EnvelopeHandler
 from worker.handlers.graceful_stop import leave_broker_subjects
+from worker.handlers.ordered_flush import send_pings_behind_queued_commands
 
 REQUESTS = 8
 HANDLING_SECONDS = 0.2
@@ -44,18 +45,6 @@ async def _send_all(client: NatsClient, subject: str) -> asyncio.Future[list[Any
     return replies
 
 
-async def _until_answered(client: NatsClient, subject: str) -> None:
-    """A first request, repeated while NATS answers "no responders" (a just-started
-    subscriber and a just-connected client can miss each other for a moment)."""
-    for _ in range(50):
-        try:
-            await client.request(subject, b"ready", timeout=5)
-            return
-        except nats.errors.NoRespondersError:
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"nothing answers on {subject}")
-
-
 class _SlowHandler:
     """Stands in for the envelope handler: answers each request after a while."""
 
@@ -69,12 +58,12 @@ async def test_the_direct_responder_answers_what_it_has_received(
     nats_server: EmbeddedNats, client: NatsClient
 ) -> None:
     worker = await nats.connect(nats_server.url)
+    send_pings_behind_queued_commands(worker)  # as worker/main.py does
     try:
         # One request at a time: the other seven wait in nats-py's queue when stop begins.
         responder = DirectResponder(cast(EnvelopeHandler, _SlowHandler()), max_in_flight=1)
         responder.add(Subject.KEM_ENCRYPT, cast(Any, None))
-        await responder.start(worker)
-        await _until_answered(client, Subject.KEM_ENCRYPT.value)
+        await responder.start(worker)  # its flush: the SUB is on the server now
         replies = await _send_all(client, Subject.KEM_ENCRYPT.value)
         await responder.stop()
         answered = await replies
@@ -84,7 +73,7 @@ async def test_the_direct_responder_answers_what_it_has_received(
 
 
 @pytest.fixture
-async def slow_broker(nats_server: EmbeddedNats, client: NatsClient) -> AsyncIterator[NatsBroker]:
+async def slow_broker(nats_server: EmbeddedNats) -> AsyncIterator[NatsBroker]:
     """A started FastStream broker answering ``SLOW_SUBJECT`` after a while, 2 at a time
     (the others wait in FastStream's buffer), in the workers' queue group."""
     broker = NatsBroker(nats_server.url)
@@ -94,9 +83,11 @@ async def slow_broker(nats_server: EmbeddedNats, client: NatsClient) -> AsyncIte
         await asyncio.sleep(HANDLING_SECONDS)
         return b"answer " + body
 
+    await broker.connect()
+    send_pings_behind_queued_commands(broker.connection)  # as worker/main.py does
     await broker.start()
     try:
-        await _until_answered(client, SLOW_SUBJECT)
+        await broker.connection.flush()  # FastStream's SUB is on the server now
         yield broker
     finally:
         await broker.stop()  # after leaving: finds no subscription to drop, and no error

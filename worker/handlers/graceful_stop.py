@@ -13,7 +13,8 @@ unanswered; nats-py's ``unsubscribe`` drops those already received but not yet t
 Measured (tests/integration/test_graceful_stop.py, 2 workers, 200 encrypt requests in
 flight, one worker stopped with SIGTERM): 3-28 requests lost in 4 stops of 5 before,
 none in 44 stops after; key reads on a FastStream subject, lost in 3 stops of 17
-before, none in 26 after. docs/decisions.md, "Stopping a worker", has the race left.
+before, none in 26 after. A drain needs the worker's flush to follow its UNSUB, which
+nats-py's own flush does not (worker/handlers/ordered_flush.py).
 """
 
 from __future__ import annotations
