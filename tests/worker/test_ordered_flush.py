@@ -2,9 +2,10 @@
 
 nats-py writes a flush's PING ahead of the commands still queued for its flusher, so
 "subscribed and flushed" did not mean nats-server had the SUB, nor did a finished drain
-mean it had the UNSUB. First on the wire (deterministic), then against a real
-nats-server: a queue member that joins and leaves under load (without the fix 36-48
-requests of a run were lost, in every run).
+mean it had the UNSUB; and a PONG arriving after its flush timed out ended nats-py's
+reading task. First on the wire (deterministic), then against a real nats-server: a
+queue member that joins and leaves under load (without the fix 36-48 requests of a
+run were lost, in every run).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ _subjects = itertools.count()
 
 
 class _RecordingServer:
-    """Just enough of nats-server for a connection: it answers PINGs and records the
-    verb of every command, in the order they arrive."""
+    """Just enough of nats-server for a connection: it answers PINGs (all but the
+    connect's after ``pong_delay`` seconds), records the verb of every command in the
+    order they arrive, and sends one message to each new subscription."""
 
-    def __init__(self) -> None:
+    def __init__(self, pong_delay: float = 0.0) -> None:
         self.verbs: list[str] = []
+        self._pong_delay = pong_delay
         self._server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -47,11 +50,16 @@ class _RecordingServer:
         writer.write(b'INFO {"server_id":"recorder","version":"2.10.0","proto":1,'
                      b'"headers":true,"max_payload":1048576}\r\n')
         while line := await reader.readline():
-            verb = line.split(b" ", 1)[0].strip().decode()
+            words = line.split()
+            verb = words[0].decode()
             self.verbs.append(verb)
             if verb == "PING":
+                if self.verbs.count("PING") > 1:
+                    await asyncio.sleep(self._pong_delay)
                 writer.write(b"PONG\r\n")
-                await writer.drain()
+            elif verb == "SUB":
+                writer.write(b"MSG %s %s 5\r\nhello\r\n" % (words[1], words[-1]))
+            await writer.drain()
         writer.close()
 
 
@@ -62,6 +70,10 @@ async def recorded() -> AsyncIterator[tuple[_RecordingServer, NatsClient]]:
     yield server, connection
     await connection.close()
     await server.stop()
+
+
+async def _discard(message: Msg) -> None:
+    pass
 
 
 def _verbs_after_connect(server: _RecordingServer) -> list[str]:
@@ -84,9 +96,27 @@ async def test_a_drain_pings_after_its_unsubscribe(
 ) -> None:
     server, connection = recorded
     send_pings_behind_queued_commands(connection)
-    subscription = await connection.subscribe("pqkms.test.a", queue="workers")
+    subscription = await connection.subscribe("pqkms.test.a", queue="workers", cb=_discard)
     await subscription.drain()
     assert _verbs_after_connect(server) == ["SUB", "UNSUB", "PING"]
+
+
+async def test_a_pong_after_its_flush_timed_out_leaves_the_connection_reading() -> None:
+    """nats-py hands a late PONG to the flush future it has cancelled; the error ended
+    its reading task, and the connection, still "connected", read nothing more."""
+    server = _RecordingServer(pong_delay=0.3)
+    connection = await nats.connect(await server.start(), allow_reconnect=False)
+    try:
+        send_pings_behind_queued_commands(connection)
+        with pytest.raises(nats.errors.FlushTimeoutError):
+            await connection.flush(timeout=0.05)
+        await asyncio.sleep(0.5)  # the late PONG has come
+        subscription = await connection.subscribe("pqkms.test.after")
+        message = await subscription.next_msg(timeout=5)
+    finally:
+        await connection.close()
+        await server.stop()
+    assert message.data == b"hello"
 
 
 @pytest.fixture
@@ -110,9 +140,10 @@ async def test_leaving_and_rejoining_under_load_loses_no_request(
     subject = f"pqkms.test.churn.{next(_subjects)}"
     steady = await nats.connect(nats_server.url)
     churning = await nats.connect(nats_server.url)
-    send_pings_behind_queued_commands(churning)
+    for member in (steady, churning):
+        send_pings_behind_queued_commands(member)
     await steady.subscribe(subject, queue="workers", cb=_answer)
-    await steady.flush()
+    await steady.flush()  # subscribed on the server: no request meets "no responders"
     done = asyncio.Event()
     timed_out = answered = 0
 

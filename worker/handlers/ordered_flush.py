@@ -13,6 +13,12 @@ line; a queue member joining and draining about 150 times a second under 100 req
 in flight lost 107, 189 and 254 requests of about 200,000 in 8 s runs, none of 1.3
 million in five runs with it (tests/worker/test_ordered_flush.py).
 
+A second fault on the same path: nats-py resolves a PONG's future without looking, and
+a flush that timed out has cancelled it, so a late PONG ends nats-py's reading task (an
+InvalidStateError); the connection then looks connected and reads nothing (replies,
+JetStream acks). The PINGs sent here hand their PONG on to the flush only if it still
+waits.
+
 Old nats clients sent the PING through the same queue (nats.py2 did after its "flusher
 fixes"); this puts it back there for the connections the worker owns. It reaches into
 nats-py's private attributes, so it checks for them and leaves a connection as it is
@@ -36,7 +42,8 @@ _NEEDED = ("_pongs", "_send_command", "_flush_pending", "_send_ping")
 
 def send_pings_behind_queued_commands(connection: NatsClient) -> bool:
     """Make ``connection``'s PINGs (``flush()``, ``drain()``, the keep-alive) follow
-    the commands queued before them. Returns whether the connection was changed."""
+    the commands queued before them, and survive a PONG that comes after its flush gave
+    up. Returns whether the connection was changed."""
     if not all(hasattr(connection, name) for name in _NEEDED):
         _log.warning("nats_flush_not_ordered", reason="nats-py internals changed")
         return False
@@ -49,11 +56,23 @@ def send_pings_behind_queued_commands(connection: NatsClient) -> bool:
             # with them would answer a later flush. nats-py's way, as before.
             await send_ping_directly(future)
             return
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-        client._pongs.append(future)
+        client._pongs.append(_pong_for(future))
         await client._send_command(PING_PROTO)
         await client._flush_pending()
 
     client._send_ping = send_ping
     return True
+
+
+def _pong_for(waiter: asyncio.Future[bool] | None) -> asyncio.Future[bool]:
+    """The future nats-py's reader resolves on the PONG, passed on to ``waiter`` unless
+    that was given up. nats-py resolves it without looking: a flush that timed out has
+    cancelled its future, and the late PONG then ends nats-py's reading task with an
+    InvalidStateError, leaving a connection that looks connected and reads nothing."""
+    pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    if waiter is not None:
+        def pass_on(_: asyncio.Future[bool]) -> None:
+            if not waiter.done():
+                waiter.set_result(True)
+        pong.add_done_callback(pass_on)
+    return pong
