@@ -71,8 +71,12 @@ def _pong_for(waiter: asyncio.Future[bool] | None) -> asyncio.Future[bool]:
     InvalidStateError, leaving a connection that looks connected and reads nothing."""
     pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     if waiter is not None:
-        def pass_on(_: asyncio.Future[bool]) -> None:
-            if not waiter.done():
+        def pass_on(done: asyncio.Future[bool]) -> None:
+            if waiter.done():
+                return
+            if done.cancelled():  # the connection gave up on the PING
+                waiter.cancel()
+            else:
                 waiter.set_result(True)
         pong.add_done_callback(pass_on)
     return pong
