@@ -4,7 +4,8 @@
 stack with one worker, drives the operation with 200 requests in flight, records the
 worker with ``py-spy record`` (collapsed stacks) and prints where its CPU goes:
 the heaviest functions by inclusive and by self time. ``--bridge`` records the bridge
-instead, with two workers behind it and the requests sent over HTTP.
+instead, with two workers behind it and the requests sent over HTTP; ``--nats`` records
+nats-server with Linux perf (``bench.nats_profile``).
 
 By default py-spy reads the running process: shares are unbiased, but a sample can mix
 two stacks. ``--blocking`` pauses it for each sample: whole stacks, but the pause lands
@@ -33,8 +34,17 @@ from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS
 from bench.http_client import HttpPool
 from bench.measure import Measurement, closed_loop
+from bench.nats_profile import (
+    NATS_CATEGORIES,
+    PERF_FREQUENCY,
+    categorize_stacks,
+    fold_perf_script,
+    perf_record_arguments,
+    perf_script_arguments,
+)
 from bench.run import BenchConfig, _pqkms_bodies, _run_job, batch_call
 from bench.stack import BenchStack
+from bench.stacks import read_collapsed, summarize_stacks, write_collapsed
 from schemas.subjects import HEADER_API_KEY
 
 __all__ = [
@@ -83,27 +93,7 @@ _RATE = 250
 
 def summarize_collapsed(path: Path, top: int = 30) -> str:
     """Inclusive and self sample shares per function from py-spy's collapsed output."""
-    inclusive: collections.Counter[str] = collections.Counter()
-    own: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(count_text)
-        frames = [_short(frame) for frame in stack.split(";")]
-        total += count
-        for frame in set(frames):
-            inclusive[frame] += count
-        own[frames[-1]] += count
-    if not total:
-        return "no samples"
-    lines = [f"{total} samples"]
-    for title, counter in (("inclusive", inclusive), ("self", own)):
-        lines.append(f"\n-- {title} --")
-        for frame, count in counter.most_common(top):
-            lines.append(f"{100 * count / total:6.1f}%  {frame}")
-    return "\n".join(lines)
+    return summarize_stacks(read_collapsed(path), top, _short)
 
 
 def categorize_collapsed(
@@ -116,11 +106,7 @@ def categorize_collapsed(
     process whose middleware wraps everything, such as the bridge)."""
     counts: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(count_text)
+    for stack, count in read_collapsed(path).items():
         total += count
         scopes = reversed(stack.split(";")) if innermost else (stack,)
         counts[_category(scopes, categories)] += count
@@ -186,9 +172,11 @@ async def _jobs_back_to_back(stack: BenchStack, operation: str, bodies: Bodies, 
 
 async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
                    log_level: str, sampling: Sampling, batch_items: int = 0,
-                   bridge: bool = False, job_items: int = 0) -> tuple[float, float]:
+                   bridge: bool = False, job_items: int = 0,
+                   profile_nats: bool = False) -> tuple[float, float]:
     """Requests completed during the recording and the profiled process's CPU µs per
-    request (one worker's, or with ``bridge`` the bridge's in front of two workers)."""
+    request (one worker's, or with ``bridge`` the bridge's in front of two workers, or
+    with ``profile_nats`` nats-server's, recorded by perf into ``perf_recording(out)``)."""
     cpu: dict[str, float] = {}
     requests = 0.0
     root = Path(tempfile.mkdtemp(prefix="pqkms-profile-"))
@@ -219,11 +207,11 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
             call = nats_call(client, PQKMS_SUBJECTS[operation], operation, bodies[operation],
                              stack.api_key)
             profiled = stack.workers[0].pid
-        spy = shutil.which("py-spy")
-        if spy is None:
-            raise SystemExit("py-spy is not installed: pip install py-spy")
+        if profile_nats and stack.nats is not None:
+            profiled = stack.nats.process.pid
         recorder = await asyncio.create_subprocess_exec(
-            spy, *py_spy_record_arguments(profiled, seconds, out, sampling),
+            *(_perf_record(profiled, seconds, perf_recording(out)) if profile_nats
+              else _py_spy_record(profiled, seconds, out, sampling)),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         meter = CpuMeter({"profiled": [profiled]})
@@ -236,8 +224,9 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
                                             meter.start)
         cpu = meter.per_op_us(measurement.ops)
         requests = measurement.ops_per_s * int(seconds)
+        process = "nats-server" if profile_nats else "bridge" if bridge else "worker"
         print(f"{operation}: {measurement.ops_per_s:,.0f} ops/s during the profile "
-              f"({time.perf_counter() - started:.1f} s), {'bridge' if bridge else 'worker'} "
+              f"({time.perf_counter() - started:.1f} s), {process} "
               f"CPU {cpu.get('profiled', 0):,.0f} µs per request")
         _, errors = await recorder.communicate()
         if recorder.returncode != 0:
@@ -249,6 +238,38 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
     return requests, cpu.get("profiled", 0.0)
+
+
+def _py_spy_record(pid: int, seconds: float, out: Path, sampling: Sampling) -> list[str]:
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    return [spy, *py_spy_record_arguments(pid, seconds, out, sampling)]
+
+
+def _perf_record(pid: int, seconds: float, recording: Path) -> list[str]:
+    perf = shutil.which("perf")
+    if perf is None:
+        raise SystemExit("perf is not installed (Debian: apt-get install linux-perf)")
+    return [perf, *perf_record_arguments(pid, seconds, str(recording))]
+
+
+def perf_recording(out: Path) -> Path:
+    """Where ``--nats`` has perf write its recording before it is folded into ``out``."""
+    return out.with_name(out.name + ".perf")
+
+
+def _fold_perf_recording(out: Path) -> None:
+    """``perf script`` of the recording folded into collapsed stacks in ``out``."""
+    recording = perf_recording(out)
+    if not recording.exists():
+        return
+    script = subprocess.run(
+        ["perf", *perf_script_arguments(str(recording))],
+        capture_output=True, check=False,
+    )
+    write_collapsed(out, fold_perf_script(script.stdout.decode(errors="replace")))
+    recording.unlink()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -279,36 +300,70 @@ def main(argv: list[str] | None = None) -> None:
                              "shares")
     parser.add_argument("--native", action="store_true",
                         help="C frames too, below the Python ones (implies --blocking)")
+    parser.add_argument("--nats", action="store_true",
+                        help="profile nats-server instead, with Linux perf (perf record -g), "
+                             "under the same load")
     args = parser.parse_args(argv)
     if args.bridge and (args.batch or args.job):
         parser.error("--bridge sends single requests; leave out --batch and --job")
     if args.batch and args.job:
         parser.error("--batch or --job, not both")
+    if args.nats and (args.gil or args.blocking or args.native):
+        parser.error("--gil, --blocking and --native are py-spy's; perf records nats-server")
     sampling = Sampling(gil=args.gil, blocking=args.blocking, native=args.native)
     requests, cpu_per_request = uvloop.run(_profile(
         args.operation, args.seconds, args.in_flight, args.out, args.worker_log_level,
-        sampling, args.batch, args.bridge, args.job))
-    if args.out.exists():
-        process = "bridge" if args.bridge else "worker"
-        total, counts = categorize_collapsed(
-            args.out, BRIDGE_CATEGORIES if args.bridge else CATEGORIES, innermost=args.bridge)
-        print(f"\nwhere the {process}'s time goes per request ({total} samples at {_RATE}/s"
-              f"{', GIL holder only' if args.gil else ', every active thread'}, "
-              f"{requests:,.0f} requests):")
-        sampled = 0.0
-        for name, count in sorted(counts.items(), key=lambda item: -item[1]):
-            micros = 1e6 * count / _RATE / max(requests, 1.0)
-            sampled += micros
-            print(f"  {100 * count / total:5.1f}%  {micros:7.0f} µs  {name}")
-        print(f"         {sampled:7.0f} µs  sampled in total; the process used "
-              f"{cpu_per_request:,.0f} µs CPU per request (/proc)")
-        if args.gil:
-            print(f"         {cpu_per_request - sampled:7.0f} µs  CPU outside the GIL: thread "
-                  "hand-offs and GIL waits, kernel, sqlite's C code, crypto without the GIL")
-        print()
-        print(summarize_collapsed(args.out, args.top))
-        print(f"\ncollapsed stacks: {args.out} (flamegraph.pl or speedscope can render them)")
+        sampling, args.batch, args.bridge, args.job, args.nats))
+    if args.nats:
+        _fold_perf_recording(args.out)
+    if not args.out.exists():
+        return
+    if args.nats:
+        _print_nats_costs(args.out, requests, cpu_per_request)
+    else:
+        _print_python_costs(args, requests, cpu_per_request)
+    print()
+    print(summarize_stacks(read_collapsed(args.out), args.top) if args.nats
+          else summarize_collapsed(args.out, args.top))
+    print(f"\ncollapsed stacks: {args.out} (flamegraph.pl or speedscope can render them)")
 
+
+def _print_python_costs(args: argparse.Namespace, requests: float,
+                        cpu_per_request: float) -> None:
+    process = "bridge" if args.bridge else "worker"
+    total, counts = categorize_collapsed(
+        args.out, BRIDGE_CATEGORIES if args.bridge else CATEGORIES, innermost=args.bridge)
+    print(f"\nwhere the {process}'s time goes per request ({total} samples at {_RATE}/s"
+          f"{', GIL holder only' if args.gil else ', every active thread'}, "
+          f"{requests:,.0f} requests):")
+    sampled = _print_categories(counts, total, _RATE, requests)
+    print(f"         {sampled:7.0f} µs  sampled in total; the process used "
+          f"{cpu_per_request:,.0f} µs CPU per request (/proc)")
+    if args.gil:
+        print(f"         {cpu_per_request - sampled:7.0f} µs  CPU outside the GIL: thread "
+              "hand-offs and GIL waits, kernel, sqlite's C code, crypto without the GIL")
+
+
+def _print_nats_costs(out: Path, requests: float, cpu_per_request: float) -> None:
+    total, counts, kernel = categorize_stacks(read_collapsed(out), NATS_CATEGORIES)
+    print(f"\nwhere nats-server's time goes per request or item ({total} samples at "
+          f"{PERF_FREQUENCY}/s, every thread, {requests:,.0f} requests or items):")
+    sampled = _print_categories(counts, total, PERF_FREQUENCY, requests, decimals=1)
+    in_kernel = 1e6 * kernel / PERF_FREQUENCY / max(requests, 1.0)
+    print(f"         {sampled:7.1f} µs  sampled in total, {in_kernel:,.1f} of them in the "
+          f"kernel (system calls, page cache, page faults); the process used "
+          f"{cpu_per_request:,.0f} µs CPU per request (/proc)")
+
+
+def _print_categories(counts: dict[str, int], total: int, rate: float,
+                      requests: float, decimals: int = 0) -> float:
+    """Print each category's share and µs per request; return the µs summed."""
+    sampled = 0.0
+    for name, count in sorted(counts.items(), key=lambda item: -item[1]):
+        micros = 1e6 * count / rate / max(requests, 1.0)
+        sampled += micros
+        print(f"  {100 * count / max(total, 1):5.1f}%  {micros:7.{decimals}f} µs  {name}")
+    return sampled
 
 if __name__ == "__main__":
     main()
