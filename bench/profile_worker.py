@@ -176,7 +176,7 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
                    profile_nats: bool = False) -> tuple[float, float]:
     """Requests completed during the recording and the profiled process's CPU µs per
     request (one worker's, or with ``bridge`` the bridge's in front of two workers, or
-    with ``profile_nats`` nats-server's, recorded by perf into ``perf_recording(out)``)."""
+    with ``profile_nats`` nats-server's, recorded by perf into ``_perf_recording(out)``)."""
     cpu: dict[str, float] = {}
     requests = 0.0
     root = Path(tempfile.mkdtemp(prefix="pqkms-profile-"))
@@ -210,7 +210,7 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
         if profile_nats and stack.nats is not None:
             profiled = stack.nats.process.pid
         recorder = await asyncio.create_subprocess_exec(
-            *(_perf_record(profiled, seconds, perf_recording(out)) if profile_nats
+            *(_perf_record(profiled, seconds, _perf_recording(out)) if profile_nats
               else _py_spy_record(profiled, seconds, out, sampling)),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -254,14 +254,14 @@ def _perf_record(pid: int, seconds: float, recording: Path) -> list[str]:
     return [perf, *perf_record_arguments(pid, seconds, str(recording))]
 
 
-def perf_recording(out: Path) -> Path:
+def _perf_recording(out: Path) -> Path:
     """Where ``--nats`` has perf write its recording before it is folded into ``out``."""
     return out.with_name(out.name + ".perf")
 
 
 def _fold_perf_recording(out: Path) -> None:
     """``perf script`` of the recording folded into collapsed stacks in ``out``."""
-    recording = perf_recording(out)
+    recording = _perf_recording(out)
     if not recording.exists():
         return
     script = subprocess.run(
@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.nats and (args.gil or args.blocking or args.native):
         parser.error("--gil, --blocking and --native are py-spy's; perf records nats-server")
     sampling = Sampling(gil=args.gil, blocking=args.blocking, native=args.native)
+    args.out.unlink(missing_ok=True)  # (a failed recording must not show an old one)
     requests, cpu_per_request = uvloop.run(_profile(
         args.operation, args.seconds, args.in_flight, args.out, args.worker_log_level,
         sampling, args.batch, args.bridge, args.job, args.nats))
