@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import socket
 
 import uvicorn
 
@@ -12,6 +14,17 @@ from api_bridge.log_config import configure_logging
 from worker.config import Settings
 
 __all__ = ["create_server", "run"]
+
+
+class _BridgeServer(uvicorn.Server):
+    """uvicorn's server, with what start-up loaded put out of the collector's sight."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # The app, its routes and the NATS client live as long as the process: a
+        # collection then walks only the requests' own objects, as in the workers
+        # (≈ 3-4 % less bridge CPU per request, docs/performance.md).
+        gc.freeze()
 
 
 def create_server(settings: Settings) -> uvicorn.Server:
@@ -35,7 +48,7 @@ def create_server(settings: Settings) -> uvicorn.Server:
         proxy_headers=False,
         lifespan="on",
     )
-    return uvicorn.Server(config)
+    return _BridgeServer(config)
 
 
 def run(settings: Settings) -> None:

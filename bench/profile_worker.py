@@ -5,7 +5,8 @@ stack with one worker, drives the operation with 200 requests in flight, records
 worker with ``py-spy record`` (collapsed stacks) and prints where its CPU goes:
 the heaviest functions by inclusive and by self time. ``--bridge`` records the bridge
 instead, with two workers behind it and the requests sent over HTTP; ``--nats`` records
-nats-server with Linux perf (``bench.nats_profile``).
+nats-server with Linux perf (``bench.nats_profile``), and ``--perf`` the worker (or the
+bridge) with perf, summed by the native code its CPU went to (``bench.native_profile``).
 
 By default py-spy reads the running process: shares are unbiased, but a sample can mix
 two stacks. ``--blocking`` pauses it for each sample: whole stacks, but the pause lands
@@ -34,10 +35,10 @@ from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS
 from bench.http_client import HttpPool
 from bench.measure import Measurement, closed_loop
-from bench.nats_profile import (
-    NATS_CATEGORIES,
+from bench.native_profile import categorize_native
+from bench.nats_profile import NATS_CATEGORIES, categorize_stacks
+from bench.perf_samples import (
     PERF_FREQUENCY,
-    categorize_stacks,
     fold_perf_script,
     perf_record_arguments,
     perf_script_arguments,
@@ -173,10 +174,11 @@ async def _jobs_back_to_back(stack: BenchStack, operation: str, bodies: Bodies, 
 async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
                    log_level: str, sampling: Sampling, batch_items: int = 0,
                    bridge: bool = False, job_items: int = 0,
-                   profile_nats: bool = False) -> tuple[float, float]:
+                   profile_nats: bool = False, perf: bool = False) -> tuple[float, float]:
     """Requests completed during the recording and the profiled process's CPU µs per
     request (one worker's, or with ``bridge`` the bridge's in front of two workers, or
-    with ``profile_nats`` nats-server's, recorded by perf into ``_perf_recording(out)``)."""
+    with ``profile_nats`` nats-server's). With ``perf`` or ``profile_nats``, perf records
+    into ``_perf_recording(out)``; otherwise py-spy into ``out``."""
     cpu: dict[str, float] = {}
     requests = 0.0
     root = Path(tempfile.mkdtemp(prefix="pqkms-profile-"))
@@ -210,7 +212,7 @@ async def _profile(operation: str, seconds: float, in_flight: int, out: Path,
         if profile_nats and stack.nats is not None:
             profiled = stack.nats.process.pid
         recorder = await asyncio.create_subprocess_exec(
-            *(_perf_record(profiled, seconds, _perf_recording(out)) if profile_nats
+            *(_perf_record(profiled, seconds, _perf_recording(out)) if perf or profile_nats
               else _py_spy_record(profiled, seconds, out, sampling)),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -259,16 +261,18 @@ def _perf_recording(out: Path) -> Path:
     return out.with_name(out.name + ".perf")
 
 
-def _fold_perf_recording(out: Path) -> None:
-    """``perf script`` of the recording folded into collapsed stacks in ``out``."""
+def _fold_perf_recording(out: Path, native: bool) -> None:
+    """``perf script`` of the recording folded into collapsed stacks in ``out`` (with
+    ``native``, frames name their library and stacks start with their thread)."""
     recording = _perf_recording(out)
     if not recording.exists():
         return
     script = subprocess.run(
-        ["perf", *perf_script_arguments(str(recording))],
+        ["perf", *perf_script_arguments(str(recording), libraries=native)],
         capture_output=True, check=False,
     )
-    write_collapsed(out, fold_perf_script(script.stdout.decode(errors="replace")))
+    text = script.stdout.decode(errors="replace")
+    write_collapsed(out, fold_perf_script(text, threads=native))
     recording.unlink()
 
 
@@ -303,6 +307,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nats", action="store_true",
                         help="profile nats-server instead, with Linux perf (perf record -g), "
                              "under the same load")
+    parser.add_argument("--perf", action="store_true",
+                        help="record the worker (or the bridge) with Linux perf instead of "
+                             "py-spy: only CPU actually used, kernel included, summed by the "
+                             "native code it went to (crypto, CPython, C library, kernel)")
     args = parser.parse_args(argv)
     if args.bridge and (args.batch or args.job):
         parser.error("--bridge sends single requests; leave out --batch and --job")
@@ -310,21 +318,27 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--batch or --job, not both")
     if args.nats and (args.gil or args.blocking or args.native):
         parser.error("--gil, --blocking and --native are py-spy's; perf records nats-server")
+    if args.perf and (args.gil or args.blocking or args.native or args.nats):
+        parser.error("--perf records with perf: leave out py-spy's --gil, --blocking and "
+                     "--native, and --nats (which uses perf already)")
     sampling = Sampling(gil=args.gil, blocking=args.blocking, native=args.native)
     args.out.unlink(missing_ok=True)  # (a failed recording must not show an old one)
     requests, cpu_per_request = uvloop.run(_profile(
         args.operation, args.seconds, args.in_flight, args.out, args.worker_log_level,
-        sampling, args.batch, args.bridge, args.job, args.nats))
-    if args.nats:
-        _fold_perf_recording(args.out)
+        sampling, args.batch, args.bridge, args.job, args.nats, args.perf))
+    if args.nats or args.perf:
+        _fold_perf_recording(args.out, native=args.perf)
     if not args.out.exists():
         return
     if args.nats:
         _print_nats_costs(args.out, requests, cpu_per_request)
+    elif args.perf:
+        _print_native_costs(args.out, "bridge" if args.bridge else "worker", requests,
+                            cpu_per_request)
     else:
         _print_python_costs(args, requests, cpu_per_request)
     print()
-    print(summarize_stacks(read_collapsed(args.out), args.top) if args.nats
+    print(summarize_stacks(read_collapsed(args.out), args.top) if args.nats or args.perf
           else summarize_collapsed(args.out, args.top))
     print(f"\ncollapsed stacks: {args.out} (flamegraph.pl or speedscope can render them)")
 
@@ -354,6 +368,20 @@ def _print_nats_costs(out: Path, requests: float, cpu_per_request: float) -> Non
     print(f"         {sampled:7.1f} µs  sampled in total, {in_kernel:,.1f} of them in the "
           f"kernel (system calls, page cache, page faults); the process used "
           f"{cpu_per_request:,.0f} µs CPU per request (/proc)")
+
+
+def _print_native_costs(out: Path, process: str, requests: float,
+                        cpu_per_request: float) -> None:
+    costs = categorize_native(read_collapsed(out))
+    print(f"\nwhere the {process}'s CPU goes per request or item, by native code "
+          f"({costs.total} samples at {PERF_FREQUENCY}/s, every thread, "
+          f"{requests:,.0f} requests or items):")
+    sampled = _print_categories(costs.counts, costs.total, PERF_FREQUENCY, requests,
+                                decimals=1)
+    on_main = 100 * costs.main_thread / max(costs.total, 1)
+    print(f"         {sampled:7.1f} µs  sampled in total, {on_main:.0f} % on the main "
+          f"thread (the event loop); the process used {cpu_per_request:,.0f} µs CPU per "
+          "request (/proc)")
 
 
 def _print_categories(counts: dict[str, int], total: int, rate: float,

@@ -8,23 +8,18 @@ function names no longer match the categories is noticed.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from pathlib import Path
 
 import nats
 import pytest
 
-from bench.nats_profile import (
-    NATS_CATEGORIES,
-    categorize_stacks,
-    fold_perf_script,
-    perf_record_arguments,
-    perf_script_arguments,
-)
+from bench.nats_profile import NATS_CATEGORIES, categorize_stacks
+from bench.perf_samples import fold_perf_script, perf_record_arguments, perf_script_arguments
 from bench.profile_worker import main
 from bench.stacks import read_collapsed, summarize_stacks, write_collapsed
 from pqkms.nats_embedded import start_nats_server
+from tests.support.perf import perf_can_record
 
 _SERVER = "github.com/nats-io/nats-server/v2/server."
 _PERF_SCRIPT = f"""\
@@ -108,16 +103,7 @@ def test_py_spy_options_are_refused_with_nats(option: str,
     assert "perf records nats-server" in capsys.readouterr().err
 
 
-def _perf_can_record() -> bool:
-    perf = shutil.which("perf")
-    if perf is None:
-        return False
-    probe = subprocess.run([perf, "record", "-o", "/dev/null", "-q", "--", "true"],
-                           capture_output=True, check=False)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _perf_can_record(), reason="perf is missing or may not record here")
+@pytest.mark.skipif(not perf_can_record(), reason="perf is missing or may not record here")
 def test_a_real_nats_server_under_load_lands_in_the_categories(tmp_path: Path) -> None:
     server = start_nats_server(tmp_path / "nats")
     recording = tmp_path / "nats.perf"
