@@ -23,7 +23,7 @@ class _BridgeServer(uvicorn.Server):
         await super().startup(sockets)
         # The app, its routes and the NATS client live as long as the process: a
         # collection then walks only the requests' own objects, as in the workers
-        # (≈ 3-4 % less bridge CPU per request, docs/performance.md).
+        # (≈ 3-8 % less bridge CPU per request, docs/performance.md).
         gc.freeze()
 
 
