@@ -62,4 +62,6 @@ def test_tiniest_benchmark_measures_every_layer_and_writes_json(tmp_path: Path) 
     # Every ratio target has its CPU budget, and every cell it divides was metered.
     assert len(saved["budgets"]) == 5
     assert all(budget["used_us_per_op"] for budget in saved["budgets"])
+    # Every target but HTTP's (whose cell names no crypto floor) has its ceiling.
+    assert sum(budget["ceiling"] is not None for budget in saved["budgets"]) == 4
     assert "pqkms NATS" in report.table()
