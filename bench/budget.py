@@ -13,9 +13,11 @@ What the budget leaves the workers: the budget less what the cell's other proces
 its crypto floor, the crypto's own cost (the floor's loops, per operation) is set against
 that share, and the **ceiling** is the ratio the cell would reach with every core busy if
 its workers cost only the crypto and everything else cost what it did in the cell:
-``goal x budget / (crypto + the others)``. A ceiling under the goal means no work on the
-workers' own code can meet the target on this machine; the others' cost per operation is
-taken as measured, at the cell's rate.
+``goal x budget / (crypto + the others)``. A ceiling well under the goal means no work on
+the workers' own code can meet the target on this machine unless the others get cheaper.
+The others' cost per operation is taken as measured, at the cell's rate (at a higher rate
+they would share more system calls), so a ceiling just under its goal is a warning, not
+a proof.
 """
 
 from __future__ import annotations
