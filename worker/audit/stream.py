@@ -5,7 +5,8 @@ Lines in one message (at most :data:`MAX_RECORDS_PER_MESSAGE` records or
 :data:`MAX_MESSAGE_BYTES`), all of a flush's messages in flight at once, every ack
 awaited. Measured on the loaded 2-core test machine (``docs/audit.md``): one message
 per record cost ≈ 90-140 µs of event-loop time per record even with ``publish_async``;
-one message per flush costs ≈ 5-30 µs per record in flushes of 32-128 records.
+one message per flush costs ≈ 5-30 µs per record in flushes of 32-128 records. The acks
+come to an inbox of our own (:mod:`worker.audit.acks`), not through ``publish_async``.
 
 ``Nats-Msg-Id`` = ``<chain_id>:<first>-<last>``; a failed message is re-sent with the
 same records, so JetStream's duplicate window drops a copy whose ack was lost. The
@@ -31,6 +32,7 @@ from schemas.audit import (
     audit_message_id,
     audit_subject,
 )
+from worker.audit.acks import AckInbox
 from worker.audit.entry import AuditEntry
 
 __all__ = [
@@ -82,22 +84,29 @@ class AuditStream:
         self._connection = connection
         self._settings = settings or StreamSettings()
         self._js: JetStreamContext | None = None
-        self._client: Client | None = None
+        self._acks: AckInbox | None = None  # on the connection last used
 
     def use_connection(self, connection: Callable[[], Client | None]) -> None:
         """Publish on this connection (the broker's, read at each use) from now on."""
         self._connection = connection
         self._js = None
 
-    async def _ready(self) -> JetStreamContext:
+    async def _ready(self) -> AckInbox:
         client = None if self._connection is None else self._connection()
         if client is None or not client.is_connected:
             raise ConnectionError("not connected to NATS")
-        if self._js is None or self._client is not client:
+        if self._acks is None or self._acks.client is not client:
+            if self._acks is not None:
+                await self._acks.close()
+            self._acks = None
+            acks = AckInbox(client, AUDIT_STREAM)
+            await acks.start()
+            self._acks, self._js = acks, None
+        if self._js is None:
             js = client.jetstream(timeout=self._settings.ack_timeout_seconds)
             await _add_or_update(js, stream_config(self._settings))
-            self._js, self._client = js, client
-        return self._js
+            self._js = js
+        return self._acks
 
     def forget(self) -> None:
         """After a failure: check (and if need be re-create) the stream on next use."""
@@ -109,17 +118,14 @@ class AuditStream:
             return []
         results: list[BaseException | None] = [None] * len(entries)
         groups = _messages(entries)
-        pending: dict[asyncio.Future[api.PubAck], tuple[int, int]] = {}
+        pending: dict[asyncio.Future[BaseException | None], tuple[int, int]] = {}
         try:
-            js = await self._ready()
+            acks = await self._ready()
             for start, end, body in groups:
                 first, last = entries[start], entries[end - 1]
                 headers = {"Nats-Msg-Id": audit_message_id(first.chain_id, first.seq, last.seq),
                            HEADER_AUDIT_RECORDS: str(end - start)}
-                # No wait_stall: it costs a task per message, and a flush sends a few
-                # messages, far below the pending acks nats-py allows before waiting.
-                future = await js.publish_async(audit_subject(first.chain_id), body,
-                                                stream=AUDIT_STREAM, headers=headers)
+                future = await acks.publish(audit_subject(first.chain_id), body, headers)
                 pending[future] = (start, end)
         except Exception as exc:
             # Records not handed to NATS get this error; those already sent are awaited.
@@ -134,10 +140,8 @@ class AuditStream:
                 error: BaseException | None
                 if future in not_done:
                     error = TimeoutError("no JetStream ack for audit records")
-                elif future.cancelled():
-                    error = ConnectionError("audit publish cancelled")
                 else:
-                    error = future.exception()
+                    error = future.result()
                 results[start:end] = [error] * (end - start)
         if any(result is not None for result in results):
             self.forget()
