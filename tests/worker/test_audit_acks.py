@@ -9,6 +9,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
 from nats.js import api
 from nats.js.errors import APIError, NoStreamResponseError
 
@@ -91,11 +92,25 @@ async def test_closing_answers_what_still_waits(client: Client) -> None:
     waiting = await inbox.publish(silent, b"r", {})
     await client.flush()
     assert not waiting.done()
+    assert inbox.pending == 1
     await inbox.close()
     assert isinstance(await waiting, ConnectionError)
     with pytest.raises(RuntimeError):
         await inbox.publish(silent, b"r", {})
     await listener.unsubscribe()
+
+
+async def test_a_message_that_could_not_be_sent_leaves_nothing_waiting(
+    nats_server: EmbeddedNats,
+) -> None:
+    connection = await nats.connect(nats_server.url)
+    stream, prefix = await _stream(connection)
+    inbox = AckInbox(connection, stream)
+    await inbox.start()
+    await connection.close()
+    with pytest.raises(ConnectionClosedError):
+        await inbox.publish(f"{prefix}.a", b"r", {})
+    assert inbox.pending == 0
 
 
 def _reply(data: bytes, headers: dict[str, str] | None = None) -> Msg:

@@ -64,6 +64,11 @@ class AckInbox:
         self._waiting: dict[str, asyncio.Future[BaseException | None]] = {}
         self._subscription: Subscription | None = None
 
+    @property
+    def pending(self) -> int:
+        """Messages sent and not yet answered."""
+        return len(self._waiting)
+
     async def start(self) -> None:
         """Subscribe to the replies (before the first publish)."""
         self._subscription = await self.client.subscribe(f"{self._prefix}.*",
@@ -81,8 +86,13 @@ class AckInbox:
         )
         self._waiting[token] = future
         future.add_done_callback(lambda _: self._waiting.pop(token, None))
-        await self.client.publish(subject, body, reply=f"{self._prefix}.{token}",
-                                  headers={**headers, _EXPECTED_STREAM: self._stream})
+        try:
+            await self.client.publish(subject, body, reply=f"{self._prefix}.{token}",
+                                      headers={**headers, _EXPECTED_STREAM: self._stream})
+        except BaseException:
+            del self._waiting[token]  # not sent: nothing will answer it
+            future.cancel()
+            raise
         return future
 
     async def close(self) -> None:
