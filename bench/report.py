@@ -182,7 +182,7 @@ class Report:
                               str(figures.get("first_error"))[:60], "", "", "", "", ""])
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         numeric = {2, 3, 4, 5, 6, 7, 8, 9}
-        out = []
+        out = _host_lines(self.machine)
         for index, line in enumerate(lines):
             cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
                      for i, cell in enumerate(line)]
@@ -223,6 +223,16 @@ class Report:
                 status += f" (back to back; table {target['table_ratio']:.2f}x)"
             out.append(f"  {target['target']:<62} {shown:>10}  {status}")
         return "\n".join(out)
+
+
+def _host_lines(machine: dict[str, Any]) -> list[str]:
+    """The host first: runs on this VM kind land on different CPU models, and figures of
+    two runs compare only on the same one."""
+    model = machine.get("cpu_model")
+    if not model:
+        return []
+    cpus = machine.get("usable_cpus") or machine.get("nproc")
+    return [f"host: {model}, {cpus} usable CPUs, Python {machine.get('python', '?')}", ""]
 
 
 def _job_phase_lines(rows: list[Row]) -> list[str]:
