@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,8 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from pqkms.nats_embedded import EmbeddedNats
 from worker.audit.acks import AckInbox, ack_error
+
+_TIMEOUT = 5.0
 
 
 @pytest.fixture
@@ -39,8 +42,8 @@ async def test_a_stored_message_resolves_to_no_error(client: Client) -> None:
     stream, prefix = await _stream(client)
     inbox = AckInbox(client, stream)
     await inbox.start()
-    first = await inbox.publish(f"{prefix}.a", b"one", {"Nats-Msg-Id": "m-1"})
-    second = await inbox.publish(f"{prefix}.a", b"two", {"Nats-Msg-Id": "m-2"})
+    first = await inbox.publish(f"{prefix}.a", b"one", {"Nats-Msg-Id": "m-1"}, _TIMEOUT)
+    second = await inbox.publish(f"{prefix}.a", b"two", {"Nats-Msg-Id": "m-2"}, _TIMEOUT)
     assert await first is None
     assert await second is None
     info = await client.jetstream().stream_info(stream)
@@ -55,8 +58,9 @@ async def test_a_copy_sent_again_is_acked_and_stored_once(client: Client) -> Non
     stream, prefix = await _stream(client)
     inbox = AckInbox(client, stream)
     await inbox.start()
-    assert await (await inbox.publish(f"{prefix}.a", b"r", {"Nats-Msg-Id": "same"})) is None
-    assert await (await inbox.publish(f"{prefix}.a", b"r", {"Nats-Msg-Id": "same"})) is None
+    for _ in range(2):
+        copy = await inbox.publish(f"{prefix}.a", b"r", {"Nats-Msg-Id": "same"}, _TIMEOUT)
+        assert await copy is None
     assert (await client.jetstream().stream_info(stream)).state.messages == 1
     await inbox.close()
 
@@ -65,7 +69,7 @@ async def test_no_stream_for_the_subject_is_an_error(client: Client) -> None:
     stream, _ = await _stream(client)
     inbox = AckInbox(client, stream)
     await inbox.start()
-    error = await (await inbox.publish(f"acks.nowhere.{uuid.uuid4().hex}", b"r", {}))
+    error = await (await inbox.publish(f"acks.nowhere.{uuid.uuid4().hex}", b"r", {}, _TIMEOUT))
     assert isinstance(error, NoStreamResponseError)
     await inbox.close()
 
@@ -76,7 +80,7 @@ async def test_a_message_stored_by_another_stream_is_refused(client: Client) -> 
     _, other_prefix = await _stream(client)
     inbox = AckInbox(client, ours)
     await inbox.start()
-    error = await (await inbox.publish(f"{other_prefix}.a", b"r", {}))
+    error = await (await inbox.publish(f"{other_prefix}.a", b"r", {}, _TIMEOUT))
     assert isinstance(error, APIError)
     assert error.code == 400
     await inbox.close()
@@ -89,15 +93,41 @@ async def test_closing_answers_what_still_waits(client: Client) -> None:
     # A plain subscriber that never answers: the message waits for an ack.
     silent = f"acks.silent.{uuid.uuid4().hex}"
     listener = await client.subscribe(silent)
-    waiting = await inbox.publish(silent, b"r", {})
+    waiting = await inbox.publish(silent, b"r", {}, _TIMEOUT)
     await client.flush()
     assert not waiting.done()
     assert inbox.pending == 1
     await inbox.close()
     assert isinstance(await waiting, ConnectionError)
     with pytest.raises(RuntimeError):
-        await inbox.publish(silent, b"r", {})
+        await inbox.publish(silent, b"r", {}, _TIMEOUT)
     await listener.unsubscribe()
+
+
+async def test_a_message_without_an_answer_resolves_to_a_timeout(client: Client) -> None:
+    stream, _ = await _stream(client)
+    inbox = AckInbox(client, stream)
+    await inbox.start()
+    silent = f"acks.silent.{uuid.uuid4().hex}"
+    listener = await client.subscribe(silent)
+    waiting = await inbox.publish(silent, b"r", {}, 0.05)
+    error = await asyncio.wait_for(waiting, 5.0)
+    assert isinstance(error, TimeoutError)
+    assert inbox.pending == 0
+    await listener.unsubscribe()
+    await inbox.close()
+
+
+async def test_a_wait_given_up_by_its_caller_ends_with_its_answer(client: Client) -> None:
+    stream, prefix = await _stream(client)
+    inbox = AckInbox(client, stream)
+    await inbox.start()
+    given_up = await inbox.publish(f"{prefix}.a", b"one", {"Nats-Msg-Id": "m-1"}, _TIMEOUT)
+    given_up.cancel()
+    kept = await inbox.publish(f"{prefix}.a", b"two", {"Nats-Msg-Id": "m-2"}, _TIMEOUT)
+    assert await kept is None  # (answered after the first: its answer came and went)
+    assert inbox.pending == 0
+    await inbox.close()
 
 
 async def test_a_message_that_could_not_be_sent_leaves_nothing_waiting(
@@ -109,7 +139,7 @@ async def test_a_message_that_could_not_be_sent_leaves_nothing_waiting(
     await inbox.start()
     await connection.close()
     with pytest.raises(ConnectionClosedError):
-        await inbox.publish(f"{prefix}.a", b"r", {})
+        await inbox.publish(f"{prefix}.a", b"r", {}, _TIMEOUT)
     assert inbox.pending == 0
 
 

@@ -117,32 +117,27 @@ class AuditStream:
         if not entries:
             return []
         results: list[BaseException | None] = [None] * len(entries)
-        groups = _messages(entries)
-        pending: dict[asyncio.Future[BaseException | None], tuple[int, int]] = {}
+        pending: list[tuple[asyncio.Future[BaseException | None], int, int]] = []
         try:
             acks = await self._ready()
-            for start, end, body in groups:
+            timeout = self._settings.ack_timeout_seconds
+            for start, end, body in _messages(entries):
                 first, last = entries[start], entries[end - 1]
                 headers = {"Nats-Msg-Id": audit_message_id(first.chain_id, first.seq, last.seq),
                            HEADER_AUDIT_RECORDS: str(end - start)}
-                future = await acks.publish(audit_subject(first.chain_id), body, headers)
-                pending[future] = (start, end)
+                future = await acks.publish(audit_subject(first.chain_id), body, headers,
+                                            timeout)
+                pending.append((future, start, end))
         except Exception as exc:
             # Records not handed to NATS get this error; those already sent are awaited.
-            sent = max((end for _, end in pending.values()), default=0)
+            sent = pending[-1][2] if pending else 0
             results[sent:] = [exc] * (len(entries) - sent)
-        if pending:
-            timeout = self._settings.ack_timeout_seconds
-            _, not_done = await asyncio.wait(pending, timeout=timeout)
-            for future in not_done:
-                future.cancel()
-            for future, (start, end) in pending.items():
-                error: BaseException | None
-                if future in not_done:
-                    error = TimeoutError("no JetStream ack for audit records")
-                else:
-                    error = future.result()
-                results[start:end] = [error] * (end - start)
+        # Every future resolves, by its ack or by its timer (worker.audit.acks): awaited
+        # alone, without asyncio.wait's waiter, timer and callbacks around it, a lone
+        # record's flush costs ≈ 40 µs less (docs/performance.md).
+        for future, start, end in pending:
+            error = await future
+            results[start:end] = [error] * (end - start)
         if any(result is not None for result in results):
             self.forget()
         return results
