@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -25,6 +26,17 @@ async def client(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
     connection = await nats.connect(nats_server.url)
     yield connection
     await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def _silent_subject(client: Client) -> AsyncIterator[str]:
+    """A subject whose plain subscriber never answers: a message sent there waits."""
+    subject = f"acks.silent.{uuid.uuid4().hex}"
+    listener = await client.subscribe(subject)
+    try:
+        yield subject
+    finally:
+        await listener.unsubscribe()
 
 
 async def _stream(client: Client) -> tuple[str, str]:
@@ -90,31 +102,26 @@ async def test_closing_answers_what_still_waits(client: Client) -> None:
     stream, _ = await _stream(client)
     inbox = AckInbox(client, stream)
     await inbox.start()
-    # A plain subscriber that never answers: the message waits for an ack.
-    silent = f"acks.silent.{uuid.uuid4().hex}"
-    listener = await client.subscribe(silent)
-    waiting = await inbox.publish(silent, b"r", {}, _TIMEOUT)
-    await client.flush()
-    assert not waiting.done()
-    assert inbox.pending == 1
-    await inbox.close()
-    assert isinstance(await waiting, ConnectionError)
-    with pytest.raises(RuntimeError):
-        await inbox.publish(silent, b"r", {}, _TIMEOUT)
-    await listener.unsubscribe()
+    async with _silent_subject(client) as silent:
+        waiting = await inbox.publish(silent, b"r", {}, _TIMEOUT)
+        await client.flush()
+        assert not waiting.done()
+        assert inbox.pending == 1
+        await inbox.close()
+        assert isinstance(await waiting, ConnectionError)
+        with pytest.raises(RuntimeError):
+            await inbox.publish(silent, b"r", {}, _TIMEOUT)
 
 
 async def test_a_message_without_an_answer_resolves_to_a_timeout(client: Client) -> None:
     stream, _ = await _stream(client)
     inbox = AckInbox(client, stream)
     await inbox.start()
-    silent = f"acks.silent.{uuid.uuid4().hex}"
-    listener = await client.subscribe(silent)
-    waiting = await inbox.publish(silent, b"r", {}, 0.05)
-    error = await asyncio.wait_for(waiting, 5.0)
+    async with _silent_subject(client) as silent:
+        waiting = await inbox.publish(silent, b"r", {}, 0.05)
+        error = await asyncio.wait_for(waiting, 5.0)
     assert isinstance(error, TimeoutError)
     assert inbox.pending == 0
-    await listener.unsubscribe()
     await inbox.close()
 
 
