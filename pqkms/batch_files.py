@@ -371,7 +371,8 @@ async def run_batch_file(client: PqkmsClient, options: BatchOptions, *,
                          ) -> BatchSummary:
     """Run the input through a job and write its results to the output, resuming an
     interrupted run of the same arguments. ``on_chunk`` is called after each chunk is
-    durably written (tests use it)."""
+    durably written; an exception from it stops the run there (the CLI's Ctrl-C,
+    :mod:`pqkms.batch_interrupt`)."""
     check_options(options)
     started = time.monotonic()
     state, resumed = _resume_or_start(options)

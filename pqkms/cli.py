@@ -555,6 +555,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         check_options,
         run_batch_file,
     )
+    from pqkms.batch_interrupt import BatchInterrupted, sigint_stops_the_run
     from pqkms.client import PqkmsClient, PqkmsError
 
     api_key = args.api_key or os.environ.get("PQKMS_API_KEY")
@@ -570,13 +571,14 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         check_options(options)
-        async with await PqkmsClient.connect(nats_url, api_key,
-                                             nats_options=security) as client:
-            return await run_batch_file(client, options)
+        with sigint_stops_the_run() as checkpoint:
+            async with await PqkmsClient.connect(nats_url, api_key,
+                                                 nats_options=security) as client:
+                return await run_batch_file(client, options, on_chunk=checkpoint)
 
     try:
         summary = asyncio.run(run())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BatchInterrupted):  # (before the run's handler, or after)
         print(f"\n{_PROG} batch: interrupted; run the same command again to resume",
               file=sys.stderr, flush=True)
         return 130
