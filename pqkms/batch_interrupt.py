@@ -29,7 +29,8 @@ class BatchInterrupted(Exception):
 def sigint_stops_the_run() -> Iterator[Callable[[BatchState], None]]:
     """Inside, SIGINT cancels the current task and raises :class:`BatchInterrupted`
     from the ``with`` block; yields the checkpoint for ``run_batch_file(on_chunk=...)``.
-    Call from the task that runs the batch, on the main thread."""
+    A second SIGINT raises ``KeyboardInterrupt`` out of the event loop at once. Call
+    from the task that runs the batch, on the main thread."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     if task is None:
@@ -38,6 +39,8 @@ def sigint_stops_the_run() -> Iterator[Callable[[BatchState], None]]:
 
     def on_sigint() -> None:
         nonlocal interrupted
+        if interrupted:  # a second Ctrl-C stops at once, as under asyncio.run alone
+            raise KeyboardInterrupt
         interrupted = True
         task.cancel()
 

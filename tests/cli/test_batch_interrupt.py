@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -50,3 +53,38 @@ async def test_without_sigint_the_checkpoint_lets_the_run_go_on() -> None:
     with sigint_stops_the_run() as checkpoint:
         checkpoint(_STATE)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+_DEAF_RUN = textwrap.dedent("""
+    import asyncio, sys
+    from pqkms.batch_interrupt import sigint_stops_the_run
+
+    async def main() -> None:
+        with sigint_stops_the_run():
+            print("ready", flush=True)
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:  # lost, as if it had come with a reply
+                print("cancelled", flush=True)
+            await asyncio.sleep(5)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+""")
+
+
+def test_a_second_sigint_stops_a_run_that_lost_the_first() -> None:
+    process = subprocess.Popen([sys.executable, "-c", _DEAF_RUN], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGINT)
+        assert process.stdout.readline() == "cancelled\n"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 130
+    finally:
+        process.kill()
+        process.wait()
