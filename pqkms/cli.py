@@ -578,7 +578,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     try:
         summary = asyncio.run(run())
-    except (KeyboardInterrupt, BatchInterrupted):  # (before the run's handler, or after)
+    # KeyboardInterrupt: Ctrl-C before the run set its own handler, or a second Ctrl-C.
+    except (KeyboardInterrupt, BatchInterrupted):
         print(f"\n{_PROG} batch: interrupted; run the same command again to resume",
               file=sys.stderr, flush=True)
         return 130
