@@ -51,6 +51,9 @@ class BenchStack:
     code_dir: Path | None = None
     # Settings for the spawned processes on top of the defaults (bench.compare --env).
     extra_env: dict[str, str] = field(default_factory=dict)
+    # What a worker process runs after the interpreter (bench.call_census runs the
+    # worker under its call counter).
+    worker_command: list[str] = field(default_factory=lambda: ["-m", "worker"])
     nats: EmbeddedNats | None = None
     responders: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -130,7 +133,7 @@ class BenchStack:
     async def start_workers(self, count: int) -> None:
         while len(self.workers) < count:
             self.workers.append(
-                self._spawn(["-m", "worker"], f"worker-{len(self.workers)}.log")
+                self._spawn(self.worker_command, f"worker-{len(self.workers)}.log")
             )
         await self._wait_for(Subject.HEALTH_PING.value, count, self.workers,
                              lambda data: orjson.loads(data)["data"]["worker"])
