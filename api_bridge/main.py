@@ -9,7 +9,7 @@ import socket
 import uvicorn
 
 from api_bridge.app import create_app
-from api_bridge.coalesced_writes import CoalescedWritesProtocol
+from api_bridge.http_protocol import BridgeHttpProtocol
 from api_bridge.log_config import configure_logging
 from worker.config import Settings
 
@@ -39,7 +39,8 @@ def create_server(settings: Settings) -> uvicorn.Server:
         host=settings.http_host,
         port=settings.http_port,
         loop=loop,
-        http=CoalescedWritesProtocol,  # one write per response (docs/performance.md)
+        # one write per response (docs/performance.md), unparsable requests in the envelope
+        http=BridgeHttpProtocol,
         access_log=False,  # the bridge logs its own line per request
         log_level=settings.log_level.lower(),
         server_header=False,

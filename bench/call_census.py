@@ -9,8 +9,8 @@ counts another checkout's worker the same way (``git worktree add ../pqkms-base
 <commit>``) and prints both side by side: a change's effect on the work done per
 request, free of the host's speed. ``--batch ITEMS`` counts per item of batches.
 
-The counts leave out the signing threads, native code and the kernel; ``--perf`` and
-``strace -c`` see those (docs/performance.md).
+The counts leave out the signing threads, native code and the kernel;
+``bench.profile_worker --perf`` and ``strace -c`` see those (docs/performance.md).
 """
 
 from __future__ import annotations

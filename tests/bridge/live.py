@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from api_bridge.app import create_app
-from api_bridge.coalesced_writes import CoalescedWritesProtocol
+from api_bridge.http_protocol import BridgeHttpProtocol
 from pqkms.nats_embedded import find_free_port
 from worker.config import Settings
 
@@ -46,7 +46,7 @@ class LiveBridge:
         config = uvicorn.Config(
             create_app(self.settings), host=self.settings.http_host,
             port=self.settings.http_port, loop="asyncio", log_level="warning",
-            access_log=False, lifespan="on", http=CoalescedWritesProtocol, proxy_headers=False,
+            access_log=False, lifespan="on", http=BridgeHttpProtocol, proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="bridge", daemon=True)
