@@ -5,17 +5,21 @@ subjects from the other side: each request starts as a valid body and gets one t
 mutations (a field's value replaced by any JSON value, a field removed, a known field
 added, a base64 value's bytes flipped, a batch's items repeated or emptied). Whatever
 comes in, the reply must be a well-formed envelope with a client error or a result, never
-an internal error, and every worker must keep running. The generator is seeded, so a
-failure names the request that caused it and reproduces.
+an internal error; every job of one chunk that was accepted must complete (a chunk of
+bad items gets per-item errors, never stalls its job); and every worker must keep
+running. The generator is seeded, so a failure names the request that caused it and
+reproduces.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import hashlib
 import json
 import random
+import time
 from typing import Any
 
 import pytest
@@ -155,7 +159,8 @@ def valid_bodies(ciphertext: str, signature: str) -> dict[Subject, list[Body]]:
         Subject.SIGNATURE_SIGN_BATCH: [{"items": [{"message": message}], **dilithium}],
         Subject.SIGNATURE_VERIFY_BATCH: [{"items": [{"message": message,
                                                      "signature": signature}], **dilithium}],
-        Subject.JOBS_SUBMIT: [{"operation": "kem.encrypt", "items": [{"plaintext": message}],
+        Subject.JOBS_SUBMIT: [{"job_id": "job-1", "operation": "kem.encrypt", "chunk_index": 0,
+                               "total_chunks": 1, "items": [{"plaintext": message}],
                                "key_version": 1}],
         Subject.JOBS_STATUS: [{"job_id": "job-1"}],
         Subject.JOBS_RESULTS: [{"job_id": "job-1", "chunk_index": 0}],
@@ -182,6 +187,20 @@ def envelope_fault(reply: Reply) -> str | None:
     return None
 
 
+async def unfinished(call: NatsCaller, job_id: str, timeout: float = 60.0) -> str | None:
+    """Why an accepted job of one chunk has not completed within ``timeout``, or None."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = await call(Subject.JOBS_STATUS, {"job_id": job_id})
+        if reply.code is not None:
+            return f"status answered {reply.body}"
+        if reply.data["state"] == "completed":
+            return None
+        if time.monotonic() > deadline:
+            return f"still {reply.data} after {timeout:.0f} s"
+        await asyncio.sleep(0.2)
+
+
 async def test_mutated_requests_get_client_errors_or_results(stack: LocalStack,
                                                              call: NatsCaller) -> None:
     for algorithm in ("Kyber768", "X-Wing", "Dilithium3", "Composite-ML-DSA",
@@ -191,12 +210,17 @@ async def test_mutated_requests_get_client_errors_or_results(stack: LocalStack,
     signed = await call(Subject.SIGNATURE_SIGN, {"message": b64(b"abc"), "key_version": 1,
                                                  "algorithm": "Dilithium3"})
     templates = valid_bodies(encrypted.data["ciphertext"], signed.data["signature"])
+    first_job = await call(Subject.JOBS_SUBMIT, templates[Subject.JOBS_SUBMIT][0])
+    assert first_job.code is None, first_job.body  # job-1, for the status and results bodies
     rng = random.Random(SEED)
     faults: list[str] = []
     outcomes: set[tuple[Subject, str | None]] = set()
+    submitted = {"job-1"}  # jobs of one chunk, accepted: each must complete
     for number in range(MUTATED_REQUESTS):
         subject = rng.choice(list(templates))
         body = mutated(rng, rng.choice(templates[subject]))
+        if subject is Subject.JOBS_SUBMIT and body.get("job_id") == "job-1":
+            body["job_id"] = f"job-{number + 2}"  # a new job, unless the mutation chose one
         payload = json.dumps(body).encode()
         if len(payload) > call.client.max_payload:
             continue  # nats-py refuses to send it; the server's limit is tested elsewhere
@@ -205,6 +229,11 @@ async def test_mutated_requests_get_client_errors_or_results(stack: LocalStack,
         fault = envelope_fault(reply)
         if fault:
             faults.append(f"#{number} {subject} {payload[:300]!r}: {fault}: {reply.body}")
+        accepted_job = subject is Subject.JOBS_SUBMIT and reply.code is None
+        if accepted_job and reply.data["total_chunks"] == 1:
+            submitted.add(reply.data["job_id"])
+    faults.extend([f"job {job_id}: {problem}" for job_id in sorted(submitted)
+                   if (problem := await unfinished(call, job_id))])
     assert not faults, "\n".join(faults)
     assert all(worker.poll() is None for worker in stack.workers)
     # The mutations reach past validation: some mutated requests still succeed.
