@@ -20,6 +20,7 @@ import hashlib
 import json
 import random
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -201,8 +202,37 @@ async def unfinished(call: NatsCaller, job_id: str, timeout: float = 60.0) -> st
         await asyncio.sleep(0.2)
 
 
-async def test_mutated_requests_get_client_errors_or_results(stack: LocalStack,
-                                                             call: NatsCaller) -> None:
+@dataclass
+class MutationRun:
+    """Sends mutated requests as one tenant and collects what went wrong."""
+
+    call: NatsCaller
+    faults: list[str] = field(default_factory=list)
+    outcomes: set[tuple[Subject, str | None]] = field(default_factory=set)
+    submitted: set[str] = field(default_factory=set)  # one-chunk jobs accepted: must complete
+
+    async def send(self, number: int, subject: Subject, body: Body) -> None:
+        payload = json.dumps(body).encode()
+        if len(payload) > self.call.client.max_payload:
+            return  # nats-py refuses to send it; the server's limit is tested elsewhere
+        reply = await self.call.raw(subject, payload, timeout=60)
+        self.outcomes.add((subject, reply.code))
+        fault = envelope_fault(reply)
+        if fault:
+            self.faults.append(f"#{number} {subject} {payload[:300]!r}: {fault}: {reply.body}")
+        accepted_job = subject is Subject.JOBS_SUBMIT and reply.code is None
+        if accepted_job and reply.data["total_chunks"] == 1:
+            self.submitted.add(reply.data["job_id"])
+
+    async def check_jobs(self) -> None:
+        for job_id in sorted(self.submitted):
+            if problem := await unfinished(self.call, job_id):
+                self.faults.append(f"job {job_id}: {problem}")
+
+
+async def prepared_templates(call: NatsCaller) -> dict[Subject, list[Body]]:
+    """Version 1 of each algorithm for the caller's tenant, a ciphertext, a signature and
+    the job ``job-1``; then the valid bodies."""
     for algorithm in ("Kyber768", "X-Wing", "Dilithium3", "Composite-ML-DSA",
                       "SLH-DSA-SHA2-128f"):
         assert (await call(Subject.KEYS_GENERATE, {"algorithm": algorithm})).code is None
@@ -211,30 +241,31 @@ async def test_mutated_requests_get_client_errors_or_results(stack: LocalStack,
                                                  "algorithm": "Dilithium3"})
     templates = valid_bodies(encrypted.data["ciphertext"], signed.data["signature"])
     first_job = await call(Subject.JOBS_SUBMIT, templates[Subject.JOBS_SUBMIT][0])
-    assert first_job.code is None, first_job.body  # job-1, for the status and results bodies
+    assert first_job.code is None, first_job.body
+    return templates
+
+
+@pytest.mark.parametrize("in_flight", [1, 32])
+async def test_mutated_requests_get_client_errors_or_results(
+    stack: LocalStack, call: NatsCaller, in_flight: int
+) -> None:
+    """One at a time, every failure reproduces from the seed; 32 at a time, the same
+    requests also race each other (a key retired while another request uses it)."""
+    templates = await prepared_templates(call)
+    run = MutationRun(call, submitted={"job-1"})
     rng = random.Random(SEED)
-    faults: list[str] = []
-    outcomes: set[tuple[Subject, str | None]] = set()
-    submitted = {"job-1"}  # jobs of one chunk, accepted: each must complete
+    requests: list[tuple[int, Subject, Body]] = []
     for number in range(MUTATED_REQUESTS):
         subject = rng.choice(list(templates))
         body = mutated(rng, rng.choice(templates[subject]))
         if subject is Subject.JOBS_SUBMIT and body.get("job_id") == "job-1":
             body["job_id"] = f"job-{number + 2}"  # a new job, unless the mutation chose one
-        payload = json.dumps(body).encode()
-        if len(payload) > call.client.max_payload:
-            continue  # nats-py refuses to send it; the server's limit is tested elsewhere
-        reply = await call.raw(subject, payload, timeout=30)
-        outcomes.add((subject, reply.code))
-        fault = envelope_fault(reply)
-        if fault:
-            faults.append(f"#{number} {subject} {payload[:300]!r}: {fault}: {reply.body}")
-        accepted_job = subject is Subject.JOBS_SUBMIT and reply.code is None
-        if accepted_job and reply.data["total_chunks"] == 1:
-            submitted.add(reply.data["job_id"])
-    faults.extend([f"job {job_id}: {problem}" for job_id in sorted(submitted)
-                   if (problem := await unfinished(call, job_id))])
-    assert not faults, "\n".join(faults)
+        requests.append((number, subject, body))
+    for start in range(0, len(requests), in_flight):
+        await asyncio.gather(*(run.send(*request)
+                               for request in requests[start:start + in_flight]))
+    await run.check_jobs()
+    assert not run.faults, "\n".join(run.faults)
     assert all(worker.poll() is None for worker in stack.workers)
     # The mutations reach past validation: some mutated requests still succeed.
-    assert sum(1 for _, code in outcomes if code is None) >= 10, outcomes
+    assert sum(1 for _, code in run.outcomes if code is None) >= 10, run.outcomes
