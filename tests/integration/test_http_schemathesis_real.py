@@ -18,9 +18,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from api_bridge.app import create_app
+from tests.support.stack import LocalStack
 from worker.config import Settings
-
-from ..support.stack import LocalStack
 
 pytestmark = pytest.mark.integration
 

@@ -88,6 +88,7 @@ def flipped(rng: random.Random, value: str) -> str | None:
 
 
 def mutate_once(rng: random.Random, body: Body) -> None:
+    """One mutation of ``body`` or of one of its items, in place."""
     target = body
     items = body.get("items")
     if isinstance(items, list) and items and rng.random() < 0.5:
@@ -114,6 +115,7 @@ def mutate_once(rng: random.Random, body: Body) -> None:
 
 
 def mutated(rng: random.Random, template: Body) -> Body:
+    """A copy of ``template`` with one to three mutations."""
     body = copy.deepcopy(template)
     for _ in range(rng.choice([1, 1, 2, 3])):
         mutate_once(rng, body)
