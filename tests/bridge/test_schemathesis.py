@@ -15,9 +15,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from api_bridge.app import create_app
 from pqkms.nats_embedded import EmbeddedNats
-from worker.config import Settings
+from tests.support.schemathesis_calls import DOCUMENT, call_and_check
 
 from .conftest import API_KEY
 from .fake_worker import FakeWorker
@@ -33,13 +32,7 @@ def answering_worker(nats_server: EmbeddedNats) -> Iterator[FakeWorker]:
     fake.stop()
 
 
-# The document the live bridge serves (test_openapi checks they are the same). Built
-# at import: schemathesis' lazy from_fixture() does not work with pytest 9 (it reads
-# the removed Function._nodeid).
-schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
-
-
-@schema.parametrize()
+@DOCUMENT.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=list(HealthCheck), derandomize=True)
 def test_api_conforms_to_its_document(
@@ -47,24 +40,7 @@ def test_api_conforms_to_its_document(
     bridge: LiveBridge,
     answering_worker: FakeWorker,
 ) -> None:
-    response = case.call_and_validate(
-        base_url=bridge.url,
-        headers=_real_api_key(case),
-        # The request models have cross-field rules JSON Schema does not carry (salt
-        # only in deterministic mode, wrapped key sizes, digest length per hash
-        # algorithm), so a schema-valid body may rightly get a documented 400.
-        excluded_checks=[schemathesis.checks.positive_data_acceptance],
-    )
-    assert response.status_code < 500, (case.method, case.path, response.status_code,
-                                        response.text)
-
-
-def _real_api_key(case: schemathesis.Case) -> dict[str, str]:  # type: ignore[type-arg]
-    """The test's API key in place of the generated one. A negative case may leave the
-    header out on purpose (the key is required); it stays out, or the case would be a
-    valid request and a 200 a false "schema-violating request accepted"."""
-    generated = {name.lower() for name in (case.headers or {})}
-    return {"X-API-Key": API_KEY} if "x-api-key" in generated else {}
+    call_and_check(case, bridge.url, API_KEY)
 
 
 def test_generated_requests_reached_the_workers(answering_worker: FakeWorker) -> None:

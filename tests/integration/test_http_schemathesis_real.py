@@ -17,16 +17,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from api_bridge.app import create_app
+from tests.support.schemathesis_calls import DOCUMENT, call_and_check
 from tests.support.stack import LocalStack
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = int(os.environ.get("PQKMS_SCHEMATHESIS_REAL_EXAMPLES", "30"))
 ALGORITHMS = ("Kyber768", "X-Wing", "Dilithium3", "Composite-ML-DSA", "SLH-DSA-SHA2-128f")
-
-schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 
 
 @pytest.fixture
@@ -40,7 +37,7 @@ def keyed_tenant(stack: LocalStack, api_key: str) -> str:
     return api_key
 
 
-@schema.parametrize()
+@DOCUMENT.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=list(HealthCheck), derandomize=True)
 def test_real_replies_conform_to_the_document(
@@ -48,15 +45,5 @@ def test_real_replies_conform_to_the_document(
     stack: LocalStack,
     keyed_tenant: str,
 ) -> None:
-    generated = {name.lower() for name in (case.headers or {})}
-    headers = {"X-API-Key": keyed_tenant} if "x-api-key" in generated else {}
-    response = case.call_and_validate(
-        base_url=stack.http_url,
-        headers=headers,
-        # Cross-field rules JSON Schema does not carry: a schema-valid body may rightly
-        # get its documented 400 (as in tests/bridge/test_schemathesis.py).
-        excluded_checks=[schemathesis.checks.positive_data_acceptance],
-    )
-    assert response.status_code < 500, (case.method, case.path, response.status_code,
-                                        response.text)
+    call_and_check(case, stack.http_url, keyed_tenant)
     assert all(worker.poll() is None for worker in stack.workers)

@@ -127,8 +127,8 @@ def valid_bodies(ciphertext: str, signature: str) -> dict[Subject, list[Body]]:
     algorithm below."""
     message = b64(b"abc")
     digest = b64(hashlib.sha256(b"abc").digest())
-    kem = [{"key_version": 1}, {"key_version": 1, "algorithm": "X-Wing"}]
-    signing = [{"key_version": 1, "algorithm": name}
+    kem: list[Body] = [{"key_version": 1}, {"key_version": 1, "algorithm": "X-Wing"}]
+    signing: list[Body] = [{"key_version": 1, "algorithm": name}
                for name in ("Dilithium3", "Composite-ML-DSA", "SLH-DSA-SHA2-128f")]
     dilithium = signing[0]
     return {
