@@ -13,10 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 
 from pqkms.nats_embedded import EmbeddedNats
-from tests.support.schemathesis_calls import DOCUMENT, call_and_check
+from tests.support.schemathesis_calls import DOCUMENT, call_and_check, examples
 
 from .conftest import API_KEY
 from .fake_worker import FakeWorker
@@ -33,8 +32,7 @@ def answering_worker(nats_server: EmbeddedNats) -> Iterator[FakeWorker]:
 
 
 @DOCUMENT.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None,
-          suppress_health_check=list(HealthCheck), derandomize=True)
+@examples(EXAMPLES)
 def test_api_conforms_to_its_document(
     case: schemathesis.Case,  # type: ignore[type-arg]
     bridge: LiveBridge,

@@ -15,9 +15,8 @@ import os
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 
-from tests.support.schemathesis_calls import DOCUMENT, call_and_check
+from tests.support.schemathesis_calls import DOCUMENT, call_and_check, examples
 from tests.support.stack import LocalStack
 
 pytestmark = pytest.mark.integration
@@ -38,8 +37,7 @@ def keyed_tenant(stack: LocalStack, api_key: str) -> str:
 
 
 @DOCUMENT.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None,
-          suppress_health_check=list(HealthCheck), derandomize=True)
+@examples(EXAMPLES)
 def test_real_replies_conform_to_the_document(
     case: schemathesis.Case,  # type: ignore[type-arg]
     stack: LocalStack,

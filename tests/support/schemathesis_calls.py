@@ -5,16 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import schemathesis
+from hypothesis import HealthCheck, settings
 
 from api_bridge.app import create_app
 from worker.config import Settings
 
-__all__ = ["DOCUMENT", "call_and_check"]
+__all__ = ["DOCUMENT", "call_and_check", "examples"]
 
 # The document the live bridge serves (test_openapi checks they are the same). Built
 # at import: schemathesis' lazy from_fixture() does not work with pytest 9 (it reads
 # the removed Function._nodeid).
 DOCUMENT = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
+
+
+def examples(count: int) -> settings:
+    """Hypothesis settings for ``count`` cases per operation, the same on every run."""
+    return settings(max_examples=count, deadline=None,
+                    suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 def call_and_check(case: schemathesis.Case, base_url: str,  # type: ignore[type-arg]
