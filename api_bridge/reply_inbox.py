@@ -19,6 +19,8 @@ from nats.aio.client import NO_RESPONDERS_STATUS
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from schemas.nats_message import counted_size
+
 __all__ = ["ConnectionLost", "ReplyInbox"]
 
 _STATUS_HEADER = "Status"
@@ -48,9 +50,13 @@ class ReplyInbox:
 
     async def request(self, client: NatsClient, subject: str, payload: bytes,
                       headers: Mapping[str, str], wait_seconds: float) -> Msg:
-        """Publish with a reply subject of this inbox and wait up to ``wait_seconds``."""
+        """Publish with a reply subject of this inbox and wait up to ``wait_seconds``.
+        A message over the server's ``max_payload`` with its headers raises
+        ``nats.errors.MaxPayloadError`` here: sent, it would cost the connection."""
         if not self._prefix:
             raise ConnectionLost
+        if counted_size(payload, headers) > client.max_payload:
+            raise nats.errors.MaxPayloadError
         loop = asyncio.get_running_loop()
         token = str(next(self._numbers))
         reply: asyncio.Future[Msg] = loop.create_future()

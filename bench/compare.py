@@ -11,7 +11,9 @@ rounds' ratios is the comparison.
 ../pqkms-base <commit>``); both must share the database schema. Prints each round and
 the medians of throughput, worker CPU per item and p50 (this checkout ÷ base).
 ``--http`` sends the single requests through each stack's bridge instead, and adds the
-bridge's CPU per request.
+bridge's CPU per request; ``--job ITEMS`` runs one durable job of ITEMS items per round
+and stack instead (submitted, run and read back, as the benchmark's job cell), its
+"p50" being the job's whole time.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import nats
 import uvloop
 from nats.aio.client import Client as NatsClient
 
-from bench.clients import PQKMS_SUBJECTS, http_call, nats_call
+from bench.clients import PQKMS_SUBJECTS, Bodies, http_call, nats_call
 from bench.cpu import CpuMeter
 from bench.fixture import OPERATIONS
 from bench.http_client import HttpPool
 from bench.measure import Call, closed_loop
-from bench.run import _pqkms_bodies, batch_call
+from bench.run import BenchConfig, _pqkms_bodies, _run_job, batch_call
 from bench.stack import BenchStack
 from schemas.subjects import HEADER_API_KEY
 
@@ -58,7 +60,10 @@ class _Side:
     stack: BenchStack
     client: NatsClient
     call: Call
+    operation: str
+    bodies: Bodies
     pool: HttpPool | None = None
+    job_items: int = 0
 
 
 def median_ratios(new: list[CellFigures], base: list[CellFigures]) -> CellFigures:
@@ -75,7 +80,8 @@ def median_ratios(new: list[CellFigures], base: list[CellFigures]) -> CellFigure
 
 
 async def _start(code_dir: Path | None, operation: str, batch: int, workers: int,
-                 env: dict[str, str], http: bool = False, in_flight: int = 200) -> _Side:
+                 env: dict[str, str], http: bool = False, in_flight: int = 200,
+                 job_items: int = 0) -> _Side:
     stack = BenchStack(Path(tempfile.mkdtemp(prefix="pqkms-compare-")), code_dir=code_dir,
                        extra_env=env)
     try:
@@ -95,14 +101,15 @@ async def _start(code_dir: Path | None, operation: str, batch: int, workers: int
             stack.stop()
             raise RuntimeError(f"the bridge did not start; see {stack.root / 'bridge.log'}")
         pool = HttpPool(stack.http_url, in_flight, headers={HEADER_API_KEY: stack.api_key})
-        return _Side(stack, client, http_call(pool, operation, bodies[operation]), pool)
+        return _Side(stack, client, http_call(pool, operation, bodies[operation]),
+                     operation, bodies, pool)
     if batch:
         call = batch_call(client, operation, bodies.batch(operation, batch), batch,
                           stack.api_key)
     else:
         call = nats_call(client, PQKMS_SUBJECTS[operation], operation, bodies[operation],
                          stack.api_key)
-    return _Side(stack, client, call)
+    return _Side(stack, client, call, operation, bodies, job_items=job_items)
 
 
 async def _measure(side: _Side, in_flight: int, seconds: float, items: int) -> CellFigures:
@@ -110,6 +117,8 @@ async def _measure(side: _Side, in_flight: int, seconds: float, items: int) -> C
     if side.stack.bridge is not None:
         processes["bridge"] = [side.stack.bridge.pid]
     meter = CpuMeter(processes)
+    if side.job_items:
+        return await _measure_job(side, meter)
     measured = await closed_loop(side.call, in_flight, seconds, 10**9, _WARMUP_SECONDS,
                                  meter.start)
     if measured.errors:
@@ -118,6 +127,16 @@ async def _measure(side: _Side, in_flight: int, seconds: float, items: int) -> C
     cpu = meter.per_op_us(measured.ops)
     return CellFigures(measured.ops_per_s * items, cpu["workers"] / items,
                        ordered[len(ordered) // 2] * 1000, cpu.get("bridge", 0.0) / items)
+
+
+async def _measure_job(side: _Side, meter: CpuMeter) -> CellFigures:
+    """One whole durable job on this side: items/s, workers' CPU per item, its time."""
+    meter.start()
+    job = await _run_job(BenchConfig(job_items=side.job_items), side.stack,
+                         side.operation, side.bodies)
+    if job.errors:
+        raise RuntimeError(f"{job.errors} job items failed")
+    return CellFigures(job.ops_per_s, meter.per_op_us(job.ops)["workers"], job.seconds * 1000)
 
 
 def parse_env(assignments: list[str]) -> dict[str, str]:
@@ -134,15 +153,15 @@ def parse_env(assignments: list[str]) -> dict[str, str]:
 async def compare(base: Path, operation: str, batch: int, in_flight: int, workers: int,
                   rounds: int, seconds: float, env: dict[str, str] | None = None,
                   base_env: dict[str, str] | None = None, http: bool = False,
-                  ) -> tuple[list[CellFigures], list[CellFigures]]:
+                  job_items: int = 0) -> tuple[list[CellFigures], list[CellFigures]]:
     """The cell measured ``rounds`` times on each stack: (this checkout's, the base's).
     ``env`` and ``base_env``: settings for each side's processes; ``http``: through
-    each stack's bridge."""
+    each stack's bridge; ``job_items``: one durable job of that many items a round."""
     sides = {"base": await _start(base, operation, batch, workers, base_env or {}, http,
-                                  in_flight)}
+                                  in_flight, job_items)}
     try:
         sides["new"] = await _start(None, operation, batch, workers, env or {}, http,
-                                    in_flight)
+                                    in_flight, job_items)
         figures: dict[str, list[CellFigures]] = {"base": [], "new": []}
         for round_number in range(rounds):
             order = ("base", "new") if round_number % 2 == 0 else ("new", "base")
@@ -189,21 +208,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--http", action="store_true",
                         help="single requests through each stack's bridge; adds the "
                              "bridge's CPU per request")
+    parser.add_argument("--job", type=int, default=0, metavar="ITEMS",
+                        help="one durable job of ITEMS items per round and stack instead "
+                             "(submit, run, read back); p50 is the job's whole time")
     args = parser.parse_args(argv)
-    if args.http and args.batch:
-        parser.error("--http sends single requests; leave out --batch")
+    if sum(map(bool, (args.http, args.batch, args.job))) > 1:
+        parser.error("--http, --batch and --job are different cells: give one")
     try:
         env, base_env = parse_env(args.env), parse_env(args.base_env)
     except ValueError as exc:
         parser.error(str(exc))
     new, base = uvloop.run(compare(args.base.resolve(), args.operation, args.batch,
                                    args.in_flight, args.workers, args.rounds, args.seconds,
-                                   env, base_env, args.http))
+                                   env, base_env, args.http, args.job))
     ratios = median_ratios(new, base)
     bridge = f", bridge CPU per request {ratios.bridge_cpu_us_per_item:.3f}" if args.http else ""
+    latency = "job time" if args.job else "p50"
     print(f"this checkout ÷ base, median of {args.rounds} rounds: items/s "
           f"{ratios.items_per_s:.3f}, worker CPU per item {ratios.worker_cpu_us_per_item:.3f}, "
-          f"p50 {ratios.p50_ms:.3f}{bridge}")
+          f"{latency} {ratios.p50_ms:.3f}{bridge}")
 
 
 if __name__ == "__main__":

@@ -32,15 +32,17 @@ import orjson
 from nats.aio.client import Client
 from nats.errors import (
     ConnectionClosedError,
+    MaxPayloadError,
     NoRespondersError,
     OutboundBufferLimitError,
 )
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from schemas.batch import DEFAULT_MAX_BATCH_ITEMS, REPLY_ENVELOPE_BYTES, item_reply_bound
+from schemas.batch import DEFAULT_MAX_BATCH_ITEMS, REPLY_ENVELOPE_BYTES, reply_bound_of
 from schemas.errors import ErrorCode
 from schemas.fields import b64encode
 from schemas.jobs import JobOperation
+from schemas.nats_message import counted_size
 from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID, Subject
 
 if TYPE_CHECKING:
@@ -86,14 +88,14 @@ def split_items(
 ) -> list[list[dict[str, Any]]]:
     """Cut items into batches (or job chunks) whose request and reply each fit in one
     message, with at most ``max_items`` items each."""
-    single = JobOperation(operation).subject
+    reply_bound = reply_bound_of(JobOperation(operation).subject)
     budget = message_limit - _HEADROOM
     groups: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
     request_bytes = reply_bytes = REPLY_ENVELOPE_BYTES
     for item in items:
         item_request = len(orjson.dumps(item)) + 1
-        item_reply = item_reply_bound(single, item)
+        item_reply = reply_bound(item)
         if current and (len(current) >= max_items or request_bytes + item_request > budget
                         or reply_bytes + item_reply > budget):
             groups.append(current)
@@ -194,6 +196,10 @@ class PqkmsClient:
         """
         payload = orjson.dumps(body)
         headers = {HEADER_API_KEY: self._api_key, HEADER_REQUEST_ID: str(uuid.uuid4())}
+        if counted_size(payload, headers) > self._nc.max_payload:
+            # As nats-py for a payload over the limit by itself; sent, a message over it
+            # with its headers would make the server close this connection.
+            raise MaxPayloadError
         delay = self._retry.backoff
         for attempt in range(self._retry.attempts + 1):
             last = attempt == self._retry.attempts

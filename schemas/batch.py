@@ -14,7 +14,7 @@ not fit in one NATS message) and the Python client (to split batches and job chu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from pydantic import (
@@ -46,6 +46,7 @@ __all__ = [
     "VerifyBatchRequest",
     "batch_cost",
     "item_reply_bound",
+    "reply_bound_of",
 ]
 
 DEFAULT_MAX_BATCH_ITEMS = 1000
@@ -169,22 +170,58 @@ def _str_len(item: Mapping[str, Any], field: str) -> int:
     return len(value) if isinstance(value, str) else 0
 
 
+def _encrypt_data(item: Mapping[str, Any]) -> int:
+    plaintext = _str_len(item, "plaintext") * 3 // 4
+    salt = _str_len(item, "salt") * 3 // 4
+    return _b64_len(plaintext + salt + _MAX_KEM_CIPHERTEXT_OVERHEAD)
+
+
+def _decrypt_data(item: Mapping[str, Any]) -> int:
+    return _str_len(item, "ciphertext")  # a plaintext is shorter than its ciphertext
+
+
+def _sign_data(item: Mapping[str, Any]) -> int:
+    return _b64_len(_MAX_SIGNATURE_BYTES)
+
+
+def _no_data(item: Mapping[str, Any]) -> int:
+    return 0
+
+
+# The bound of an item's ``data`` object before its fixed fields, by single operation.
+_DATA_BOUNDS: dict[Subject, Callable[[Mapping[str, Any]], int]] = {
+    Subject.KEM_ENCRYPT: _encrypt_data,
+    Subject.KEM_DECRYPT: _decrypt_data,
+    Subject.SIGNATURE_SIGN: _sign_data,
+}
+
+
+def _names_length(item: Mapping[Any, Any]) -> int:
+    try:
+        return len("".join(item))  # JSON objects: every name is a string
+    except TypeError:
+        return sum(map(len, map(str, item)))
+
+
+def reply_bound_of(single: Subject) -> Callable[[Any], int]:
+    """The upper bound of one item's result in a batch reply of ``single`` items, in
+    bytes of JSON (the operation looked up once, for a loop over many items)."""
+    data_bound = _DATA_BOUNDS.get(single, _no_data)
+
+    def bound(item: Any) -> int:
+        # type() first: isinstance against the Mapping ABC costs more than the rest.
+        if type(item) is not dict and not isinstance(item, Mapping):
+            return _ERROR_BYTES
+        reference = item.get("reference")
+        reference_bytes = (min(len(reference), MAX_REFERENCE_CHARS)
+                           if isinstance(reference, str) else 0) + 20
+        # A validation error may quote the field names the caller sent.
+        error = _ERROR_BYTES + _names_length(item)
+        return reference_bytes + max(error, data_bound(item) + _RESULT_FIELDS_BYTES)
+
+    return bound
+
+
 def item_reply_bound(single: Subject, item: Any) -> int:
     """An upper bound of one item's result in a batch reply, in bytes of JSON."""
-    # type() first: isinstance against the Mapping ABC costs more than the rest (per item).
-    if type(item) is not dict and not isinstance(item, Mapping):
-        return _ERROR_BYTES
-    reference = min(_str_len(item, "reference"), MAX_REFERENCE_CHARS) + 20
-    # A validation error may quote field names the caller sent.
-    error = _ERROR_BYTES + sum(map(len, map(str, item)))
-    if single is Subject.KEM_ENCRYPT:
-        plaintext = _str_len(item, "plaintext") * 3 // 4
-        salt = _str_len(item, "salt") * 3 // 4
-        data = _b64_len(plaintext + salt + _MAX_KEM_CIPHERTEXT_OVERHEAD)
-    elif single is Subject.KEM_DECRYPT:
-        data = _str_len(item, "ciphertext")  # a plaintext is shorter than its ciphertext
-    elif single is Subject.SIGNATURE_SIGN:
-        data = _b64_len(_MAX_SIGNATURE_BYTES)
-    else:
-        data = 0
-    return reference + max(error, data + _RESULT_FIELDS_BYTES)
+    return reply_bound_of(single)(item)

@@ -56,11 +56,23 @@ async def test_http_requests_go_through_each_stack_s_bridge() -> None:
                for figures in new + base)
 
 
-def test_http_and_batches_do_not_go_together(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.integration
+async def test_a_durable_job_is_run_whole_on_each_stack_every_round() -> None:
+    new, base = await compare(ROOT, "encrypt", batch=0, in_flight=1, workers=1, rounds=1,
+                              seconds=0.3, job_items=30)
+    assert all(figures.items_per_s > 0 and figures.worker_cpu_us_per_item > 0
+               and figures.p50_ms > 0 for figures in new + base)
+
+
+@pytest.mark.parametrize("cells", [["--http", "--batch", "10"], ["--job", "100", "--batch", "10"],
+                                   ["--http", "--job", "100"]])
+def test_only_one_kind_of_cell_is_compared(
+    cells: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["--base", str(ROOT), "--http", "--batch", "10"])
+        main(["--base", str(ROOT), *cells])
     assert exit_info.value.code == 2
-    assert "--http sends single requests" in capsys.readouterr().err
+    assert "different cells: give one" in capsys.readouterr().err
 
 
 def test_settings_are_read_as_name_equals_value() -> None:

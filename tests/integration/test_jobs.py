@@ -23,20 +23,26 @@ from nats.js import JetStreamContext
 from pqkms.client import PqkmsClient, PqkmsError
 from schemas.algorithms import Plan
 from schemas.jobs import JOB_RESULTS_PREFIX, JOB_RESULTS_STREAM
+from schemas.subjects import HEADER_API_KEY, Subject
 from tests.support.stack import LocalStack
 from worker.bulk_config import BulkSettings
+from worker.config import Settings
 from worker.jobs.streams import JobStreams
 
 pytestmark = pytest.mark.integration
 
 ITEMS = int(os.environ.get("PQKMS_JOB_TEST_ITEMS", "100000"))
 CHUNK = 500
+# One message's limit in the default configuration (docs/jobs.md).
+MESSAGE_LIMIT = Settings().nats_max_payload()
 
 
 @pytest.fixture(scope="module")
 async def job_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
+    # nats-server's message limit as `pqkms up` sets it: the workers' own.
     local = LocalStack(Path(tmp_path_factory.mktemp("jobs")),
-                       extra_env={"PQKMS_JOB_ACK_WAIT_SECONDS": "2"})
+                       extra_env={"PQKMS_JOB_ACK_WAIT_SECONDS": "2"},
+                       nats_max_payload=MESSAGE_LIMIT)
     try:
         await local.start(workers=2)
         yield local
@@ -181,6 +187,34 @@ async def test_submit_is_validated(client: PqkmsClient) -> None:
         await client.submit_chunk(job_id, "kem.decrypt", 1, 2, [{"ciphertext": "AA=="}])
     with pytest.raises(PqkmsError, match="job_id"):
         await client.submit_chunk("no spaces", "kem.encrypt", 0, 1, [{"plaintext": "AA=="}])
+
+
+@pytest.mark.parametrize("spacing", [0, 1000, MESSAGE_LIMIT - 200],
+                         ids=["compact", "spaced", "spaced-to-the-limit"])
+async def test_a_chunk_runs_as_submitted_however_its_json_is_spaced(
+        job_stack: LocalStack, spacing: int) -> None:
+    # The chunk message is the submit's own JSON; one spaced out so far that the chunk's
+    # headers would not fit beside it in one message is written out compact instead.
+    api_key = await job_stack.create_tenant(Plan.ENTERPRISE)
+    async with await PqkmsClient.connect(job_stack.nats_url, api_key) as owner:
+        await owner.generate_key("Kyber768")
+        job_id = uuid.uuid4().hex
+        fields = {"key_version": 1, "items": encrypt_items(3), "total_chunks": 1,
+                  "chunk_index": 0, "operation": "kem.encrypt", "job_id": job_id}
+        compact = orjson.dumps(fields)
+        body = compact[:1] + b" " * max(0, spacing - len(compact)) + compact[1:]
+        connection = await nats.connect(job_stack.nats_url)
+        try:
+            reply = await connection.request(Subject.JOBS_SUBMIT.value, body, timeout=30,
+                                             headers={HEADER_API_KEY: api_key})
+        finally:
+            await connection.close()
+        assert orjson.loads(reply.data)["data"]["queued"] is True
+        status = await owner.wait_for_job(job_id, timeout=60)
+        assert (status["items_succeeded"], status["items_failed"]) == (3, 0)
+        results = await all_results(owner, job_id)
+        assert_each_item_once(results, 3)
+        await assert_every_ciphertext_decrypts(owner, results)
 
 
 async def finished_job(client: PqkmsClient, items: int, chunk_items: int) -> str:

@@ -116,6 +116,8 @@ class LocalStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     external_nats: list[str] = field(default_factory=list)
     worker_logs: dict[int, Path] = field(default_factory=dict)
+    # nats-server's largest message; ``pqkms up`` sets the workers' own limit instead.
+    nats_max_payload: int = 8 * 1024 * 1024
 
     @property
     def db_url(self) -> str:
@@ -163,6 +165,7 @@ class LocalStack:
             return
         self.nats_port = self.nats_port or find_free_port()
         self.nats = start_nats_server(self.root / "nats", port=self.nats_port,
+                                      max_payload=self.nats_max_payload,
                                       log_file=self.root / "nats.log")
 
     def stop_nats(self) -> None:

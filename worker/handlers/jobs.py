@@ -33,7 +33,7 @@ def jobs_router(handler: EnvelopeHandler, service: JobService) -> NatsRouter:
 
         async def call(caller: Caller, request: Any) -> BaseModel:
             assert isinstance(request, JobSubmitRequest)
-            return await service.submit(caller, request, api_key)
+            return await service.submit(caller, request, api_key, msg.body)
 
         (body, headers), finish = await handler.respond(submit, call, msg.body, msg.headers)
         finish()  # (FastStream sends the reply once this returns)

@@ -75,6 +75,16 @@ class StoredChunkResults:
         return orjson.Fragment(self.stored)
 
 
+def _compact_chunk(request: JobSubmitRequest) -> bytes:
+    """A chunk message with just what the runner reads, without spacing."""
+    body: dict[str, Any] = {"operation": request.operation.value, "items": request.items}
+    if request.key_version is not None:
+        body["key_version"] = request.key_version
+    if request.algorithm is not None:
+        body["algorithm"] = request.algorithm
+    return orjson.dumps(body)
+
+
 def _not_found(job_id: str) -> ServiceError:
     return ServiceError(ErrorCode.NOT_FOUND, f"Job {job_id} not found")
 
@@ -87,10 +97,14 @@ class JobService:
         self._batches = batches
 
     async def submit(
-        self, caller: Caller, request: JobSubmitRequest, api_key: str
+        self, caller: Caller, request: JobSubmitRequest, api_key: str, raw_body: bytes
     ) -> JobSubmitted:
         """Queue one chunk (de-duplicated by ``Nats-Msg-Id``); a chunk with results already
-        is not queued again."""
+        is not queued again. ``raw_body``: the request's JSON, which ``request`` was
+        validated from; it becomes the chunk message as it is (the runner reads its
+        ``operation``, ``items``, ``key_version`` and ``algorithm``), so the items are
+        not written out again — unless its spacing leaves no room for the chunk's headers
+        in one message: then the chunk is written out compact."""
         operation = request.operation
         if request.chunk_index >= request.total_chunks:
             raise ServiceError(ErrorCode.INVALID,
@@ -115,13 +129,10 @@ class JobService:
                                  queued=False, duplicate=True)
         if await self._streams.has_results(tenant, job_id, index):
             return submitted
-        body: dict[str, Any] = {"operation": operation.value, "items": request.items}
-        if request.key_version is not None:
-            body["key_version"] = request.key_version
-        if request.algorithm is not None:
-            body["algorithm"] = request.algorithm
+        room = self._batches.message_limit - _CHUNK_HEADROOM
+        chunk = raw_body if len(raw_body) <= room else _compact_chunk(request)
         ack = await js.publish(
-            chunk_subject(tenant, job_id, index), orjson.dumps(body),
+            chunk_subject(tenant, job_id, index), chunk,
             stream=JOB_CHUNKS_STREAM,
             headers=chunk_headers_of(api_key, caller.request_id,
                                      chunk_message_id(tenant, job_id, index)),

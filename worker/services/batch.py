@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas import batch, kem, signature
 from schemas.algorithms import Algorithm
-from schemas.batch import MAX_REFERENCE_CHARS, REPLY_ENVELOPE_BYTES, item_reply_bound
+from schemas.batch import MAX_REFERENCE_CHARS, REPLY_ENVELOPE_BYTES, reply_bound_of
 from schemas.errors import ErrorCode
 from schemas.subjects import Subject
 from schemas.validation import describe_validation_error
@@ -122,6 +122,11 @@ class BatchService:
         self._message_limit = message_limit
         self._inline_turn = asyncio.Lock()
 
+    @property
+    def message_limit(self) -> int:
+        """The largest request or reply of one message, in bytes."""
+        return self._message_limit
+
     def _single_calls(
         self, keys: KeyAccess
     ) -> dict[Subject, tuple[type[BaseModel], SingleCall, LeanSingleCall | None]]:
@@ -188,7 +193,7 @@ class BatchService:
                 f"Validation failed: the batch's items are {size} bytes, over the "
                 f"{limit}-byte limit of one request; send fewer or smaller items",
             )
-        reply = REPLY_ENVELOPE_BYTES + sum(item_reply_bound(single, item) for item in items)
+        reply = REPLY_ENVELOPE_BYTES + sum(map(reply_bound_of(single), items))
         if reply > limit:
             fitting = max(1, len(items) * limit // reply)
             raise ServiceError(
