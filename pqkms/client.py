@@ -186,6 +186,11 @@ class PqkmsClient:
 
     # -- transport ---------------------------------------------------------------------
 
+    def _fitting_limit(self) -> int:
+        """The message limit batches and chunks are cut for: the one given, or the
+        server's ``max_payload`` where that is lower."""
+        return min(self._message_limit, self._nc.max_payload)
+
     async def request(self, subject: Subject | str, body: dict[str, Any],
                       timeout: float | None = None, *,
                       idempotent: bool = False) -> dict[str, Any]:
@@ -351,7 +356,7 @@ class PqkmsClient:
         split into as many batch requests as the limits need."""
         op = JobOperation(operation)
         results: list[dict[str, Any]] = []
-        for group in split_items(op, items, self._max_batch_items, self._message_limit):
+        for group in split_items(op, items, self._max_batch_items, self._fitting_limit()):
             data = await self.request(op.batch_subject, _fields(
                 items=group, key_version=key_version, algorithm=algorithm))
             results.extend(data["results"])
@@ -377,7 +382,7 @@ class PqkmsClient:
         same items with the same job id again queues nothing twice."""
         job_id = job_id or uuid.uuid4().hex
         chunks = split_items(operation, items, min(chunk_items, self._max_batch_items),
-                             self._message_limit)
+                             self._fitting_limit())
         gate = asyncio.Semaphore(concurrency)
 
         async def one(index: int, chunk: list[dict[str, Any]]) -> None:

@@ -11,6 +11,7 @@ import structlog
 
 from worker.app import (
     GRACEFUL_STOP_SECONDS,
+    WorkerServices,
     build_broker,
     build_direct_responder,
     build_job_runner,
@@ -47,6 +48,18 @@ async def _open_store(settings: Settings):  # type: ignore[no-untyped-def]
                                pool_size=settings.database_pool_size)
 
 
+def _fit_messages_to_server(server_max_payload: int, settings: Settings,
+                            services: WorkerServices) -> None:
+    """Replies, batches and job chunks within the server's message limit."""
+    services.handler.fit_replies_to(server_max_payload)
+    services.batch.fit_message_limit(server_max_payload)
+    needed = settings.nats_max_payload()
+    if server_max_payload < needed:
+        _log.warning("nats_max_payload_too_small", server_max_payload=server_max_payload,
+                     needed=needed, effect="requests whose request or reply would not fit "
+                     "in one message are refused (400); raise the server's max_payload")
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Connect, serve until ``stop`` is set, then drain and close."""
     store = await _open_store(settings)
@@ -64,6 +77,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                                            settings.metrics_port)
             _log.info("metrics_serving", host=settings.metrics_host, port=metrics_server.port)
         await broker.connect()
+        _fit_messages_to_server(broker.connection.max_payload, settings, services)
         # Before any subscription: "ready" below and each drain at the stop rely on a
         # flush that follows the SUBs and UNSUBs sent before it.
         send_pings_behind_queued_commands(broker.connection)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from schemas.algorithms import Plan
 from schemas.envelope import error_envelope, new_request_id, success_envelope
 from schemas.errors import ErrorCode
+from schemas.nats_message import counted_size
 from schemas.operations import Operation
 from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID, HEADER_RETRY_AFTER
 from schemas.validation import describe_validation_error
@@ -60,6 +61,8 @@ Reply = tuple[bytes, dict[str, str]]
 
 _log = structlog.get_logger("pqkms.worker")
 _MAX_REQUEST_ID = 128
+# Room a reply's headers take at most (request id, Retry-After): a shorter body fits.
+_REPLY_HEADER_ROOM = 1024
 _AUDIT_FAILING_MESSAGE = (
     "The audit trail cannot be written at the moment, so this change was not made; retry "
     "later"
@@ -130,6 +133,26 @@ class EnvelopeHandler:
         self._metrics = metrics
         # Settings are read once per process: each plan's caps are fixed for its life.
         self._limits = {plan: settings.limits_for(plan) for plan in Plan}
+        self._reply_limit = settings.nats_max_payload()
+        # A reply body up to this long fits with any headers it gets.
+        self._reply_room = self._reply_limit - _REPLY_HEADER_ROOM
+
+    def fit_replies_to(self, server_max_payload: int) -> None:
+        """Keep every reply within the server's ``max_payload`` (headers included) when
+        it is under the configured limit: a larger reply would be refused by nats-py,
+        or, within its headers' size of the limit, cost the connection."""
+        self._reply_limit = min(self._reply_limit, server_max_payload)
+        self._reply_room = self._reply_limit - _REPLY_HEADER_ROOM
+
+    def _check_fits(self, encoded: bytes, headers: Mapping[str, str]) -> None:
+        size = counted_size(encoded, headers)
+        if size > self._reply_limit:
+            raise ServiceError(
+                ErrorCode.INVALID,
+                f"Validation failed: the reply would be {size} bytes, over the "
+                f"{self._reply_limit}-byte limit of one message on the message bus; "
+                "send less data per request",
+            )
 
     async def respond(
         self,
@@ -151,6 +174,7 @@ class EnvelopeHandler:
         request: BaseModel | None = None
         result: BaseModel | JsonResult | None = None
         refused = False  # a change refused up front: its reply says nothing changed
+        encoded: bytes | None = None  # the success envelope, once it is known to fit
         try:
             body = _decode_body(raw_body)
             caller = await self._auth.authenticate(
@@ -183,6 +207,9 @@ class EnvelopeHandler:
             data = (result.model_dump(mode="json") if isinstance(result, BaseModel)
                     else result.json_data())
             envelope = success_envelope(data, request_id)
+            encoded = orjson.dumps(envelope)
+            if len(encoded) > self._reply_room:
+                self._check_fits(encoded, reply_headers)
         except RateLimited as exc:
             code = exc.code.value
             reply_headers[HEADER_RETRY_AFTER] = str(exc.retry_after)
@@ -242,4 +269,5 @@ class EnvelopeHandler:
                 duration_ms=duration_ms,
             )
 
-        return (orjson.dumps(envelope), reply_headers), finish
+        reply = encoded if encoded is not None and code == "OK" else orjson.dumps(envelope)
+        return (reply, reply_headers), finish

@@ -127,6 +127,11 @@ class BatchService:
         """The largest request or reply of one message, in bytes."""
         return self._message_limit
 
+    def fit_message_limit(self, server_max_payload: int) -> None:
+        """Size batches and job chunks for the server's ``max_payload`` when it is under
+        the configured limit (a reply that could not be sent is refused up front)."""
+        self._message_limit = min(self._message_limit, server_max_payload)
+
     def _single_calls(
         self, keys: KeyAccess
     ) -> dict[Subject, tuple[type[BaseModel], SingleCall, LeanSingleCall | None]]:
