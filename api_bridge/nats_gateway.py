@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 from api_bridge.errors import BridgeError
 from api_bridge.reply_inbox import ConnectionLost, ReplyInbox
 from schemas.errors import ErrorCode
+from schemas.reply_budget import ReplyBudget
 from schemas.subjects import HEADER_REQUEST_ID, Subject
 from worker.config import Settings
 from worker.nats_security import nats_security, refusal_reason
@@ -88,6 +89,8 @@ class NatsGateway:
         self._connecting: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[None] | None = None
         self._inbox = ReplyInbox()
+        self._budget = ReplyBudget(settings.bridge_replies_in_flight_bytes,
+                                   settings.nats_max_payload())
         self._connected_once = asyncio.Event()
         self._reported_down = False
         self._closing = False
@@ -138,6 +141,8 @@ class NatsGateway:
         if client is None or lost is None or not client.is_connected:
             raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, BUS_DOWN)
         wait = self._settings.request_timeout_seconds if wait_seconds is None else wait_seconds
+        charge = self._budget.charge_for(subject, len(payload))
+        await self._budget.take(charge)
         try:
             message = await self._inbox.request(client, subject, payload, headers, wait)
         except ConnectionLost:
@@ -155,6 +160,8 @@ class NatsGateway:
             ) from None
         except _UNAVAILABLE_ERRORS:
             raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, BUS_DOWN) from None
+        finally:
+            self._budget.give_back(charge)
         return Reply(body=message.data, headers=message.headers or {})
 
     async def ping_workers(self, request_id: str, wait_seconds: float = 1.0) -> bool:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import nats
 import orjson
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import (
     ConnectionClosedError,
     MaxPayloadError,
@@ -43,6 +44,7 @@ from schemas.errors import ErrorCode
 from schemas.fields import b64encode
 from schemas.jobs import JobOperation
 from schemas.nats_message import counted_size
+from schemas.reply_budget import ReplyBudget
 from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID, Subject
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MESSAGE_LIMIT",
+    "DEFAULT_REPLIES_IN_FLIGHT_BYTES",
     "PqkmsClient",
     "PqkmsError",
     "SyncPqkmsClient",
@@ -60,6 +63,8 @@ T = TypeVar("T")
 
 # A worker's default message limit: PQKMS_MAX_MESSAGE_BYTES (1 MiB) * 4/3 + 64 KiB.
 DEFAULT_MESSAGE_LIMIT = 1024 * 1024 * 4 // 3 + 64 * 1024
+# Half of nats-server's default max_pending (schemas/reply_budget.py).
+DEFAULT_REPLIES_IN_FLIGHT_BYTES = 32 * 1024 * 1024
 _HEADROOM = 8192  # the request's own fields around its items
 _RETRIED = {ErrorCode.RATE_LIMITED.value, ErrorCode.SERVICE_UNAVAILABLE.value}
 
@@ -121,6 +126,7 @@ class PqkmsClient:
     def __init__(self, connection: Client, api_key: str, *, timeout: float = 30.0,
                  retries: int = 30, message_limit: int = DEFAULT_MESSAGE_LIMIT,
                  max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+                 replies_in_flight_bytes: int = DEFAULT_REPLIES_IN_FLIGHT_BYTES,
                  owns_connection: bool = False) -> None:
         self._nc = connection
         self._api_key = api_key
@@ -128,6 +134,10 @@ class PqkmsClient:
         self._retry = _Retry(attempts=retries)
         self._message_limit = message_limit
         self._max_batch_items = max_batch_items
+        # Requests wait while their replies would pile up past nats-server's max_pending
+        # (schemas/reply_budget.py): many large requests at once then queue here instead
+        # of the server cutting the connection off as a slow consumer.
+        self._budget = ReplyBudget(replies_in_flight_bytes, message_limit)
         self._owns = owns_connection
 
     @classmethod
@@ -209,8 +219,8 @@ class PqkmsClient:
         for attempt in range(self._retry.attempts + 1):
             last = attempt == self._retry.attempts
             try:
-                reply = await self._nc.request(str(subject), payload, headers=headers,
-                                               timeout=timeout or self._timeout)
+                reply = await self._send(str(subject), payload, headers,
+                                         timeout or self._timeout)
             except NoRespondersError:
                 if last:
                     raise PqkmsError(ErrorCode.SERVICE_UNAVAILABLE.value,
@@ -238,6 +248,16 @@ class PqkmsClient:
             raise PqkmsError(code, error.get("message", ""), envelope.get("request_id"),
                              error.get("retry_after"))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, subject: str, payload: bytes, headers: dict[str, str],
+                    timeout: float) -> Msg:
+        """One request on the connection, within the reply budget."""
+        charge = self._budget.charge_for(subject, len(payload))
+        await self._budget.take(charge)
+        try:
+            return await self._nc.request(subject, payload, headers=headers, timeout=timeout)
+        finally:
+            self._budget.give_back(charge)
 
     # -- KEM -----------------------------------------------------------------------------
 

@@ -69,6 +69,12 @@ def use_batch_scheduling() -> None:
 
 
 # Where Linux takes the local ports of outgoing connections and of binds to port 0.
+# What nats-server may hold for a connection that reads slower than it is sent to
+# (nats-server's default: 64 MB), before it cuts it off as a slow consumer and every
+# request in flight on it is lost. A worker busy with large payloads (1 MiB plaintexts)
+# takes in a few MB per pass of its event loop, so a burst of them from several clients
+# outran 64 MB; the memory is only used while a connection lags (docs/decisions.md).
+_MAX_PENDING_BYTES = 512 * 1024 * 1024
 _EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 # The lowest port handed out below that range: clear of the well-known services.
 _LOWEST_CHOSEN_PORT = 10000
@@ -164,7 +170,8 @@ class EmbeddedNats:
 
 
 def write_config(
-    path: Path, *, host: str, port: int, store_dir: Path, max_payload: int
+    path: Path, *, host: str, port: int, store_dir: Path, max_payload: int,
+    max_pending: int = _MAX_PENDING_BYTES,
 ) -> None:
     """A minimal nats-server config: JetStream on, store in store_dir, payload raised."""
     path.write_text(
@@ -172,8 +179,8 @@ def write_config(
             [
                 f'listen: "{host}:{port}"',
                 f"max_payload: {max_payload}",
-                # The server refuses max_payload above max_pending; keep headroom.
-                f"max_pending: {max(max_payload * 4, 64 * 1024 * 1024)}",
+                # (The server refuses max_payload above max_pending.)
+                f"max_pending: {max(max_payload * 4, max_pending)}",
                 "jetstream {",
                 f'  store_dir: "{store_dir}"',
                 "}",
@@ -192,9 +199,11 @@ def start_nats_server(
     log_file: Path | None = None,
     timeout: float = 15.0,
     batch_scheduling: bool = True,
+    max_pending: int = _MAX_PENDING_BYTES,
 ) -> EmbeddedNats:
     """Start nats-server with JetStream and wait until it accepts connections
-    (``batch_scheduling``: under ``SCHED_BATCH``, see the module docstring)."""
+    (``batch_scheduling``: under ``SCHED_BATCH``, see the module docstring;
+    ``max_pending``: what it holds for a lagging connection, see ``_MAX_PENDING_BYTES``)."""
     port = port or find_free_port(host)
     if not port_is_free(port, host):
         raise PortInUse(
@@ -203,7 +212,7 @@ def start_nats_server(
     store_dir.mkdir(parents=True, exist_ok=True)
     config_file = store_dir / "nats-server.conf"
     write_config(config_file, host=host, port=port, store_dir=store_dir / "jetstream",
-                 max_payload=max_payload)
+                 max_payload=max_payload, max_pending=max_pending)
     stdout = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
         [str(nats_server_binary()), "-c", str(config_file)],

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     )
     max_message_bytes: int = Field(default=ONE_MIB, ge=1, description="plaintext/message limit")
     request_timeout_seconds: float = 10.0
+    bridge_replies_in_flight_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1, description="the bridge's requests wait while their "
+        "replies' likely bytes in flight would pass this; keep it under nats-server's "
+        "max_pending (64 MB by default), which cuts off a connection that falls behind",
+    )
     crypto_threads: int = Field(default=2, ge=1)
     direct_data_plane: bool = Field(
         default=True, description="serve crypto subjects on the connection, not per-message"

@@ -118,6 +118,8 @@ class LocalStack:
     worker_logs: dict[int, Path] = field(default_factory=dict)
     # nats-server's largest message; ``pqkms up`` sets the workers' own limit instead.
     nats_max_payload: int = 8 * 1024 * 1024
+    # What nats-server holds for a lagging connection (None: pqkms up's).
+    nats_max_pending: int | None = None
 
     @property
     def db_url(self) -> str:
@@ -164,9 +166,12 @@ class LocalStack:
         if self.external_nats:
             return
         self.nats_port = self.nats_port or find_free_port()
+        pending = ({} if self.nats_max_pending is None
+                   else {"max_pending": self.nats_max_pending})
         self.nats = start_nats_server(self.root / "nats", port=self.nats_port,
                                       max_payload=self.nats_max_payload,
-                                      log_file=self.root / "nats.log")
+                                      log_file=self.root / "nats.log",
+                                      **pending)
 
     def stop_nats(self) -> None:
         if self.nats:
