@@ -70,6 +70,10 @@ class Reply:
         return None
 
 
+def _no_reply_within(seconds: float) -> str:
+    return f"No reply from a worker within {seconds:g} seconds"
+
+
 def redacted_url(url: str) -> str:
     """A NATS URL without credentials, for logs."""
     parts = urlsplit(url if "://" in url else f"nats://{url}")
@@ -142,7 +146,10 @@ class NatsGateway:
             raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, BUS_DOWN)
         wait = self._settings.request_timeout_seconds if wait_seconds is None else wait_seconds
         charge = self._budget.charge_for(subject, len(payload))
-        await self._budget.take(charge)
+        try:
+            await self._budget.take(charge, wait)
+        except TimeoutError:
+            raise BridgeError(ErrorCode.TIMEOUT, _no_reply_within(wait)) from None
         try:
             message = await self._inbox.request(client, subject, payload, headers, wait)
         except ConnectionLost:
@@ -150,9 +157,7 @@ class NatsGateway:
         except nats.errors.NoRespondersError:
             raise BridgeError(ErrorCode.SERVICE_UNAVAILABLE, NO_WORKER) from None
         except nats.errors.TimeoutError:
-            raise BridgeError(
-                ErrorCode.TIMEOUT, f"No reply from a worker within {wait:g} seconds"
-            ) from None
+            raise BridgeError(ErrorCode.TIMEOUT, _no_reply_within(wait)) from None
         except nats.errors.MaxPayloadError:
             raise BridgeError(
                 ErrorCode.INVALID,

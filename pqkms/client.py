@@ -253,7 +253,10 @@ class PqkmsClient:
                     timeout: float) -> Msg:
         """One request on the connection, within the reply budget."""
         charge = self._budget.charge_for(subject, len(payload))
-        await self._budget.take(charge)
+        try:
+            await self._budget.take(charge, timeout)
+        except TimeoutError:
+            raise NatsTimeoutError from None  # as for a reply that did not come in time
         try:
             return await self._nc.request(subject, payload, headers=headers, timeout=timeout)
         finally:

@@ -57,16 +57,18 @@ class ReplyBudget:
             likely = _BASE_CHARGE + 2 * payload_size
         return min(likely, self._limit)
 
-    async def take(self, charge: int) -> None:
-        """Spend ``charge`` bytes, waiting for earlier requests' replies if need be."""
+    async def take(self, charge: int, timeout: float) -> None:
+        """Spend ``charge`` bytes, waiting up to ``timeout`` seconds for earlier requests'
+        replies if need be (then ``TimeoutError``, nothing spent)."""
         if not self._waiting and self._spent + charge <= self._limit:
             self._spent += charge
             return
         waiting = _Waiting(charge, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
         try:
-            await waiting.granted
-        except asyncio.CancelledError:
+            async with asyncio.timeout(timeout):
+                await waiting.granted
+        except (asyncio.CancelledError, TimeoutError):
             if not waiting.granted.cancelled():
                 self.give_back(charge)  # granted, then cancelled before it was used
             else:
