@@ -9,10 +9,11 @@ runs its caller's code) is outrun by a burst of large replies: a hundred encrypt
 size from this budget before they send it, and give it back when its reply (or its
 failure) is in; a request that does not fit waits its turn, first come first served.
 
-A reply's likely size: a batch's may reach the whole message limit; any other reply is
-about as long as its request (an encryption's ciphertext adds 1.1 KB to the plaintext)
-or short, so it is charged twice its request and 64 KiB. A charge is never more than
-the whole budget, so any one request can always go alone.
+A reply's likely size: a batch's, or a job chunk's results read back, may reach the whole
+message limit; any other reply is about as long as its request (an encryption's
+ciphertext adds 1.1 KB to the plaintext) or short, so it is charged twice its request
+and 64 KiB. A charge is never more than the whole budget, so any one request can always
+go alone.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from collections import deque
 from dataclasses import dataclass
 
 from schemas.batch import BATCH_OF
+from schemas.subjects import Subject
 
 __all__ = ["ReplyBudget"]
 
 _BASE_CHARGE = 64 * 1024
-_BATCH_SUBJECTS = frozenset(subject.value for subject in BATCH_OF)
+# Replies that may reach the message limit whatever the request's size: a batch's
+# results, and a job chunk's results read back.
+_LARGE_REPLY_SUBJECTS = frozenset(
+    [*(subject.value for subject in BATCH_OF), Subject.JOBS_RESULTS.value]
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -51,7 +57,7 @@ class ReplyBudget:
 
     def charge_for(self, subject: str, payload_size: int) -> int:
         """What a request on ``subject`` with a ``payload_size``-byte body is charged."""
-        if subject in _BATCH_SUBJECTS:
+        if subject in _LARGE_REPLY_SUBJECTS:
             likely = self._message_limit
         else:
             likely = _BASE_CHARGE + 2 * payload_size

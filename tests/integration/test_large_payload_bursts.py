@@ -22,7 +22,6 @@ import orjson
 import pytest
 
 from pqkms.client import PqkmsClient
-from schemas.algorithms import Plan
 from tests.support.stack import LocalStack
 from worker.config import Settings
 
@@ -40,9 +39,7 @@ async def started(root: Path, max_pending: int | None) -> tuple[LocalStack, str]
                        nats_max_pending=max_pending)
     try:
         await stack.start(workers=2, bridge=True)
-        api_key = await stack.create_tenant(Plan.ENTERPRISE)
-        async with await PqkmsClient.connect(stack.nats_url, api_key) as client:
-            await client.generate_key("Kyber768")
+        api_key = await stack.tenant_with_key()
     except BaseException:
         stack.stop()
         raise
@@ -112,3 +109,19 @@ async def test_bursts_from_many_connections_do_not_cut_the_workers_off(
         assert slow_consumers(stack) == []
     finally:
         stack.stop()
+
+
+async def test_many_chunk_results_read_at_once_are_answered_whole(
+        default_pending: tuple[LocalStack, str]) -> None:
+    # 80 chunks' results of 500 encryptions (≈ 1.4 MB each) asked for all at once: a job
+    # chunk's results are charged the whole message limit, whatever the request's size.
+    stack, api_key = default_pending
+    items = [{"plaintext": base64.b64encode(PLAINTEXT[:1024]).decode()}] * 40_000
+    async with await PqkmsClient.connect(stack.nats_url, api_key) as client:
+        job_id = await client.submit_job("kem.encrypt", items, key_version=1)
+        status = await client.wait_for_job(job_id, timeout=300)
+        chunks = status["total_chunks"]
+        results = await asyncio.gather(*[client.chunk_results(job_id, index)
+                                         for index in range(chunks)])
+    assert sum(part["succeeded"] for part in results) == len(items)
+    assert slow_consumers(stack) == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ import pytest
 from nats.errors import MaxPayloadError
 
 from pqkms.client import PqkmsClient, PqkmsError
-from schemas.algorithms import Plan
 from schemas.nats_message import counted_size
 from tests.support.stack import LocalStack
 from worker.config import Settings
@@ -36,9 +36,10 @@ MESSAGE_LIMIT = Settings().nats_max_payload()
 ENCRYPT = {"plaintext": "aGVsbG8=", "key_version": 1, "algorithm": "Kyber768"}
 
 
-@pytest.fixture(scope="module")
-async def limited_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
-    stack = LocalStack(Path(tmp_path_factory.mktemp("limit")), nats_max_payload=MESSAGE_LIMIT)
+@contextlib.asynccontextmanager
+async def running(root: Path, max_payload: int) -> AsyncIterator[LocalStack]:
+    """One worker and the bridge, nats-server's messages limited to ``max_payload``."""
+    stack = LocalStack(root, nats_max_payload=max_payload)
     try:
         await stack.start(workers=1, bridge=True)
         yield stack
@@ -47,11 +48,14 @@ async def limited_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
 
 
 @pytest.fixture(scope="module")
+async def limited_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
+    async with running(Path(tmp_path_factory.mktemp("limit")), MESSAGE_LIMIT) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
 async def api_key(limited_stack: LocalStack) -> str:
-    key = await limited_stack.create_tenant(Plan.ENTERPRISE)
-    async with await PqkmsClient.connect(limited_stack.nats_url, key) as client:
-        await client.generate_key("Kyber768")
-    return key
+    return await limited_stack.tenant_with_key()
 
 
 def spaced_to(size: int) -> bytes:
@@ -99,20 +103,13 @@ SMALL_LIMIT = 1024 * 1024
 
 @pytest.fixture(scope="module")
 async def small_bus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
-    stack = LocalStack(Path(tmp_path_factory.mktemp("small")), nats_max_payload=SMALL_LIMIT)
-    try:
-        await stack.start(workers=1, bridge=True)
+    async with running(Path(tmp_path_factory.mktemp("small")), SMALL_LIMIT) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
 async def small_bus_key(small_bus: LocalStack) -> str:
-    key = await small_bus.create_tenant(Plan.ENTERPRISE)
-    async with await PqkmsClient.connect(small_bus.nats_url, key) as client:
-        await client.generate_key("Kyber768")
-    return key
+    return await small_bus.tenant_with_key()
 
 
 def test_the_worker_says_the_bus_limit_is_under_its_own(small_bus: LocalStack) -> None:

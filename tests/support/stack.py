@@ -21,6 +21,7 @@ import nats
 import orjson
 from sqlalchemy.engine import make_url
 
+from pqkms.client import PqkmsClient
 from pqkms.nats_embedded import EmbeddedNats, find_free_port, start_nats_server
 from schemas.algorithms import Plan
 from worker.log_sink import FLUSH_SECONDS
@@ -330,6 +331,14 @@ class LocalStack:
             _, api_key = await store.create_tenant(f"tenant-{uuid.uuid4().hex[:12]}", plan)
         finally:
             await store.close()
+        return api_key
+
+    async def tenant_with_key(self, algorithm: str = "Kyber768",
+                              plan: Plan = Plan.ENTERPRISE) -> str:
+        """A new tenant holding version 1 of ``algorithm``; returns its API key."""
+        api_key = await self.create_tenant(plan)
+        async with await PqkmsClient.connect(self.nats_url, api_key) as client:
+            await client.generate_key(algorithm)
         return api_key
 
 
