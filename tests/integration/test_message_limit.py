@@ -96,6 +96,26 @@ async def test_the_client_refuses_a_message_over_the_limit_with_its_headers(
         assert "ciphertext" in await client.encrypt(b"hello", 1)
 
 
+async def test_a_key_list_over_the_limit_says_to_narrow_it(limited_stack: LocalStack) -> None:
+    # The contract's key list has no pages: 600 versions of ML-DSA-65 (public keys of
+    # 2.6 KB in base64) do not fit one message.
+    api_key = await limited_stack.tenant_with_key("Dilithium3")
+    async with await PqkmsClient.connect(limited_stack.nats_url, api_key) as client:
+        for _ in range(600):
+            await client.request("pqkms.v1.kms.keys.rotate", {"algorithm": "Dilithium3"})
+        with pytest.raises(PqkmsError, match="narrowed by status") as too_long:
+            await client.request("pqkms.v1.kms.keys.list", {"algorithm": "Dilithium3"})
+        assert too_long.value.code == "ERR_INVALID_001"
+        active = await client.request("pqkms.v1.kms.keys.list",
+                                      {"algorithm": "Dilithium3", "status": "active"})
+    assert active["total"] == 1
+    async with httpx.AsyncClient(base_url=limited_stack.http_url, timeout=30,
+                                 headers={"X-API-Key": api_key}) as http:
+        reply = await http.get("/api/v1/kms/keys", params={"algorithm": "Dilithium3"})
+    assert reply.status_code == 400
+    assert "over the" in reply.json()["error"]["message"]
+
+
 # -- a message bus with a smaller limit than the workers' (nats-server's own default) ------
 
 SMALL_LIMIT = 1024 * 1024

@@ -151,7 +151,8 @@ class EnvelopeHandler:
                 ErrorCode.INVALID,
                 f"Validation failed: the reply would be {size} bytes, over the "
                 f"{self._reply_limit}-byte limit of one message on the message bus; "
-                "send less data per request",
+                "ask for less in one request (less data, fewer items, or a key list narrowed "
+                "by status)",
             )
 
     async def respond(
