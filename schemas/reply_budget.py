@@ -9,8 +9,8 @@ runs its caller's code) is outrun by a burst of large replies: a hundred encrypt
 size from this budget before they send it, and give it back when its reply (or its
 failure) is in; a request that does not fit waits its turn, first come first served.
 
-A reply's likely size: a batch's, or a job chunk's results read back, may reach the whole
-message limit; any other reply is about as long as its request (an encryption's
+A reply's likely size: a batch's, a job chunk's results read back and a key list may reach
+the whole message limit; any other reply is about as long as its request (an encryption's
 ciphertext adds 1.1 KB to the plaintext) or short, so it is charged twice its request
 and 64 KiB. A charge is never more than the whole budget, so any one request can always
 go alone.
@@ -29,9 +29,10 @@ __all__ = ["ReplyBudget"]
 
 _BASE_CHARGE = 64 * 1024
 # Replies that may reach the message limit whatever the request's size: a batch's
-# results, and a job chunk's results read back.
+# results, a job chunk's results read back, and a key list (it has no pages).
 _LARGE_REPLY_SUBJECTS = frozenset(
-    [*(subject.value for subject in BATCH_OF), Subject.JOBS_RESULTS.value]
+    [*(subject.value for subject in BATCH_OF), Subject.JOBS_RESULTS.value,
+     Subject.KEYS_LIST.value]
 )
 
 

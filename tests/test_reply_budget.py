@@ -16,11 +16,12 @@ def budget() -> ReplyBudget:
     return ReplyBudget(LIMIT, MESSAGE_LIMIT)
 
 
-def test_batches_and_job_results_are_charged_the_message_limit_others_twice_their_body() -> None:
+def test_replies_of_any_size_are_charged_the_message_limit_others_twice_their_body() -> None:
     charges = ReplyBudget(10**9, MESSAGE_LIMIT)
     assert charges.charge_for("pqkms.v1.kem.encrypt.batch", 10) == MESSAGE_LIMIT
     assert charges.charge_for("pqkms.v1.signature.sign.batch", 10) == MESSAGE_LIMIT
     assert charges.charge_for("pqkms.v1.jobs.results", 10) == MESSAGE_LIMIT
+    assert charges.charge_for("pqkms.v1.kms.keys.list", 10) == MESSAGE_LIMIT
     assert charges.charge_for("pqkms.v1.kem.encrypt", 1000) == 64 * 1024 + 2000
 
 
