@@ -68,13 +68,13 @@ def use_batch_scheduling() -> None:
             os.sched_setscheduler(0, *_BATCH_POLICY)
 
 
-# Where Linux takes the local ports of outgoing connections and of binds to port 0.
 # What nats-server may hold for a connection that reads slower than it is sent to
 # (nats-server's default: 64 MB), before it cuts it off as a slow consumer and every
 # request in flight on it is lost. A worker busy with large payloads (1 MiB plaintexts)
 # takes in a few MB per pass of its event loop, so a burst of them from several clients
 # outran 64 MB; the memory is only used while a connection lags (docs/decisions.md).
 _MAX_PENDING_BYTES = 512 * 1024 * 1024
+# Where Linux takes the local ports of outgoing connections and of binds to port 0.
 _EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 # The lowest port handed out below that range: clear of the well-known services.
 _LOWEST_CHOSEN_PORT = 10000
