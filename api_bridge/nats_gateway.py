@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import nats.errors
 import orjson
@@ -27,7 +26,7 @@ from schemas.errors import ErrorCode
 from schemas.reply_budget import ReplyBudget
 from schemas.subjects import HEADER_REQUEST_ID, Subject
 from worker.config import Settings
-from worker.nats_security import nats_security, refusal_reason
+from worker.nats_security import nats_security, redacted_url, refusal_reason
 
 __all__ = ["NatsGateway", "Reply"]
 
@@ -72,13 +71,6 @@ class Reply:
 
 def _no_reply_within(seconds: float) -> str:
     return f"No reply from a worker within {seconds:g} seconds"
-
-
-def redacted_url(url: str) -> str:
-    """A NATS URL without credentials, for logs."""
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
 
 
 class NatsGateway:

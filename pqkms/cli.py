@@ -541,7 +541,9 @@ def _cmd_health(args: argparse.Namespace) -> int:
         settings: Settings = _settings(Settings, args)
         healthy = asyncio.run(ping_workers(settings.nats_url, time_limit=args.timeout,
                                            connect_options=_nats_connect_options(settings)))
-        target = f"a worker via {settings.nats_url}"
+        from worker.nats_security import redacted_urls
+
+        target = f"a worker via {redacted_urls(settings.nats_url)}"
     if not healthy:
         raise CommandError(f"unhealthy: no healthy answer from {target}")
     return 0

@@ -24,6 +24,7 @@ from worker.handlers.graceful_stop import leave_broker_subjects
 from worker.handlers.ordered_flush import send_pings_behind_queued_commands
 from worker.logging_setup import configure_logging
 from worker.metrics import MetricsServer, serve_metrics
+from worker.nats_security import redacted_urls
 from worker.services.key_events import ensure_key_events_stream
 from worker.services.rate_limit import KvRateLimiter
 from worker.services.shared_rate_limiter import SwitchableRateLimiter
@@ -104,7 +105,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         # sight, a collection only walks the requests' own objects (≈ 8 % less CPU per
         # batch item, docs/performance.md).
         gc.freeze()
-        _log.info("worker_ready", nats=settings.nats_url.split(",")[0])
+        _log.info("worker_ready", nats=redacted_urls(settings.nats_url))
         await stop.wait()
     finally:
         await rotations.stop()

@@ -36,6 +36,8 @@ __all__ = [
     "NatsConnectSecurity",
     "NatsSecurityError",
     "nats_security",
+    "redacted_url",
+    "redacted_urls",
     "refusal_reason",
 ]
 
@@ -54,6 +56,21 @@ _AUTH_REFUSALS = {
     "secure connection - tls required": "the server requires TLS: set "
     "PQKMS_NATS_TLS_CA_FILE or use a tls:// URL",
 }
+
+
+def redacted_url(url: str) -> str:
+    """One NATS server URL without its credentials (``nats://user:pass@host:port`` is one
+    way to authenticate), for logs and messages."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
+
+
+def redacted_urls(urls: str) -> str:
+    """``PQKMS_NATS_URL`` (comma-separated servers) without credentials."""
+    return ", ".join(redacted_url(url.strip()) for url in urls.split(",") if url.strip())
 
 
 class NatsSecurityError(ValueError):

@@ -41,7 +41,7 @@ from pqkms.nats_embedded import EmbeddedNats, find_free_port, nats_server_binary
 from schemas.subjects import Subject
 from tests.support.stack import LocalStack
 from worker.config import Settings
-from worker.nats_security import nats_security
+from worker.nats_security import nats_security, redacted_url, redacted_urls
 
 pytestmark = pytest.mark.integration
 
@@ -687,3 +687,32 @@ async def test_worker_and_client_connect_with_a_user_and_password(
     finally:
         stack.stop()
     assert SERVER_PASSWORD.encode() not in stack.worker_logs[process.pid].read_bytes()
+
+
+async def test_a_password_in_the_url_never_reaches_the_worker_log(
+    password_nats: str, tmp_path: Path
+) -> None:
+    # ``nats://user:password@host:port`` is one way to log in; the worker's ready line
+    # names the server without it.
+    url_with_password = password_nats.replace("nats://", f"nats://pqkms-worker:{SERVER_PASSWORD}@")
+    stack = LocalStack(root=tmp_path, external_nats=[url_with_password])
+    await stack.init_store()
+    process = stack.start_worker()
+    log = stack.worker_logs[process.pid]
+    try:
+        deadline = time.monotonic() + 60
+        while b"worker_ready" not in log.read_bytes():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the worker never became ready"
+            await asyncio.sleep(0.2)
+    finally:
+        stack.stop()
+    text = log.read_text()
+    assert password_nats in text  # the server, named without the credentials
+    assert SERVER_PASSWORD not in text
+
+
+def test_redacted_urls_drop_credentials() -> None:
+    assert redacted_urls("nats://u:p@a:4222, tls://b:4443,c") == (
+        "nats://a:4222, tls://b:4443, nats://c")
+    assert redacted_url("nats://token@[::1]:4222") == "nats://[::1]:4222"

@@ -262,7 +262,7 @@ async def _stream_bodies(settings: Settings) -> tuple[list[bytes] | None, str]:
     async def quiet(_error: Exception) -> None:
         return None
 
-    from worker.nats_security import nats_security
+    from worker.nats_security import nats_security, redacted_urls
 
     servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
     try:
@@ -272,7 +272,7 @@ async def _stream_bodies(settings: Settings) -> tuple[list[bytes] | None, str]:
             error_cb=quiet, **nats_security(settings).nats_py_options(),
         ), timeout=10)
     except Exception as exc:
-        return None, f"not checked (NATS at {settings.nats_url} not reachable: " \
+        return None, f"not checked (NATS at {redacted_urls(settings.nats_url)} not reachable: " \
                      f"{type(exc).__name__})"
     try:
         bodies = await read_stream(client)
@@ -281,8 +281,8 @@ async def _stream_bodies(settings: Settings) -> tuple[list[bytes] | None, str]:
     finally:
         await client.close()
     if bodies is None:
-        return None, f"not checked (no {AUDIT_STREAM} stream at {settings.nats_url})"
-    return bodies, f"{AUDIT_STREAM} at {settings.nats_url}, {len(bodies)} record(s)"
+        return None, f"not checked (no {AUDIT_STREAM} stream at {redacted_urls(settings.nats_url)})"
+    return bodies, f"{AUDIT_STREAM} at {redacted_urls(settings.nats_url)}, {len(bodies)} record(s)"
 
 
 async def verify_from_settings(settings: Settings, *, use_stream: bool = True) -> VerifyReport:
