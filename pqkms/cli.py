@@ -642,6 +642,9 @@ def _fail(command: str, message: str) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``pqkms`` command."""
     args = build_parser().parse_args(argv)
+    # Everything pqkms writes (database, logs, NATS store and configuration, batch
+    # outputs) is for this user alone; children started by ``pqkms up`` inherit it.
+    os.umask(0o077)
     if args.command in ("up", "db", "tenant", "health"):
         # The worker and the bridge configure logging themselves.
         logging.basicConfig(
@@ -650,6 +653,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             datefmt="%H:%M:%S",
             stream=sys.stderr,
         )
+        if not args.verbose:
+            # Alembic names each of its plugins at start-up; the upgrades themselves stay.
+            logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         code = _dispatch(args)
     except CommandError as exc:

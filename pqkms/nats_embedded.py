@@ -11,6 +11,7 @@ keeps the default policy.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -18,8 +19,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pqkms.nats_accounts import write_private
 
 __all__ = [
     "EmbeddedNats",
@@ -171,23 +176,23 @@ class EmbeddedNats:
 
 def write_config(
     path: Path, *, host: str, port: int, store_dir: Path, max_payload: int,
-    max_pending: int = _MAX_PENDING_BYTES,
+    max_pending: int = _MAX_PENDING_BYTES, access: Mapping[str, Any] | None = None,
 ) -> None:
-    """A minimal nats-server config: JetStream on, store in store_dir, payload raised."""
-    path.write_text(
-        "\n".join(
-            [
-                f'listen: "{host}:{port}"',
-                f"max_payload: {max_payload}",
-                # (The server refuses max_payload above max_pending.)
-                f"max_pending: {max(max_payload * 4, max_pending)}",
-                "jetstream {",
-                f'  store_dir: "{store_dir}"',
-                "}",
-                "",
-            ]
-        )
-    )
+    """A minimal nats-server config: JetStream on, store in store_dir, payload raised;
+    ``access``: top-level entries that say who may connect and do what
+    (pqkms.nats_accounts), written as JSON, which nats-server reads as configuration.
+    The file is readable by this user only: it may hold passwords."""
+    lines = [
+        f'listen: "{host}:{port}"',
+        f"max_payload: {max_payload}",
+        # (The server refuses max_payload above max_pending.)
+        f"max_pending: {max(max_payload * 4, max_pending)}",
+        "jetstream {",
+        f'  store_dir: "{store_dir}"',
+        "}",
+    ]
+    lines.extend(f"{name}: {json.dumps(value)}" for name, value in (access or {}).items())
+    write_private(path, "\n".join(lines) + "\n")
 
 
 def start_nats_server(

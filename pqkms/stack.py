@@ -34,6 +34,7 @@ from pydantic import Field
 
 from pqkms.admin import database_errors, describe_database_failure, initialise_store
 from pqkms.health import bridge_is_healthy, ping_workers
+from pqkms.nats_accounts import StackCredentials, accounts_config
 from pqkms.nats_embedded import nats_server_binary, use_batch_scheduling, write_config
 from worker.config import Settings
 
@@ -60,6 +61,11 @@ STOP_TIMEOUT_WORKER = 20.0  # the worker drains for up to 15 s
 STOP_TIMEOUT_NATS = 10.0
 NATS_LISTEN_TIMEOUT = 15.0
 _PR_SET_PDEATHSIG = 1
+# A NATS login given to ``pqkms up`` itself, which its children must not inherit.
+_NATS_LOGIN_VARIABLES = frozenset({
+    "PQKMS_NATS_USER", "PQKMS_NATS_PASSWORD", "PQKMS_NATS_CREDS_FILE",
+    "PQKMS_NATS_NKEY_SEED_FILE",
+})
 
 
 class StackSettings(Settings):
@@ -321,6 +327,8 @@ class _Supervisor:
         self.bridge: SupervisedProcess | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.signals_seen = 0
+        # Who may do what on the embedded nats-server (pqkms.nats_accounts).
+        self.credentials = StackCredentials.generate()
 
     # -- addresses ----------------------------------------------------------------------
 
@@ -362,7 +370,9 @@ class _Supervisor:
     # -- children -----------------------------------------------------------------------
 
     def _child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # The embedded server's own passwords replace any NATS login of the environment.
+        env = {name: value for name, value in os.environ.items()
+               if name not in _NATS_LOGIN_VARIABLES}
         env.update(
             PQKMS_NATS_URL=self.nats_url,
             PQKMS_DATA_DIR=str(self.layout.data_dir),
@@ -385,7 +395,9 @@ class _Supervisor:
             port=self.settings.nats_port,
             store_dir=nats_dir / "jetstream",
             max_payload=self.settings.nats_max_payload(),
+            access=accounts_config(self.credentials),
         )
+        self.credentials.save_worker_password(nats_dir)
         self.nats = SupervisedProcess(
             name="nats-server",
             argv=[str(nats_server_binary()), "-c", str(config)],
@@ -423,9 +435,9 @@ class _Supervisor:
         env = self._child_env()
         metrics_ports = worker_metrics_ports(self.settings)
         for index in range(1, self.settings.workers + 1):
-            worker_env = env
+            worker_env = {**env, **self.credentials.worker_env()}
             if metrics_ports:
-                worker_env = {**env, "PQKMS_METRICS_PORT": str(metrics_ports[index - 1])}
+                worker_env["PQKMS_METRICS_PORT"] = str(metrics_ports[index - 1])
             worker = SupervisedProcess(
                 name=f"worker-{index}",
                 argv=self.commands.worker,
@@ -438,7 +450,7 @@ class _Supervisor:
             self.bridge = SupervisedProcess(
                 name="bridge",
                 argv=self.commands.bridge,
-                env=env,
+                env={**env, **self.credentials.bridge_env()},
                 log_path=self.layout.logs_dir / "bridge.log",
             )
             self.tasks.append(asyncio.create_task(self._keep_running(self.bridge)))

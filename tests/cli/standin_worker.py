@@ -29,7 +29,9 @@ def setup_facts() -> str:
 
 
 async def main(events: Path, facts: str) -> None:
-    client = await nats.connect(os.environ["PQKMS_NATS_URL"])
+    client = await nats.connect(os.environ["PQKMS_NATS_URL"],
+                                user=os.environ.get("PQKMS_NATS_USER"),
+                                password=os.environ.get("PQKMS_NATS_PASSWORD"))
 
     async def on_ping(msg: Msg) -> None:
         await msg.respond(json.dumps({"data": {"status": "ok", "worker": os.getpid()}}).encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,8 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
+from nats.aio.msg import Msg
 
+from pqkms.client import PqkmsClient
 from pqkms.nats_embedded import find_free_port
 from pqkms.stack import bridge_available
 from tests.cli.processes import (
@@ -269,6 +273,84 @@ def test_pqkms_up_serves_http_and_nats_and_stops_cleanly(tmp_path: Path) -> None
         up.kill()
 
     assert not [pid for pid in children if alive(pid)]
+
+
+@pytest.mark.integration
+def test_pqkms_up_keeps_callers_out_of_the_workers_account(tmp_path: Path) -> None:
+    """A connection without credentials may send requests and read its own replies, not
+    spy on the workers' subjects or the bridge's replies, nor touch JetStream
+    (pqkms/nats_accounts.py)."""
+    data_dir = tmp_path / "data"
+    http_port, nats_port = find_free_port(), find_free_port()
+    up = start_pqkms(
+        "up", "--data-dir", str(data_dir), "--http-port", str(http_port),
+        "--nats-port", str(nats_port), "--workers", "1",
+    )  # fmt: skip
+    try:
+        up.wait_for_stdout("pqkms ready:", timeout=90)
+        created = run_pqkms("tenant", "create", "acme", "--plan", "pro",
+                            "--data-dir", str(data_dir))
+        assert created.returncode == 0, created.stderr
+        api_key = json.loads(created.stdout)["api_key"]
+        seen, errors = asyncio.run(_spy_while_serving(
+            f"nats://127.0.0.1:{nats_port}", f"http://127.0.0.1:{http_port}", api_key))
+        password = (data_dir / "nats" / "worker.password").read_text().strip()
+        assert up.stop(signal.SIGTERM, timeout=60) == 0
+    finally:
+        up.kill()
+
+    assert seen == []
+    assert any('subscription to ">"' in error for error in errors)
+    assert any("publish to \"$js.api" in error.lower() for error in errors)
+    assert any("publish to \"pqkms.v1.jobs.results" in error for error in errors)
+    # Every file pqkms and its children wrote is this user's alone (pqkms/cli.py's umask):
+    # the database, the logs, the NATS store, its configuration and password.
+    written = [path for path in data_dir.rglob("*") if path.is_file()]
+    assert {"pqkms.db", "worker.password", "nats-server.conf", "nats.log"} <= {
+        path.name for path in written}
+    assert [path for path in written if path.stat().st_mode & 0o077] == []
+    for log in (data_dir / "logs").iterdir():
+        assert password not in log.read_text()
+
+
+async def _spy_while_serving(nats_url: str, http_url: str, api_key: str,
+                             ) -> tuple[list[str], list[str]]:
+    """What an anonymous spy receives while an HTTP caller is served."""
+    errors: list[str] = []
+
+    async def record(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    spy = await nats.connect(nats_url, error_cb=record)
+    seen: list[str] = []
+
+    async def on_message(message: Msg) -> None:
+        seen.append(message.subject)
+
+    try:
+        await spy.subscribe(">", cb=on_message)
+        await spy.subscribe("pqkms.v1.events.>", cb=on_message)
+        await spy.subscribe("_INBOX.>", cb=on_message)  # (its own account's inboxes)
+        await spy.flush()
+        async with await PqkmsClient.connect(nats_url, api_key) as client:
+            assert (await client.generate_key("Kyber768"))["key_version"] == 1
+        await spy.flush()
+        await asyncio.sleep(0.2)
+        # Connections without credentials share one account, so the spy did see the
+        # client's reply (docs/deploy.md); never a request, nor anything below.
+        assert [subject.split(".")[0] for subject in seen] == ["_INBOX"]
+        seen.clear()
+        async with httpx.AsyncClient() as http:
+            reply = await http.post(f"{http_url}/api/v1/kem/encrypt", json={
+                "plaintext": "aGVsbG8=", "key_version": 1}, headers={"X-API-Key": api_key})
+            assert reply.status_code == 200, reply.text
+        await spy.publish("$JS.API.STREAM.INFO.PQKMS_JOB_RESULTS", b"")
+        await spy.publish("pqkms.v1.jobs.results.t.j.0", b"{}")
+        await spy.flush()
+        await asyncio.sleep(0.5)
+    finally:
+        await spy.close()
+    return seen, errors
 
 
 def _nats_server_pid(parent: int) -> int:
