@@ -10,7 +10,14 @@ __all__ = ["describe_validation_error", "parse_request"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-_INT_TYPES = {"int_type", "int_parsing", "int_from_float", "greater_than_equal", "less_than_equal"}
+_INT_TYPES = {"int_type", "int_parsing", "int_from_float"}
+# A bound an integer broke, by pydantic's error type: (the context key, how it reads).
+_INT_BOUNDS = {
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+    "less_than_equal": ("le", "<="),
+    "less_than": ("lt", "<"),
+}
 
 
 def _field_name(location: tuple[int | str, ...]) -> str:
@@ -25,12 +32,22 @@ def _describe_one(error: Any) -> str:
         return f"{field} is required"
     if kind == "extra_forbidden":
         return f"{field} is not a recognised field"
+    context = error.get("ctx") or {}
     if kind in _INT_TYPES:
-        return f"{field} must be an integer >= 1"
+        return f"{field} must be an integer"
+    if kind in _INT_BOUNDS:
+        name, reads = _INT_BOUNDS[kind]
+        return f"{field} must be an integer {reads} {context.get(name)}"
+    if kind == "string_pattern_mismatch":
+        return f"{field} must match {context.get('pattern')}"
+    if kind == "string_too_long":
+        return f"{field} must be at most {context.get('max_length')} characters"
+    if kind == "string_too_short":
+        return f"{field} must be at least {context.get('min_length')} characters"
     if kind in ("bool_type", "bool_parsing"):
         return f"{field} must be a boolean"
     if kind in ("string_type", "enum", "literal_error"):
-        expected = error.get("ctx", {}).get("expected")
+        expected = context.get("expected")
         return f"{field} must be one of {expected}" if expected else f"{field} must be a string"
     if kind == "model_type" or kind == "dict_type":
         return f"{field} must be a JSON object"

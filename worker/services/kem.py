@@ -34,13 +34,21 @@ _KemStep = Callable[[Caller, Algorithm, int, bytes], Awaitable[bytes]]
 _WRAPPED_MODES = frozenset({Mode.KEY_WRAP})
 
 
+_LARGER_DATA = {
+    "plaintext": "use kem/key/wrap with a data key or a bulk job for larger data",
+    "message": "sign and verify a digest of a larger message with signature/sign-hash and "
+               "signature/verify-hash",
+}
+
+
 def check_message_size(field: str, data: bytes, limit: int) -> None:
-    """400 when a payload is over the configured per-request limit."""
+    """400 when a payload is over the configured per-request limit; says what to do
+    instead for the field's kind of operation."""
     if len(data) > limit:
         raise ServiceError(
             ErrorCode.INVALID,
             f"Validation failed: {field} is {len(data)} bytes, over the {limit}-byte limit; "
-            "use kem/key/wrap with a data key or a bulk job for larger data",
+            + _LARGER_DATA.get(field, "send it in smaller parts"),
         )
 
 
