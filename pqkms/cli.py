@@ -587,6 +587,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         return 130
     except (BatchFileError, PqkmsError, OSError) as exc:
         raise CommandError(str(exc)) from None
+    if summary.total_chunks == 0:
+        print(f"{args.operation}: the input holds no items; no job submitted, "
+              f"{options.output_path} is empty", file=sys.stderr, flush=True)
+        return 0
     resumed = f", resumed after {summary.chunks_skipped} chunks" if summary.resumed else ""
     print(f"{args.operation}: {summary.total_items} items in {summary.total_chunks} chunks "
           f"(job {summary.job_id}{resumed}); this run {summary.items_this_run} items, "

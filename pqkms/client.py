@@ -402,7 +402,10 @@ class PqkmsClient:
                          key_version: int | None = None, algorithm: str | None = None,
                          concurrency: int = 4) -> str:
         """Split items into chunks and queue them all; returns the job id. Submitting the
-        same items with the same job id again queues nothing twice."""
+        same items with the same job id again queues nothing twice. A job holds at least
+        one item: no items is a ``ValueError`` (there would be no job to ask about)."""
+        if not items:
+            raise ValueError("a job needs at least one item; there is nothing to submit")
         job_id = job_id or uuid.uuid4().hex
         chunks = split_items(operation, items, min(chunk_items, self._max_batch_items),
                              self._fitting_limit())

@@ -149,3 +149,16 @@ async def test_a_wrong_api_key_is_one_line_and_exit_1(batch_stack: LocalStack,
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1
     assert stderr.startswith("pqkms batch: ERR_AUTH") and "Traceback" not in stderr, stderr
+
+
+async def test_an_empty_input_submits_no_job(batch_stack: LocalStack, api_key: str,
+                                             tmp_path: Path) -> None:
+    source = tmp_path / "empty.jsonl"
+    source.write_bytes(b"")
+    out = tmp_path / "empty-out.jsonl"
+    stderr = finish(batch(batch_stack, api_key, "encrypt", "--in", str(source),
+                          "--out", str(out)))
+    assert stderr.strip().splitlines()[-1] == (
+        f"encrypt: the input holds no items; no job submitted, {out} is empty")
+    assert out.read_bytes() == b""
+    assert out.stat().st_mode & 0o077 == 0  # (pqkms's umask: results are the owner's)

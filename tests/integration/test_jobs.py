@@ -19,6 +19,7 @@ import nats
 import orjson
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from pqkms.client import PqkmsClient, PqkmsError
 from schemas.algorithms import Plan
@@ -187,6 +188,12 @@ async def test_submit_is_validated(client: PqkmsClient) -> None:
         await client.submit_chunk(job_id, "kem.decrypt", 1, 2, [{"ciphertext": "AA=="}])
     with pytest.raises(PqkmsError, match="job_id"):
         await client.submit_chunk("no spaces", "kem.encrypt", 0, 1, [{"plaintext": "AA=="}])
+    # No items, no job: the client says so instead of returning an id nothing knows.
+    with pytest.raises(ValueError, match="a job needs at least one item"):
+        await client.submit_job("kem.encrypt", [], key_version=1, job_id=job_id + "e")
+    with pytest.raises(PqkmsError) as raised:
+        await client.job_status(job_id + "e")
+    assert raised.value.code == "ERR_NOT_FOUND_001"
 
 
 @pytest.mark.parametrize("spacing", [0, 1000, MESSAGE_LIMIT - 200],
@@ -275,9 +282,16 @@ async def test_results_are_read_from_a_stream_without_direct_get(
         config.allow_direct = False
         await js.update_stream(config)
         assert await all_results(client, job_id) == first
+        # A chunk without results is not found on this path either.
+        streams = JobStreams(lambda: connection, BulkSettings())
+        tenant = (await results_subject_of(js, job_id, 0)).split(".")[-3]
+        with pytest.raises(NotFoundError):
+            await streams.stored_results(tenant, job_id, 1)
         with pytest.raises(PqkmsError) as raised:
             await client.chunk_results(job_id, 1)  # a chunk the job does not have
-        assert raised.value.code == "ERR_NOT_FOUND_001"
+        assert raised.value.code == "ERR_INVALID_001"
+        assert raised.value.message == (
+            f"Validation failed: chunk_index must be less than total_chunks (1) of job {job_id}")
     finally:
         config.allow_direct = True
         await js.update_stream(config)

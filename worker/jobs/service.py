@@ -216,8 +216,16 @@ class JobService:
         return items, failed
 
     async def results(self, caller: Caller, request: JobResultsRequest) -> StoredChunkResults:
-        """One finished chunk's results; 404 while it is not done."""
-        await self._job_record(caller, request.job_id)
+        """One finished chunk's results; 404 while it is not done, 400 for a chunk the
+        job does not have (it never will be done)."""
+        record = await self._job_record(caller, request.job_id)
+        total = int(record["total_chunks"])
+        if request.chunk_index >= total:
+            raise ServiceError(
+                ErrorCode.INVALID,
+                f"Validation failed: chunk_index must be less than total_chunks ({total}) "
+                f"of job {request.job_id}",
+            )
         try:
             stored = await self._streams.stored_results(caller.tenant_id, request.job_id,
                                                         request.chunk_index)
