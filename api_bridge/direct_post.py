@@ -99,8 +99,11 @@ class DirectPost:
 
     async def _body(self, scope: Scope, receive: Receive,
                     declared_length: bytes | None) -> bytes:
+        # The body first: a body that is not JSON is answered before the API key is
+        # checked, a query (not allowed here) after it, as every validation error.
+        body = await http_input.read_json_object(receive, declared_length, self._body_limit)
         http_input.reject_query(scope)
-        return await http_input.read_json_object(receive, declared_length, self._body_limit)
+        return body
 
 
 def _request_headers(

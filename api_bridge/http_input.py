@@ -17,7 +17,9 @@ from starlette.types import Message, Receive, Scope
 from api_bridge.errors import BridgeError
 from schemas.errors import ErrorCode
 
-__all__ = ["query_fields", "read_json_object", "reject_query", "version_from_path"]
+__all__ = [
+    "InvalidAfterAuth", "query_fields", "read_json_object", "reject_query", "version_from_path",
+]
 
 _MAX_VERSION_DIGITS = 18  # fits a signed 64-bit integer, so orjson can serialise it
 VERSION_MESSAGE = "Validation failed: key_version must be an integer >= 1"
@@ -25,6 +27,20 @@ VERSION_MESSAGE = "Validation failed: key_version must be an integer >= 1"
 
 def _invalid(message: str) -> BridgeError:
     return BridgeError(ErrorCode.INVALID, f"Validation failed: {message}")
+
+
+class InvalidAfterAuth(Exception):
+    """Query or path parameters that are invalid: a validation error, which the worker
+    answers only after the API key and the rate limit (the order every request's checks
+    follow), so the request still goes to a worker, without a body, carrying it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _invalid_parameter(message: str) -> InvalidAfterAuth:
+    return InvalidAfterAuth(f"Validation failed: {message}")
 
 
 async def read_json_object(receive: Receive, declared_length: str | bytes | None,
@@ -81,7 +97,7 @@ def reject_query(scope: Scope) -> None:
     if not query:
         return  # the common case, without parsing an empty query
     for name in QueryParams(query):
-        raise _invalid(f"unknown query parameter '{_short(name)}'")
+        raise _invalid_parameter(f"unknown query parameter '{_short(name)}'")
 
 
 def query_fields(request: Request, allowed: Collection[str]) -> dict[str, str]:
@@ -89,9 +105,9 @@ def query_fields(request: Request, allowed: Collection[str]) -> dict[str, str]:
     fields: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
         if name not in allowed:
-            raise _invalid(f"unknown query parameter '{_short(name)}'")
+            raise _invalid_parameter(f"unknown query parameter '{_short(name)}'")
         if name in fields:
-            raise _invalid(f"query parameter '{name}' is given more than once")
+            raise _invalid_parameter(f"query parameter '{name}' is given more than once")
         fields[name] = value
     return fields
 
@@ -99,7 +115,7 @@ def query_fields(request: Request, allowed: Collection[str]) -> dict[str, str]:
 def version_from_path(raw: str) -> int:
     """A key version from a path segment: ASCII digits only, else 400."""
     if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_VERSION_DIGITS):
-        raise BridgeError(ErrorCode.INVALID, VERSION_MESSAGE)
+        raise InvalidAfterAuth(VERSION_MESSAGE)
     return int(raw)
 
 

@@ -116,9 +116,10 @@ def _make_endpoint(
 
     async def build_payload(request: Request) -> bytes:
         if operation.method != "GET":
-            http_input.reject_query(request.scope)
-            return await http_input.read_json_object(
+            body_bytes = await http_input.read_json_object(
                 request.receive, request.headers.get("content-length"), body_limit)
+            http_input.reject_query(request.scope)
+            return body_bytes
         body: dict[str, Any] = {}
         for name in route.path_params:
             raw = request.path_params[name]

@@ -17,6 +17,7 @@ from schemas.errors import ErrorCode, http_status_for
 from schemas.operations import OPERATIONS, Operation, operation_for
 from schemas.subjects import (
     HEADER_API_KEY,
+    HEADER_INPUT_ERROR,
     HEADER_REQUEST_ID,
     HEADER_RETRY_AFTER,
     QUEUE_GROUP,
@@ -29,6 +30,7 @@ __all__ = [
     "EncryptMode",
     "ErrorCode",
     "HEADER_API_KEY",
+    "HEADER_INPUT_ERROR",
     "HEADER_REQUEST_ID",
     "HEADER_RETRY_AFTER",
     "HashAlgorithm",

@@ -7,6 +7,7 @@ from enum import StrEnum
 __all__ = [
     "HEADER_API_KEY",
     "HEADER_REQUEST_ID",
+    "HEADER_INPUT_ERROR",
     "HEADER_RETRY_AFTER",
     "QUEUE_GROUP",
     "SUBJECT_PREFIX",
@@ -18,6 +19,10 @@ QUEUE_GROUP = "pqkms-workers"
 HEADER_API_KEY = "X-API-Key"
 HEADER_REQUEST_ID = "X-Request-ID"
 HEADER_RETRY_AFTER = "Retry-After"
+# Set by the HTTP bridge on a request whose query or path parameters it found invalid
+# (percent-encoded message): the worker answers it with that 400 after the API key and
+# the rate limit, as it would any other validation error (docs/http-api.md).
+HEADER_INPUT_ERROR = "Pqkms-Input-Error"
 
 
 class Subject(StrEnum):

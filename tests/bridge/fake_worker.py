@@ -23,6 +23,7 @@ import base64
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import nats
 import orjson
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 
 from schemas import (
     HEADER_API_KEY,
+    HEADER_INPUT_ERROR,
     HEADER_REQUEST_ID,
     HEADER_RETRY_AFTER,
     QUEUE_GROUP,
@@ -234,12 +236,19 @@ class FakeWorker:
         if self.error_code is not None:
             return self._error(self.error_code, request_id)
         body = orjson.loads(raw)
+        # Parameters the bridge found invalid: a 400 once the API key passed, as the
+        # worker answers it (echo mode checks no key).
+        input_error = _header(headers, HEADER_INPUT_ERROR)
         if self.mode == "echo":
+            if input_error is not None:
+                return error_envelope(ErrorCode.INVALID, request_id, unquote(input_error))
             return success_envelope({"subject": subject, "body": body, "headers": headers},
                                     request_id)
         api_key = _header(headers, HEADER_API_KEY)
         if not api_key or not api_key.startswith("qph_"):
             return error_envelope(ErrorCode.AUTH, request_id)
+        if input_error is not None:
+            return error_envelope(ErrorCode.INVALID, request_id, unquote(input_error))
         operation = operation_for(Subject(subject))
         try:
             operation.request.model_validate(body)

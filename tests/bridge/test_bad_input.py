@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from schemas.subjects import HEADER_API_KEY, HEADER_INPUT_ERROR
+
 from .conftest import API_KEY
 from .fake_worker import FakeWorker
 from .live import LiveBridge
@@ -103,7 +105,7 @@ async def test_version_that_is_not_an_integer(
     response = await client.get(url, headers={"X-API-Key": API_KEY})
     error = assert_envelope(response, 400, "ERR_INVALID_001")
     assert error["message"] == VERSION_MESSAGE
-    assert worker.received == []
+    assert_answered_after_the_api_key(worker)
 
 
 @pytest.mark.parametrize(("method", "url", "message"), [
@@ -122,7 +124,43 @@ async def test_unknown_route_parameters(
     response = await client.request(method, url, json={"key_version": 1})
     error = assert_envelope(response, 400, "ERR_INVALID_001")
     assert error["message"] == f"Validation failed: {message}"
-    assert worker.received == []
+    assert_answered_after_the_api_key(worker)
+
+
+def assert_answered_after_the_api_key(worker: FakeWorker) -> None:
+    """The bridge sent the parameters' error to a worker, without a body, to answer it
+    after the API key and the rate limit (docs/http-api.md)."""
+    (received,) = worker.received
+    assert received.raw == b"{}"
+    assert HEADER_INPUT_ERROR in received.headers
+
+
+@pytest.mark.parametrize(("method", "url"), [
+    ("GET", "/api/v1/kms/keys?colour=blue"),
+    ("GET", "/api/v1/kms/keys/Kyber768/abc"),
+    ("POST", "/api/v1/kem/encrypt?x=1"),
+])
+@pytest.mark.parametrize("api_key", [None, "not-a-key"])
+async def test_invalid_parameters_without_a_valid_api_key_are_a_401(
+    client: httpx.AsyncClient, realistic_worker: FakeWorker, method: str, url: str,
+    api_key: str | None,
+) -> None:
+    # An unauthenticated caller learns nothing about validation (docs/decisions.md).
+    headers = {} if api_key is None else {"X-API-Key": api_key}
+    response = await client.request(method, url, json={"plaintext": "AA==", "key_version": 1},
+                                    headers=headers)
+    assert_envelope(response, 401, "ERR_AUTH_001")
+
+
+@pytest.mark.parametrize("name", ["a\r\nX-API-Key: qph_other", "\u00e9t\u00e9", "%00"])
+async def test_any_parameter_name_reaches_the_worker_intact(
+    client: httpx.AsyncClient, worker: FakeWorker, name: str
+) -> None:
+    response = await client.get("/api/v1/kms/keys", params={name: "1"})
+    error = assert_envelope(response, 400, "ERR_INVALID_001")
+    assert error["message"] == f"Validation failed: unknown query parameter '{name}'"
+    (received,) = worker.received
+    assert HEADER_API_KEY not in received.headers
 
 
 @pytest.mark.parametrize("url", ["/", "/api/v1/kem/nothing", "/api/v2/kem/encrypt",

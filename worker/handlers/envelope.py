@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import orjson
 import structlog
@@ -23,7 +24,12 @@ from schemas.envelope import error_envelope, new_request_id, success_envelope
 from schemas.errors import ErrorCode
 from schemas.nats_message import counted_size
 from schemas.operations import Operation
-from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID, HEADER_RETRY_AFTER
+from schemas.subjects import (
+    HEADER_API_KEY,
+    HEADER_INPUT_ERROR,
+    HEADER_REQUEST_ID,
+    HEADER_RETRY_AFTER,
+)
 from schemas.validation import describe_validation_error
 from worker.config import Settings
 from worker.errors import RateLimited, ServiceError
@@ -61,6 +67,7 @@ Reply = tuple[bytes, dict[str, str]]
 
 _log = structlog.get_logger("pqkms.worker")
 _MAX_REQUEST_ID = 128
+_MAX_INPUT_ERROR = 512
 # Room a reply's headers take at most (request id, Retry-After): a shorter body fits.
 _REPLY_HEADER_ROOM = 1024
 _AUDIT_FAILING_MESSAGE = (
@@ -100,6 +107,15 @@ def _decode_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ServiceError(ErrorCode.INVALID, "Validation failed: body must be a JSON object")
     return body
+
+
+def _input_error(encoded: str) -> ServiceError:
+    """The 400 for parameters the bridge found invalid (``HEADER_INPUT_ERROR``); the
+    text goes back only to the one who sent it, printable and bounded all the same."""
+    message = unquote(encoded)[:_MAX_INPUT_ERROR]
+    if not message.isprintable():
+        message = "Validation failed: invalid query or path parameters"
+    return ServiceError(ErrorCode.INVALID, message)
 
 
 def _field(request: BaseModel | None, result: object, name: str) -> Any:
@@ -197,6 +213,8 @@ class EnvelopeHandler:
                 raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, _AUDIT_FAILING_MESSAGE)
             if limits.rate_per_second is not None and limits.burst is not None:
                 await self._rate_limiter.acquire(caller.tenant_id, limits, cost)
+            if headers is not None and HEADER_INPUT_ERROR in headers:
+                raise _input_error(headers[HEADER_INPUT_ERROR])
             if lean is not None:
                 result = await lean(caller, body)
             if result is None:
