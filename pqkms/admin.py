@@ -260,6 +260,30 @@ async def create_tenant(settings: Settings, name: str, plan: Plan) -> CreatedTen
     )
 
 
+async def add_api_key(settings: Settings, tenant_name: str) -> dict[str, str]:
+    """Issue another API key for the tenant (``LookupError`` for an unknown tenant); the
+    key is returned here only, its hash is stored."""
+    store = await open_store(settings, create_key=False, create_schema=False)
+    try:
+        tenant_id = await _tenant_id_named(store, tenant_name)
+        api_key = await store.add_api_key(tenant_id)
+    finally:
+        await store.close()
+    return {"tenant_id": tenant_id, "name": tenant_name, "api_key": api_key}
+
+
+async def revoke_api_key(settings: Settings, tenant_name: str, api_key: str) -> bool:
+    """Revoke one of the tenant's API keys; ``False`` when it is not one of theirs
+    (``LookupError`` for an unknown tenant). Workers stop accepting it once their memory
+    of it lapses (``worker.services.auth``: 10 s)."""
+    store = await open_store(settings, create_key=False, create_schema=False)
+    try:
+        tenant_id = await _tenant_id_named(store, tenant_name)
+        return await store.revoke_api_key(tenant_id, api_key)
+    finally:
+        await store.close()
+
+
 def _make_private_dir(path: Path) -> None:
     """Create ``path`` as 0700 if it does not exist (an existing one is left alone)."""
     if not path.exists():

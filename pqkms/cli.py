@@ -190,6 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan", required=True, choices=[plan.value for plan in Plan], help="tenant plan"
     )
     _add_store_options(create)
+    api_key = tenant_commands.add_parser(
+        "api-key",
+        help="issue another API key of a tenant, or revoke one",
+        description="Rotate a tenant's API key: add a new one, move the callers to it, "
+        "then revoke the old one. Workers stop accepting a revoked key within 10 s.",
+    )
+    api_key_commands = api_key.add_subparsers(dest="api_key_command", metavar="ACTION",
+                                              required=True)
+    api_key_add = api_key_commands.add_parser(
+        "add", help="issue another API key; prints JSON with it (shown once)")
+    api_key_revoke = api_key_commands.add_parser(
+        "revoke", help="revoke the API key read from stdin (never from the command line)")
+    for action in (api_key_add, api_key_revoke):
+        action.add_argument("name", metavar="NAME", help="tenant name")
+        _add_store_options(action)
     policy = tenant_commands.add_parser(
         "rotation-policy",
         help="scheduled key rotation of a tenant: set, show, clear",
@@ -389,6 +404,43 @@ def _cmd_rotation_policy(args: argparse.Namespace) -> int:
         raise CommandError(describe_database_failure(settings, exc)) from None
     print(json.dumps(output), flush=True)
     return 0
+
+
+def _cmd_tenant_api_key(args: argparse.Namespace) -> int:
+    from pqkms.admin import add_api_key, database_errors, describe_database_failure, revoke_api_key
+
+    settings: Settings = _settings(Settings, args)
+    try:
+        if args.api_key_command == "add":
+            output: dict[str, Any] = asyncio.run(add_api_key(settings, args.name))
+        else:
+            revoked_key = _api_key_from_stdin()
+            if not asyncio.run(revoke_api_key(settings, args.name, revoked_key)):
+                raise CommandError(f"that API key is not one of tenant {args.name!r}'s")
+            output = {"name": args.name, "revoked": True}
+    except LookupError as exc:
+        raise CommandError(str(exc)) from None
+    except _store_errors() as exc:
+        raise CommandError(str(exc)) from None
+    except database_errors() as exc:
+        raise CommandError(describe_database_failure(settings, exc)) from None
+    print(json.dumps(output), flush=True)
+    return 0
+
+
+def _api_key_from_stdin() -> str:
+    """The API key to revoke: typed without echo at a terminal, else stdin's first line
+    (a command line would show it to every user of the machine in ``ps``)."""
+    if sys.stdin.isatty():
+        import getpass
+
+        typed = getpass.getpass("API key to revoke: ")
+    else:
+        typed = sys.stdin.readline()
+    api_key = typed.strip()
+    if not api_key:
+        raise CommandError("no API key given on stdin")
+    return api_key
 
 
 def _cmd_tenant_create(args: argparse.Namespace) -> int:
@@ -619,6 +671,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "tenant":
         if args.tenant_command == "rotation-policy":
             return _cmd_rotation_policy(args)
+        if args.tenant_command == "api-key":
+            return _cmd_tenant_api_key(args)
         return _cmd_tenant_create(args)
     if args.command == "db":
         db_commands = {"init": _cmd_db_init, "upgrade": _cmd_db_upgrade, "current": _cmd_db_current}

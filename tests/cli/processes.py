@@ -24,11 +24,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run_pqkms(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m pqkms ARGS`` to completion."""
+    """``python -m pqkms ARGS`` to completion (``stdin``: its input, else none)."""
     return subprocess.run(
         [sys.executable, "-m", "pqkms", *args],
+        input=stdin if stdin is not None else "",
         capture_output=True,
         text=True,
         env=env if env is not None else clean_env(),

@@ -149,3 +149,43 @@ def test_database_password_file_goes_into_the_url_not_the_output(tmp_path: Path)
 
     assert result.returncode != 0
     assert "s3cret-password" not in result.stdout + result.stderr
+
+
+def test_an_api_key_is_rotated_by_adding_a_new_one_and_revoking_the_old(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    store = ("--data-dir", str(data_dir))
+    created = json.loads(run_pqkms("tenant", "create", "acme", "--plan", "pro", *store).stdout)
+    other = json.loads(run_pqkms("tenant", "create", "umbrella", "--plan", "pro", *store).stdout)
+    old_key = created["api_key"]
+
+    added = run_pqkms("tenant", "api-key", "add", "acme", *store)
+    assert added.returncode == 0, added.stderr
+    new_key = json.loads(added.stdout)["api_key"]
+    assert json.loads(added.stdout) == {"tenant_id": created["tenant_id"], "name": "acme",
+                                        "api_key": new_key}
+    # Another tenant's key, or a key that is no one's, is not revoked through acme.
+    for wrong in (other["api_key"], "qph_" + "x" * 43):
+        refused = run_pqkms("tenant", "api-key", "revoke", "acme", *store, stdin=wrong + "\n")
+        assert refused.returncode == 1
+        assert "that API key is not one of tenant 'acme''s" in refused.stderr
+        assert wrong not in refused.stderr + refused.stdout
+    revoked = run_pqkms("tenant", "api-key", "revoke", "acme", *store, stdin=old_key + "\n")
+    assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout) == {"name": "acme", "revoked": True}
+    assert old_key not in revoked.stdout + revoked.stderr
+
+    assert asyncio.run(_authenticate(data_dir, old_key)) is None
+    assert asyncio.run(_authenticate(data_dir, new_key)) == (created["tenant_id"], "acme", "pro")
+    assert asyncio.run(_authenticate(data_dir, other["api_key"])) is not None
+
+
+def test_api_key_commands_refuse_an_unknown_tenant_or_no_key(tmp_path: Path) -> None:
+    store = ("--data-dir", str(tmp_path / "data"))
+    assert run_pqkms("tenant", "create", "acme", "--plan", "free", *store).returncode == 0
+
+    unknown = run_pqkms("tenant", "api-key", "add", "nobody", *store)
+    assert unknown.returncode == 1
+    assert "no tenant named 'nobody'" in unknown.stderr
+    empty = run_pqkms("tenant", "api-key", "revoke", "acme", *store, stdin="\n")
+    assert empty.returncode == 1
+    assert "no API key given on stdin" in empty.stderr
