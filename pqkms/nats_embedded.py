@@ -27,10 +27,12 @@ from typing import Any
 from pqkms.nats_accounts import write_private
 
 __all__ = [
+    "STORE_KEY_VARIABLE",
     "EmbeddedNats",
     "NatsServerNotFound",
     "PortInUse",
     "find_free_port",
+    "load_or_create_store_key",
     "nats_server_binary",
     "port_is_free",
     "start_nats_server",
@@ -174,14 +176,43 @@ class EmbeddedNats:
             self.process.wait()
 
 
+# The environment variable that hands nats-server the key of its JetStream store (kept
+# out of the configuration file, as NATS advises), and the file it is kept in.
+STORE_KEY_VARIABLE = "PQKMS_JETSTREAM_STORE_KEY"
+STORE_KEY_FILE = "jetstream.key"
+_STORE_KEY_BYTES = 32
+
+
+def load_or_create_store_key(nats_dir: Path) -> str:
+    """The key that encrypts the embedded JetStream store (job chunks and results, the
+    audit stream, the buckets), made on first use and kept in ``nats_dir`` (0600).
+    Without it the store cannot be read: it belongs with the master key in backups."""
+    path = nats_dir / STORE_KEY_FILE
+    if not path.exists():
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # made meanwhile by another start: read that one
+        else:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(_STORE_KEY_BYTES) + "\n")
+    key = path.read_text().strip()
+    if len(key) < _STORE_KEY_BYTES:
+        raise ValueError(f"{path} does not hold a JetStream store key")
+    return key
+
+
 def write_config(
     path: Path, *, host: str, port: int, store_dir: Path, max_payload: int,
     max_pending: int = _MAX_PENDING_BYTES, access: Mapping[str, Any] | None = None,
+    encrypted_store: bool = False,
 ) -> None:
     """A minimal nats-server config: JetStream on, store in store_dir, payload raised;
     ``access``: top-level entries that say who may connect and do what
-    (pqkms.nats_accounts), written as JSON, which nats-server reads as configuration.
-    The file is readable by this user only: it may hold passwords."""
+    (pqkms.nats_accounts), written as JSON, which nats-server reads as configuration;
+    ``encrypted_store``: the store encrypted (AES-GCM) under the key the server finds in
+    its ``STORE_KEY_VARIABLE``. The file is readable by this user only: it may hold
+    passwords."""
     lines = [
         f'listen: "{host}:{port}"',
         f"max_payload: {max_payload}",
@@ -189,6 +220,7 @@ def write_config(
         f"max_pending: {max(max_payload * 4, max_pending)}",
         "jetstream {",
         f'  store_dir: "{store_dir}"',
+        *(["  cipher: aes", f"  key: ${STORE_KEY_VARIABLE}"] if encrypted_store else []),
         "}",
     ]
     lines.extend(f"{name}: {json.dumps(value)}" for name, value in (access or {}).items())

@@ -35,7 +35,13 @@ from pydantic import Field
 from pqkms.admin import database_errors, describe_database_failure, initialise_store
 from pqkms.health import bridge_is_healthy, ping_workers
 from pqkms.nats_accounts import StackCredentials, accounts_config
-from pqkms.nats_embedded import nats_server_binary, use_batch_scheduling, write_config
+from pqkms.nats_embedded import (
+    STORE_KEY_VARIABLE,
+    load_or_create_store_key,
+    nats_server_binary,
+    use_batch_scheduling,
+    write_config,
+)
 from worker.config import Settings
 
 __all__ = [
@@ -396,12 +402,17 @@ class _Supervisor:
             store_dir=nats_dir / "jetstream",
             max_payload=self.settings.nats_max_payload(),
             access=accounts_config(self.credentials),
+            encrypted_store=True,
         )
         self.credentials.save_worker_password(nats_dir)
+        try:
+            store_key = load_or_create_store_key(nats_dir)
+        except (OSError, ValueError) as exc:
+            raise StackError(f"cannot read the JetStream store key: {exc}") from exc
         self.nats = SupervisedProcess(
             name="nats-server",
             argv=[str(nats_server_binary()), "-c", str(config)],
-            env=dict(os.environ),
+            env={**os.environ, STORE_KEY_VARIABLE: store_key},
             log_path=self.layout.logs_dir / "nats.log",
             batch_scheduling=self.settings.nats_batch_scheduling,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -351,6 +352,49 @@ async def _spy_while_serving(nats_url: str, http_url: str, api_key: str,
     finally:
         await spy.close()
     return seen, errors
+
+
+@pytest.mark.integration
+def test_pqkms_up_keeps_its_jetstream_store_encrypted_across_restarts(tmp_path: Path) -> None:
+    """Job results (decrypted plaintexts here) are stored encrypted under the store key,
+    which outlives a restart: the results are still read back after one."""
+    data_dir = tmp_path / "data"
+    created = run_pqkms("tenant", "create", "acme", "--plan", "pro", "--data-dir", str(data_dir))
+    assert created.returncode == 0, created.stderr
+    api_key = json.loads(created.stdout)["api_key"]
+    plaintext = b"stored only encrypted " * 8
+    nats_port = find_free_port()
+    for run in ("first", "after a restart"):
+        up = start_pqkms("up", "--data-dir", str(data_dir), "--no-bridge",
+                         "--nats-port", str(nats_port), "--workers", "1")
+        try:
+            up.wait_for_stdout("pqkms ready:", timeout=90)
+            results = asyncio.run(_decrypt_job(f"nats://127.0.0.1:{nats_port}", api_key,
+                                               plaintext, submit=run == "first"))
+            assert up.stop(signal.SIGTERM, timeout=60) == 0
+        finally:
+            up.kill()
+        assert results == [plaintext], run
+    key_file = data_dir / "nats" / "jetstream.key"
+    assert key_file.stat().st_mode & 0o077 == 0
+    stored = [path for path in (data_dir / "nats" / "jetstream").rglob("*") if path.is_file()]
+    assert stored
+    needle = base64.b64encode(plaintext)[:32]
+    assert [path for path in stored if needle in path.read_bytes()] == []
+
+
+async def _decrypt_job(nats_url: str, api_key: str, plaintext: bytes, *,
+                       submit: bool) -> list[bytes]:
+    """Submit (once) a decrypt job of ``plaintext``'s ciphertext; its results."""
+    async with await PqkmsClient.connect(nats_url, api_key) as client:
+        if submit:
+            await client.generate_key("Kyber768")
+            sealed = await client.encrypt(plaintext, 1)
+            await client.submit_job("kem.decrypt", [{"ciphertext": sealed["ciphertext"]}],
+                                    key_version=1, job_id="stored")
+            await client.wait_for_job("stored", timeout=60)
+        return [base64.b64decode(result["data"]["plaintext"])
+                async for result in client.job_results("stored")]
 
 
 def _nats_server_pid(parent: int) -> int:
