@@ -13,7 +13,9 @@ the medians of throughput, worker CPU per item and p50 (this checkout ÷ base).
 ``--http`` sends the single requests through each stack's bridge instead, and adds the
 bridge's CPU per request; ``--job ITEMS`` runs one durable job of ITEMS items per round
 and stack instead (submitted, run and read back, as the benchmark's job cell), its
-"p50" being the job's whole time.
+"p50" being the job's whole time. ``--nats-as-up`` runs this checkout's side on
+nats-server as ``pqkms up`` runs it (users and permissions, an encrypted store); with
+``--base .`` that measures what they cost. Each side also reports nats-server's CPU.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class CellFigures:
     p50_ms: float
     # The bridge's CPU per request (``--http``); 0 without the bridge.
     bridge_cpu_us_per_item: float = 0.0
+    # nats-server's CPU per item.
+    nats_cpu_us_per_item: float = 0.0
 
 
 @dataclass(slots=True)
@@ -76,14 +80,17 @@ def median_ratios(new: list[CellFigures], base: list[CellFigures]) -> CellFigure
         statistics.median(n.bridge_cpu_us_per_item / b.bridge_cpu_us_per_item
                           if b.bridge_cpu_us_per_item else 0.0
                           for n, b in zip(new, base, strict=True)),
+        statistics.median(n.nats_cpu_us_per_item / b.nats_cpu_us_per_item
+                          if b.nats_cpu_us_per_item else 0.0
+                          for n, b in zip(new, base, strict=True)),
     )
 
 
 async def _start(code_dir: Path | None, operation: str, batch: int, workers: int,
                  env: dict[str, str], http: bool = False, in_flight: int = 200,
-                 job_items: int = 0) -> _Side:
+                 job_items: int = 0, nats_as_up: bool = False) -> _Side:
     stack = BenchStack(Path(tempfile.mkdtemp(prefix="pqkms-compare-")), code_dir=code_dir,
-                       extra_env=env)
+                       extra_env=env, nats_as_up=nats_as_up)
     try:
         stack.start_nats()
         await stack.init_store()
@@ -116,6 +123,8 @@ async def _measure(side: _Side, in_flight: int, seconds: float, items: int) -> C
     processes = {"workers": [process.pid for process in side.stack.workers]}
     if side.stack.bridge is not None:
         processes["bridge"] = [side.stack.bridge.pid]
+    if side.stack.nats is not None:
+        processes["nats"] = [side.stack.nats.process.pid]
     meter = CpuMeter(processes)
     if side.job_items:
         return await _measure_job(side, meter)
@@ -126,7 +135,8 @@ async def _measure(side: _Side, in_flight: int, seconds: float, items: int) -> C
     ordered = sorted(measured.latencies)
     cpu = meter.per_op_us(measured.ops)
     return CellFigures(measured.ops_per_s * items, cpu["workers"] / items,
-                       ordered[len(ordered) // 2] * 1000, cpu.get("bridge", 0.0) / items)
+                       ordered[len(ordered) // 2] * 1000, cpu.get("bridge", 0.0) / items,
+                       cpu.get("nats", 0.0) / items)
 
 
 async def _measure_job(side: _Side, meter: CpuMeter) -> CellFigures:
@@ -136,7 +146,9 @@ async def _measure_job(side: _Side, meter: CpuMeter) -> CellFigures:
                          side.operation, side.bodies)
     if job.errors:
         raise RuntimeError(f"{job.errors} job items failed")
-    return CellFigures(job.ops_per_s, meter.per_op_us(job.ops)["workers"], job.seconds * 1000)
+    cpu = meter.per_op_us(job.ops)
+    return CellFigures(job.ops_per_s, cpu["workers"], job.seconds * 1000,
+                       nats_cpu_us_per_item=cpu.get("nats", 0.0))
 
 
 def parse_env(assignments: list[str]) -> dict[str, str]:
@@ -153,15 +165,18 @@ def parse_env(assignments: list[str]) -> dict[str, str]:
 async def compare(base: Path, operation: str, batch: int, in_flight: int, workers: int,
                   rounds: int, seconds: float, env: dict[str, str] | None = None,
                   base_env: dict[str, str] | None = None, http: bool = False,
-                  job_items: int = 0) -> tuple[list[CellFigures], list[CellFigures]]:
+                  job_items: int = 0, nats_as_up: bool = False,
+                  ) -> tuple[list[CellFigures], list[CellFigures]]:
     """The cell measured ``rounds`` times on each stack: (this checkout's, the base's).
     ``env`` and ``base_env``: settings for each side's processes; ``http``: through
-    each stack's bridge; ``job_items``: one durable job of that many items a round."""
+    each stack's bridge; ``job_items``: one durable job of that many items a round;
+    ``nats_as_up``: this checkout's side on nats-server as ``pqkms up`` runs it
+    (accounts, encrypted store), the base's on the open one."""
     sides = {"base": await _start(base, operation, batch, workers, base_env or {}, http,
                                   in_flight, job_items)}
     try:
         sides["new"] = await _start(None, operation, batch, workers, env or {}, http,
-                                    in_flight, job_items)
+                                    in_flight, job_items, nats_as_up)
         figures: dict[str, list[CellFigures]] = {"base": [], "new": []}
         for round_number in range(rounds):
             order = ("base", "new") if round_number % 2 == 0 else ("new", "base")
@@ -185,7 +200,7 @@ def _figures_text(figures: CellFigures) -> str:
     bridge = (f" bridge {figures.bridge_cpu_us_per_item:.0f} µs"
               if figures.bridge_cpu_us_per_item else "")
     return (f"{figures.items_per_s:,.0f}/s {figures.worker_cpu_us_per_item:.0f} µs{bridge} "
-            f"p50 {figures.p50_ms:.3f} ms")
+            f"nats {figures.nats_cpu_us_per_item:.0f} µs p50 {figures.p50_ms:.3f} ms")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job", type=int, default=0, metavar="ITEMS",
                         help="one durable job of ITEMS items per round and stack instead "
                              "(submit, run, read back); p50 is the job's whole time")
+    parser.add_argument("--nats-as-up", action="store_true",
+                        help="this checkout's side on nats-server as `pqkms up` runs it "
+                             "(accounts, encrypted store); with --base . it measures what "
+                             "they cost")
     args = parser.parse_args(argv)
     if sum(map(bool, (args.http, args.batch, args.job))) > 1:
         parser.error("--http, --batch and --job are different cells: give one")
@@ -220,13 +239,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     new, base = uvloop.run(compare(args.base.resolve(), args.operation, args.batch,
                                    args.in_flight, args.workers, args.rounds, args.seconds,
-                                   env, base_env, args.http, args.job))
+                                   env, base_env, args.http, args.job, args.nats_as_up))
     ratios = median_ratios(new, base)
     bridge = f", bridge CPU per request {ratios.bridge_cpu_us_per_item:.3f}" if args.http else ""
     latency = "job time" if args.job else "p50"
     print(f"this checkout ÷ base, median of {args.rounds} rounds: items/s "
           f"{ratios.items_per_s:.3f}, worker CPU per item {ratios.worker_cpu_us_per_item:.3f}, "
-          f"{latency} {ratios.p50_ms:.3f}{bridge}")
+          f"{latency} {ratios.p50_ms:.3f}{bridge}, nats-server CPU per item "
+          f"{ratios.nats_cpu_us_per_item:.3f}")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -18,6 +20,7 @@ from nats.aio.client import Client as NatsClient
 
 from bench.fixture import Seeds
 from bench.responder import PING_SUBJECT
+from pqkms.nats_access import StackCredentials, access_config
 from pqkms.nats_embedded import EmbeddedNats, find_free_port, start_nats_server
 from schemas.algorithms import Plan
 from schemas.subjects import HEADER_API_KEY, Subject
@@ -51,6 +54,12 @@ class BenchStack:
     code_dir: Path | None = None
     # Settings for the spawned processes on top of the defaults (bench.compare --env).
     extra_env: dict[str, str] = field(default_factory=dict)
+    # nats-server as `pqkms up` runs it: users and permissions (workers and bridge log
+    # in, the load generator is a caller without credentials) and an encrypted JetStream
+    # store. The bare responders cannot serve on it (callers may not subscribe to
+    # requests).
+    nats_as_up: bool = False
+    credentials: StackCredentials | None = None
     # What a worker process runs after the interpreter (bench.call_census runs the
     # worker under its call counter).
     worker_command: list[str] = field(default_factory=lambda: ["-m", "worker"])
@@ -92,18 +101,26 @@ class BenchStack:
             **self.extra_env,
         }
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str], log_name: str,
+               login: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.root / log_name, "ab")  # noqa: SIM115 - owned by the child
-        return subprocess.Popen([sys.executable, *args], env=self._env(),
+        return subprocess.Popen([sys.executable, *args], env={**self._env(), **(login or {})},
                                 stdout=log, stderr=log, cwd=self.code_dir)
 
     # -- nats and the transport floor --------------------------------------------------
 
     def start_nats(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        access: dict[str, Any] | None = None
+        store_key: str | None = None
+        if self.nats_as_up:
+            self.credentials = StackCredentials.generate()
+            access = access_config(self.credentials)
+            store_key = secrets.token_urlsafe(32)
         self.nats = start_nats_server(self.root / "nats", port=find_free_port(),
                                       log_file=self.root / "nats.log",
-                                      batch_scheduling=self.nats_batch_scheduling)
+                                      batch_scheduling=self.nats_batch_scheduling,
+                                      access=access, store_key=store_key)
 
     async def start_responders(self, count: int, seeds: Seeds) -> None:
         while len(self.responders) < count:
@@ -132,9 +149,9 @@ class BenchStack:
 
     async def start_workers(self, count: int) -> None:
         while len(self.workers) < count:
-            self.workers.append(
-                self._spawn(self.worker_command, f"worker-{len(self.workers)}.log")
-            )
+            self.workers.append(self._spawn(
+                self.worker_command, f"worker-{len(self.workers)}.log",
+                self.credentials.worker_env() if self.credentials else None))
         await self._wait_for(Subject.HEALTH_PING.value, count, self.workers,
                              lambda data: orjson.loads(data)["data"]["worker"])
 
@@ -151,7 +168,8 @@ class BenchStack:
 
     def start_bridge(self) -> None:
         self.http_port = find_free_port()
-        self.bridge = self._spawn(["-m", "api_bridge"], "bridge.log")
+        self.bridge = self._spawn(["-m", "api_bridge"], "bridge.log",
+                                  self.credentials.bridge_env() if self.credentials else None)
 
     async def wait_for_bridge(self, within: float = 20.0) -> bool:
         """True once ``/healthz`` answers 200; False if the bridge exits or never does."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pqkms.nats_accounts import write_private
+from pqkms.nats_access import write_private
 
 __all__ = [
     "STORE_KEY_VARIABLE",
@@ -209,7 +209,7 @@ def write_config(
 ) -> None:
     """A minimal nats-server config: JetStream on, store in store_dir, payload raised;
     ``access``: top-level entries that say who may connect and do what
-    (pqkms.nats_accounts), written as JSON, which nats-server reads as configuration;
+    (pqkms.nats_access), written as JSON, which nats-server reads as configuration;
     ``encrypted_store``: the store encrypted (AES-GCM) under the key the server finds in
     its ``STORE_KEY_VARIABLE``. The file is readable by this user only: it may hold
     passwords."""
@@ -237,10 +237,14 @@ def start_nats_server(
     timeout: float = 15.0,
     batch_scheduling: bool = True,
     max_pending: int = _MAX_PENDING_BYTES,
+    access: Mapping[str, Any] | None = None,
+    store_key: str | None = None,
 ) -> EmbeddedNats:
     """Start nats-server with JetStream and wait until it accepts connections
     (``batch_scheduling``: under ``SCHED_BATCH``, see the module docstring;
-    ``max_pending``: what it holds for a lagging connection, see ``_MAX_PENDING_BYTES``)."""
+    ``max_pending``: what it holds for a lagging connection, see ``_MAX_PENDING_BYTES``;
+    ``access`` and ``store_key``: accounts and an encrypted store, as ``pqkms up`` runs
+    it, see :func:`write_config`)."""
     port = port or find_free_port(host)
     if not port_is_free(port, host):
         raise PortInUse(
@@ -249,13 +253,17 @@ def start_nats_server(
     store_dir.mkdir(parents=True, exist_ok=True)
     config_file = store_dir / "nats-server.conf"
     write_config(config_file, host=host, port=port, store_dir=store_dir / "jetstream",
-                 max_payload=max_payload, max_pending=max_pending)
+                 max_payload=max_payload, max_pending=max_pending, access=access,
+                 encrypted_store=store_key is not None)
+    environment = {**os.environ}
+    if store_key is not None:
+        environment[STORE_KEY_VARIABLE] = store_key
     stdout = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
         [str(nats_server_binary()), "-c", str(config_file)],
         stdout=stdout,
         stderr=subprocess.STDOUT,
-        env={**os.environ},
+        env=environment,
         preexec_fn=use_batch_scheduling if batch_scheduling else None,
     )
     try:

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from pqkms.admin import database_errors, describe_database_failure, initialise_store
 from pqkms.health import bridge_is_healthy, ping_workers
-from pqkms.nats_accounts import StackCredentials, accounts_config
+from pqkms.nats_access import StackCredentials, access_config
 from pqkms.nats_embedded import (
     STORE_KEY_VARIABLE,
     load_or_create_store_key,
@@ -333,7 +333,7 @@ class _Supervisor:
         self.bridge: SupervisedProcess | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.signals_seen = 0
-        # Who may do what on the embedded nats-server (pqkms.nats_accounts).
+        # Who may do what on the embedded nats-server (pqkms.nats_access).
         self.credentials = StackCredentials.generate()
 
     # -- addresses ----------------------------------------------------------------------
@@ -401,7 +401,7 @@ class _Supervisor:
             port=self.settings.nats_port,
             store_dir=nats_dir / "jetstream",
             max_payload=self.settings.nats_max_payload(),
-            access=accounts_config(self.credentials),
+            access=access_config(self.credentials),
             encrypted_store=True,
         )
         self.credentials.save_worker_password(nats_dir)

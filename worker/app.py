@@ -140,6 +140,7 @@ def build_broker(
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         security=nats_security(settings).faststream_security(),
+        inbox_prefix=settings.nats_inbox_prefix,
         error_cb=guard.error_cb,
         disconnected_cb=guard.disconnected_cb,
         reconnected_cb=guard.reconnected_cb,

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: SecretStr | None = None
+    nats_inbox_prefix: str = Field(
+        default="_INBOX", pattern=r"^[A-Za-z0-9_-]+$",
+        description="first token of this process's reply subjects; `pqkms up` gives the "
+        "workers and the bridge their own, which callers may not subscribe to",
+    )
     # NATS security (worker/nats_security.py, docs/deploy.md "NATS security").
     nats_creds_file: Path | None = Field(
         default=None, description=".creds file: NATS user JWT + nkey seed (operator mode)"

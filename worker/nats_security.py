@@ -73,6 +73,9 @@ def redacted_urls(urls: str) -> str:
     return ", ".join(redacted_url(url.strip()) for url in urls.split(",") if url.strip())
 
 
+_DEFAULT_INBOX_PREFIX = "_INBOX"
+
+
 class NatsSecurityError(ValueError):
     """NATS security settings that conflict or cannot be used; says which and why."""
 
@@ -93,10 +96,15 @@ class NatsConnectSecurity:
     tls_hostname: str | None = None
     tls_handshake_first: bool = False
     mutual_tls: bool = False
+    # The first token of this connection's reply subjects (``PQKMS_NATS_INBOX_PREFIX``):
+    # a server may let a user subscribe to its own prefix only (pqkms.nats_access).
+    inbox_prefix: str = _DEFAULT_INBOX_PREFIX
 
     def nats_py_options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` / ``Client.connect``."""
         options: dict[str, Any] = {}
+        if self.inbox_prefix != _DEFAULT_INBOX_PREFIX:
+            options["inbox_prefix"] = self.inbox_prefix
         if self.user is not None:
             options["user"] = self.user
             options["password"] = self.password.get_secret_value() if self.password else ""
@@ -265,6 +273,7 @@ def nats_security(settings: Settings) -> NatsConnectSecurity:
         tls_hostname=settings.nats_tls_server_name,
         tls_handshake_first=settings.nats_tls_handshake_first and context is not None,
         mutual_tls=settings.nats_tls_cert_file is not None,
+        inbox_prefix=settings.nats_inbox_prefix,
     )
 
 

@@ -280,7 +280,7 @@ def test_pqkms_up_serves_http_and_nats_and_stops_cleanly(tmp_path: Path) -> None
 def test_pqkms_up_keeps_callers_out_of_the_workers_account(tmp_path: Path) -> None:
     """A connection without credentials may send requests and read its own replies, not
     spy on the workers' subjects or the bridge's replies, nor touch JetStream
-    (pqkms/nats_accounts.py)."""
+    (pqkms/nats_access.py)."""
     data_dir = tmp_path / "data"
     http_port, nats_port = find_free_port(), find_free_port()
     up = start_pqkms(
