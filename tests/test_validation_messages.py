@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from schemas.jobs import JobResultsRequest, JobSubmitRequest
 from schemas.kem import EncryptRequest
 from schemas.validation import describe_validation_error
-from worker.errors import ServiceError
+from worker.errors import RateLimited, ServiceError
 from worker.services.kem import check_message_size
 
 _CHUNK: dict[str, Any] = {"job_id": "a", "operation": "kem.encrypt", "chunk_index": 0,
@@ -55,3 +55,11 @@ def test_a_payload_over_the_limit_is_told_what_to_use_instead(field: str, advice
     assert caught.value.message.startswith(
         f"Validation failed: {field} is 11 bytes, over the 10-byte limit; ")
     assert advice in caught.value.message
+
+
+@pytest.mark.parametrize(("retry_after", "message"), [
+    (1, "Rate limit exceeded. Retry after 1 second."),
+    (2, "Rate limit exceeded. Retry after 2 seconds."),  # as the reference's example
+])
+def test_the_rate_limit_message_counts_its_seconds(retry_after: int, message: str) -> None:
+    assert RateLimited(retry_after).message == message

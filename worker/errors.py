@@ -36,7 +36,8 @@ class RateLimited(ServiceError):
         self.wait_seconds = self.retry_after if wait_seconds is None else max(0.0, wait_seconds)
         super().__init__(
             ErrorCode.RATE_LIMITED,
-            f"Rate limit exceeded. Retry after {self.retry_after} seconds.",
+            f"Rate limit exceeded. Retry after {self.retry_after} "
+            f"{'second' if self.retry_after == 1 else 'seconds'}.",
         )
 
 
