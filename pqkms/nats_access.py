@@ -15,7 +15,9 @@ The workers and the bridge take their replies on inbox prefixes of their own
 (``PQKMS_NATS_INBOX_PREFIX``), which callers may not subscribe to: the bridge's replies
 (HTTP callers' plaintexts) and the workers' JetStream replies (stored job results) stay
 out of reach of ``_INBOX.>``. Callers without credentials share ``_INBOX.>`` and so trust
-each other.
+each other. Since callers share the workers' account, a caller could name a worker's
+stream as a request's reply subject: workers answer no such request
+(``worker/handlers/reply_guard.py``).
 
 ``deploy/nats/accounts.conf`` makes the same split with accounts, for deployments where
 each application gets an identity of its own; one account here spares every request a
@@ -30,6 +32,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from schemas.subjects import WORKER_INBOX_PREFIX
 
 __all__ = [
     "ANONYMOUS_USER",
@@ -51,7 +55,6 @@ ANONYMOUS_USER = "pqkms-app"
 QUEUE_GROUP = "pqkms-workers"
 # Reply subjects of the workers and of the bridge: not under ``_INBOX``, so not under
 # what callers may subscribe to.
-WORKER_INBOX_PREFIX = "_PQKMS_WORKER_INBOX"
 BRIDGE_INBOX_PREFIX = "_PQKMS_BRIDGE_INBOX"
 CALLER_INBOXES = "_INBOX.>"
 

@@ -10,12 +10,23 @@ __all__ = [
     "HEADER_INPUT_ERROR",
     "HEADER_RETRY_AFTER",
     "QUEUE_GROUP",
+    "RESERVED_REPLY_PREFIXES",
     "SUBJECT_PREFIX",
     "Subject",
+    "WORKER_INBOX_PREFIX",
+    "reply_subject_allowed",
 ]
 
 SUBJECT_PREFIX = "pqkms.v1"
 QUEUE_GROUP = "pqkms-workers"
+# Where the workers take their own replies under `pqkms up` (pqkms.nats_access).
+WORKER_INBOX_PREFIX = "_PQKMS_WORKER_INBOX"
+# Reply subjects a worker never publishes to: the server's own APIs (JetStream, its
+# buckets, the system account: "$..."), pqkms's own subjects (job chunks and results, key
+# events, the audit stream, the operations) and the workers' own inboxes. A request's
+# reply subject is the caller's choice; a worker that replied there would publish, with
+# its own rights, what the caller may not (docs/decisions.md, "NATS security").
+RESERVED_REPLY_PREFIXES = ("$", "pqkms.", f"{WORKER_INBOX_PREFIX}.")
 HEADER_API_KEY = "X-API-Key"
 HEADER_REQUEST_ID = "X-Request-ID"
 HEADER_RETRY_AFTER = "Retry-After"
@@ -55,3 +66,8 @@ class Subject(StrEnum):
     JOBS_STATUS = "pqkms.v1.jobs.status"
     JOBS_RESULTS = "pqkms.v1.jobs.results"
     HEALTH_PING = "pqkms.v1.health.ping"
+
+
+def reply_subject_allowed(reply: str) -> bool:
+    """Whether a worker may answer on ``reply`` (see ``RESERVED_REPLY_PREFIXES``)."""
+    return not reply.startswith(RESERVED_REPLY_PREFIXES)

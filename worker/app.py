@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 from faststream.nats import NatsBroker, NatsResponse
+from faststream.nats.message import NatsMessage
 
 from schemas.envelope import new_request_id, success_envelope
-from schemas.subjects import QUEUE_GROUP, Subject
+from schemas.subjects import Subject
 from worker.audit.flush_metrics import NO_AUDIT_METRICS
 from worker.audit.trail import AuditTrail
 from worker.audit.wiring import audit_trail, job_chunk_sink, request_sink
@@ -24,6 +25,7 @@ from worker.handlers.jobs import jobs_router
 from worker.handlers.kem import kem_router
 from worker.handlers.keys import keys_router
 from worker.handlers.rotation_policy import rotation_policy_router
+from worker.handlers.routing import subscribe_message
 from worker.handlers.signatures import signature_router
 from worker.jobs import JobRunner, JobService, JobStreams
 from worker.metrics import NO_JOB_METRICS, WorkerMetrics, request_observer
@@ -159,10 +161,11 @@ def build_broker(
     broker.include_router(jobs_router(services.handler, JobService(streams, services.batch)))
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
 
-    @broker.subscriber(Subject.HEALTH_PING.value, queue=QUEUE_GROUP, title="health ping")
-    async def on_health_ping() -> NatsResponse:
+    async def answer_health_ping(_: NatsMessage) -> NatsResponse:
         body = success_envelope({"status": "ok", "worker": worker_name}, new_request_id())
         return NatsResponse(orjson.dumps(body))
+
+    subscribe_message(broker, Subject.HEALTH_PING, answer_health_ping, "health ping")
 
     return broker
 

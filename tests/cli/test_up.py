@@ -296,11 +296,15 @@ def test_pqkms_up_keeps_callers_out_of_the_workers_account(tmp_path: Path) -> No
         seen, errors = asyncio.run(_spy_while_serving(
             f"nats://127.0.0.1:{nats_port}", f"http://127.0.0.1:{http_port}", api_key))
         password = (data_dir / "nats" / "worker.password").read_text().strip()
+        stored = asyncio.run(_after_a_confused_deputy(f"nats://127.0.0.1:{nats_port}",
+                                                      api_key, password))
         assert up.stop(signal.SIGTERM, timeout=60) == 0
     finally:
         up.kill()
 
     assert seen == []
+    # Named as reply subjects, the streams were not written by a worker either.
+    assert stored == {"PQKMS_JOB_RESULTS": 0, "PQKMS_KEY_EVENTS": 0}
     assert any('subscription to ">"' in error for error in errors)
     assert any("publish to \"$js.api" in error.lower() for error in errors)
     assert any("publish to \"pqkms.v1.jobs.results" in error for error in errors)
@@ -312,6 +316,33 @@ def test_pqkms_up_keeps_callers_out_of_the_workers_account(tmp_path: Path) -> No
     assert [path for path in written if path.stat().st_mode & 0o077] == []
     for log in (data_dir / "logs").iterdir():
         assert password not in log.read_text()
+
+
+async def _after_a_confused_deputy(nats_url: str, api_key: str, worker_password: str,
+                                   ) -> dict[str, int]:
+    """Requests whose reply subjects name the workers' streams, sent without credentials;
+    how many messages each stream gained meanwhile, read with the workers' password."""
+    operator = await nats.connect(nats_url, user="pqkms-worker", password=worker_password,
+                                  inbox_prefix="_PQKMS_WORKER_INBOX")
+    js = operator.jetstream()
+    streams = ("PQKMS_JOB_RESULTS", "PQKMS_KEY_EVENTS")
+    try:
+        before = {name: (await js.stream_info(name)).state.messages for name in streams}
+        caller = await nats.connect(nats_url)
+        try:
+            body = json.dumps({"plaintext": "AA==", "key_version": 1}).encode()
+            for reply in ("pqkms.v1.jobs.results.t.forged.0", "pqkms.v1.events.keys.t"):
+                await caller.publish("pqkms.v1.kem.encrypt", body, reply=reply,
+                                     headers={"X-API-Key": api_key})
+                await caller.publish("pqkms.v1.health.ping", b"", reply=reply)
+            await caller.flush()
+            await asyncio.sleep(1)
+        finally:
+            await caller.close()
+        return {name: (await js.stream_info(name)).state.messages - before[name]
+                for name in streams}
+    finally:
+        await operator.close()
 
 
 async def _spy_while_serving(nats_url: str, http_url: str, api_key: str,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.aio.msg
 import pytest
 
 from schemas.algorithms import Plan
@@ -166,3 +169,38 @@ async def test_free_plan_version_cap(stack: LocalStack, call: NatsCaller) -> Non
     await free(Subject.KEYS_ARCHIVE, {"algorithm": "Dilithium3", "key_version": 1})
     after_archive = await free(Subject.KEYS_ROTATE, {"algorithm": "Dilithium3"})
     assert after_archive.code is None and after_archive.data["key_version"] == 4
+
+
+async def test_a_reserved_reply_subject_is_never_answered(stack: LocalStack, call: NatsCaller,
+                                                         nats_client: nats.NATS) -> None:
+    """A caller must not make a worker publish, with the worker's rights, to JetStream's
+    API or pqkms's own streams by naming them as a request's reply subject (direct path,
+    FastStream path, health ping). An ordinary reply subject is answered."""
+    await call(Subject.KEYS_GENERATE, {"algorithm": "Kyber768"})
+    landed: list[str] = []
+    answered = asyncio.Event()
+
+    async def record(message: nats.aio.msg.Msg) -> None:
+        landed.append(message.subject)
+        if message.subject == "ordinary.reply":
+            answered.set()
+
+    reserved = ["pqkms.v1.test-reply.direct", "pqkms.v1.test-reply.faststream",
+                "pqkms.v1.test-reply.health", "$PQKMS_TEST.reply", "_PQKMS_WORKER_INBOX.test"]
+    for subject in [*reserved, "ordinary.reply"]:
+        await nats_client.subscribe(subject, cb=record)
+    headers = {"X-API-Key": call.api_key or ""}
+    encrypt = json.dumps({"plaintext": "AA==", "key_version": 1}).encode()
+    sends = [(Subject.KEM_ENCRYPT, encrypt, reserved[0]), (Subject.KEYS_LIST, b"{}", reserved[1]),
+             (Subject.HEALTH_PING, b"", reserved[2]), (Subject.KEM_ENCRYPT, encrypt, reserved[3]),
+             (Subject.KEYS_LIST, b"{}", reserved[4]), (Subject.KEM_ENCRYPT, encrypt,
+                                                       "ordinary.reply")]
+    for subject, payload, reply in sends:
+        await nats_client.publish(subject.value, payload, reply=reply, headers=headers)
+    await nats_client.flush()
+    await asyncio.wait_for(answered.wait(), 10)
+    await asyncio.sleep(0.5)  # the reserved ones, had they been answered, by now too
+    assert landed == ["ordinary.reply"]
+    logs = "".join(path.read_text() for path in stack.worker_logs.values())
+    assert logs.count('"reply_subject_refused"') >= len(reserved)
+    assert (await call(Subject.KEM_ENCRYPT, {"plaintext": "AA==", "key_version": 1})).code is None

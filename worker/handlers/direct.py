@@ -24,6 +24,7 @@ from schemas.operations import Operation, operation_for
 from schemas.subjects import QUEUE_GROUP, Subject
 from worker.handlers.envelope import EnvelopeHandler, LeanCall, ServiceCall
 from worker.handlers.graceful_stop import leave
+from worker.handlers.reply_guard import refuse_reserved_reply
 
 __all__ = ["DirectResponder", "DirectRoute"]
 
@@ -95,6 +96,8 @@ class DirectResponder:
     async def _on_message(self, msg: Msg) -> None:
         # nats-py awaits one callback at a time per subscription: take a slot (waiting
         # here is the backpressure) and hand the request to its own task.
+        if refuse_reserved_reply(msg.subject, msg.reply):
+            return
         loop = asyncio.get_running_loop()
         while self._in_flight >= self._max_in_flight:
             if self._slot_freed is None or self._slot_freed.done():

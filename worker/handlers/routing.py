@@ -6,13 +6,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream import AckPolicy
-from faststream.nats import NatsResponse, NatsRouter
+from faststream.exceptions import IgnoredException
+from faststream.nats import NatsBroker, NatsResponse, NatsRouter
 from faststream.nats.message import NatsMessage
 
 from schemas.operations import operation_for
 from schemas.subjects import QUEUE_GROUP, Subject
 from worker.handlers.direct import DirectResponder
 from worker.handlers.envelope import EnvelopeHandler, LeanCall, ServiceCall
+from worker.handlers.reply_guard import refuse_reserved_reply
 
 __all__ = [
     "DATA_PLANE_SUBJECTS", "MAX_IN_FLIGHT_PER_SUBJECT", "MessageAnswer", "subscribe",
@@ -65,16 +67,20 @@ def subscribe(
     subscribe_message(router, subject, answer)
 
 
-def subscribe_message(router: NatsRouter, subject: Subject, answer: MessageAnswer) -> None:
+def subscribe_message(router: NatsRouter | NatsBroker, subject: Subject, answer: MessageAnswer,
+                      description: str | None = None) -> None:
     """A FastStream subscriber for ``subject`` in the workers' queue group that hands
     ``answer`` the raw message: no JSON decoding, dependency injection or
-    acknowledgement by FastStream (``answer`` decodes the body itself)."""
+    acknowledgement by FastStream (``answer`` decodes the body itself). A request whose
+    reply subject is reserved is dropped unanswered (``refuse_reserved_reply``)."""
 
     # The message reaches the handler through the decoder below, as the handler's one
     # (untyped, so unvalidated) argument. The ``NatsMessage`` context annotation would
     # cost a thread-pool round trip per request: fast_depends resolves that sync
     # context field with ``anyio.to_thread``.
     async def on_request(msg: Any) -> NatsResponse:
+        if refuse_reserved_reply(subject.value, msg.reply_to):
+            raise IgnoredException  # (FastStream then sends nothing, and logs nothing)
         return await answer(msg)
 
     on_request.__name__ = f"on_{subject.value.replace('.', '_').replace('-', '_')}"
@@ -88,5 +94,5 @@ def subscribe_message(router: NatsRouter, subject: Subject, answer: MessageAnswe
         # acknowledgement middleware from every message.
         ack_policy=AckPolicy.MANUAL,
         title=subject.value,
-        description=operation_for(subject).summary,
+        description=description or operation_for(subject).summary,
     )(on_request)
