@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import ValidationError
 
@@ -28,6 +28,7 @@ from worker.config import Settings
 __all__ = ["build_parser", "main"]
 
 _PROG = "pqkms"
+T = TypeVar("T")
 _DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 _PASSWORD_FILE_ENV = "PQKMS_DATABASE_PASSWORD_FILE"  # noqa: S105 - a variable name
 
@@ -150,6 +151,14 @@ def _add_audit_commands(commands: Any) -> None:
                         help="check the database only, without the stream cross-check")
 
 
+def _actions(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+             dest: str, *, help: str, description: str,
+             ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command ``name`` whose own sub-commands (ACTION) are added to what it returns."""
+    command = commands.add_parser(name, help=help, description=description)
+    return command.add_subparsers(dest=dest, metavar="ACTION", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``pqkms`` subcommand."""
     parser = argparse.ArgumentParser(
@@ -190,14 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan", required=True, choices=[plan.value for plan in Plan], help="tenant plan"
     )
     _add_store_options(create)
-    api_key = tenant_commands.add_parser(
-        "api-key",
+    api_key_commands = _actions(
+        tenant_commands, "api-key", "api_key_command",
         help="issue another API key of a tenant, or revoke one",
         description="Rotate a tenant's API key: add a new one, move the callers to it, "
         "then revoke the old one. Workers stop accepting a revoked key within 10 s.",
     )
-    api_key_commands = api_key.add_subparsers(dest="api_key_command", metavar="ACTION",
-                                              required=True)
     api_key_add = api_key_commands.add_parser(
         "add", help="issue another API key; prints JSON with it (shown once)")
     api_key_revoke = api_key_commands.add_parser(
@@ -205,14 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     for action in (api_key_add, api_key_revoke):
         action.add_argument("name", metavar="NAME", help="tenant name")
         _add_store_options(action)
-    policy = tenant_commands.add_parser(
-        "rotation-policy",
+    policy_commands = _actions(
+        tenant_commands, "rotation-policy", "policy_command",
         help="scheduled key rotation of a tenant: set, show, clear",
         description="Workers rotate a tenant's active version of an algorithm once it is "
         "older than the period (checked every PQKMS_ROTATION_CHECK_SECONDS).",
     )
-    policy_commands = policy.add_subparsers(dest="policy_command", metavar="ACTION",
-                                            required=True)
     algorithms = [algorithm.value for algorithm in Algorithm]
     policy_set = policy_commands.add_parser("set", help="rotate every PERIOD; prints JSON")
     policy_set.add_argument("--period", required=True, type=_rotation_period, metavar="PERIOD",
@@ -375,55 +380,54 @@ def _store_errors() -> tuple[type[Exception], ...]:
     return (MasterKeyError, MasterKeyMismatch, SchemaError)
 
 
-def _cmd_rotation_policy(args: argparse.Namespace) -> int:
-    from pqkms.admin import (
-        clear_rotation_policy,
-        database_errors,
-        describe_database_failure,
-        rotation_policies,
-        set_rotation_policy,
-    )
+def _run_on_store(settings: Settings, work: Coroutine[Any, Any, T], *,
+                  user_errors: tuple[type[Exception], ...] = ()) -> T:
+    """Run one command's work on the store; its failures, ``user_errors`` and the
+    store's and the database's, become the one line of a :class:`CommandError`."""
+    from pqkms.admin import database_errors, describe_database_failure
 
-    settings: Settings = _settings(Settings, args)
-    output: Any
     try:
-        if args.policy_command == "set":
-            output = asyncio.run(set_rotation_policy(
-                settings, args.name, Algorithm(args.algorithm), args.period))
-        elif args.policy_command == "show":
-            output = asyncio.run(rotation_policies(settings, args.name))
-        else:
-            cleared = asyncio.run(
-                clear_rotation_policy(settings, args.name, Algorithm(args.algorithm)))
-            output = {"tenant": args.name, "algorithm": args.algorithm, "cleared": cleared}
-    except (LookupError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
-    except _store_errors() as exc:
+        return asyncio.run(work)
+    except (*user_errors, *_store_errors()) as exc:
         raise CommandError(str(exc)) from None
     except database_errors() as exc:
         raise CommandError(describe_database_failure(settings, exc)) from None
+
+
+def _cmd_rotation_policy(args: argparse.Namespace) -> int:
+    from pqkms.admin import clear_rotation_policy, rotation_policies, set_rotation_policy
+
+    settings: Settings = _settings(Settings, args)
+    user_errors = (LookupError, ValueError)
+    output: Any
+    if args.policy_command == "set":
+        output = _run_on_store(settings, set_rotation_policy(
+            settings, args.name, Algorithm(args.algorithm), args.period), user_errors=user_errors)
+    elif args.policy_command == "show":
+        output = _run_on_store(settings, rotation_policies(settings, args.name),
+                               user_errors=user_errors)
+    else:
+        cleared = _run_on_store(settings, clear_rotation_policy(
+            settings, args.name, Algorithm(args.algorithm)), user_errors=user_errors)
+        output = {"tenant": args.name, "algorithm": args.algorithm, "cleared": cleared}
     print(json.dumps(output), flush=True)
     return 0
 
 
 def _cmd_tenant_api_key(args: argparse.Namespace) -> int:
-    from pqkms.admin import add_api_key, database_errors, describe_database_failure, revoke_api_key
+    from pqkms.admin import add_api_key, revoke_api_key
 
     settings: Settings = _settings(Settings, args)
-    try:
-        if args.api_key_command == "add":
-            output: dict[str, Any] = asyncio.run(add_api_key(settings, args.name))
-        else:
-            revoked_key = _api_key_from_stdin()
-            if not asyncio.run(revoke_api_key(settings, args.name, revoked_key)):
-                raise CommandError(f"that API key is not one of tenant {args.name!r}'s")
-            output = {"name": args.name, "revoked": True}
-    except LookupError as exc:
-        raise CommandError(str(exc)) from None
-    except _store_errors() as exc:
-        raise CommandError(str(exc)) from None
-    except database_errors() as exc:
-        raise CommandError(describe_database_failure(settings, exc)) from None
+    output: dict[str, Any]
+    if args.api_key_command == "add":
+        output = _run_on_store(settings, add_api_key(settings, args.name),
+                               user_errors=(LookupError,))
+    else:
+        revoked_key = _api_key_from_stdin()
+        if not _run_on_store(settings, revoke_api_key(settings, args.name, revoked_key),
+                             user_errors=(LookupError,)):
+            raise CommandError(f"that API key is not one of tenant {args.name!r}'s")
+        output = {"name": args.name, "revoked": True}
     print(json.dumps(output), flush=True)
     return 0
 
@@ -444,7 +448,7 @@ def _api_key_from_stdin() -> str:
 
 
 def _cmd_tenant_create(args: argparse.Namespace) -> int:
-    from pqkms.admin import create_tenant, database_errors, describe_database_failure
+    from pqkms.admin import create_tenant
     from worker.store import TenantExists
 
     settings: Settings = _settings(Settings, args)
@@ -452,27 +456,18 @@ def _cmd_tenant_create(args: argparse.Namespace) -> int:
     if not name:
         raise CommandError("the tenant name must not be empty")
     try:
-        created = asyncio.run(create_tenant(settings, name, Plan(args.plan)))
+        created = _run_on_store(settings, create_tenant(settings, name, Plan(args.plan)))
     except TenantExists:
         raise CommandError(f"a tenant named {name!r} already exists") from None
-    except _store_errors() as exc:
-        raise CommandError(str(exc)) from None
-    except database_errors() as exc:
-        raise CommandError(describe_database_failure(settings, exc)) from None
     print(json.dumps(created.as_json_dict()), flush=True)
     return 0
 
 
 def _cmd_db_init(args: argparse.Namespace) -> int:
-    from pqkms.admin import database_errors, describe_database_failure, initialise_store
+    from pqkms.admin import initialise_store
 
     settings: Settings = _settings(Settings, args)
-    try:
-        info = asyncio.run(initialise_store(settings))
-    except _store_errors() as exc:
-        raise CommandError(str(exc)) from None
-    except database_errors() as exc:
-        raise CommandError(describe_database_failure(settings, exc)) from None
+    info = _run_on_store(settings, initialise_store(settings))
     key = f"master key {info.master_key_file}" if info.master_key_file else "inline master key"
     print(
         f"database ready: {info.database_url} ({key}, kek id {info.kek_id}, "
@@ -483,15 +478,10 @@ def _cmd_db_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from pqkms.admin import database_errors, describe_database_failure, upgrade_schema
+    from pqkms.admin import upgrade_schema
 
     settings: Settings = _settings(Settings, args)
-    try:
-        report = asyncio.run(upgrade_schema(settings))
-    except _store_errors() as exc:
-        raise CommandError(str(exc)) from None
-    except database_errors() as exc:
-        raise CommandError(describe_database_failure(settings, exc)) from None
+    report = _run_on_store(settings, upgrade_schema(settings))
     schema = report.schema
     before = schema.before or "none"
     if schema.adopted:
@@ -506,38 +496,26 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_db_current(args: argparse.Namespace) -> int:
-    from pqkms.admin import database_errors, describe_database_failure, read_schema_state
+    from pqkms.admin import read_schema_state
 
     settings: Settings = _settings(Settings, args)
-    try:
-        state = asyncio.run(read_schema_state(settings))
-    except _store_errors() as exc:
-        raise CommandError(str(exc)) from None
-    except database_errors() as exc:
-        raise CommandError(describe_database_failure(settings, exc)) from None
+    state = _run_on_store(settings, read_schema_state(settings))
     print(state.describe(), flush=True)
     return 0
 
 
 def _cmd_master_key(args: argparse.Namespace) -> int:
-    from pqkms.admin import database_errors, describe_database_failure, run_master_key_command
+    from pqkms.admin import run_master_key_command
     from worker.store.kek_rotation import KekRotationError
 
     settings: Settings = _settings(Settings, args)
     kek_ids = getattr(args, "kek_ids", None) or (
         [args.kek_id] if getattr(args, "kek_id", None) else []
     )
-    try:
-        result = asyncio.run(run_master_key_command(
-            settings, args.master_key_command, kek_ids=kek_ids,
-            batch_size=getattr(args, "batch_size", 100),
-            retire_old=getattr(args, "retire_old", False)))
-    except KekRotationError as exc:
-        raise CommandError(str(exc)) from None
-    except _store_errors() as exc:
-        raise CommandError(str(exc)) from None
-    except database_errors() as exc:
-        raise CommandError(describe_database_failure(settings, exc)) from None
+    result = _run_on_store(settings, run_master_key_command(
+        settings, args.master_key_command, kek_ids=kek_ids,
+        batch_size=getattr(args, "batch_size", 100),
+        retire_old=getattr(args, "retire_old", False)), user_errors=(KekRotationError,))
     print(json.dumps(result), flush=True)
     if result.get("remaining_under_old_keys"):
         raise CommandError(
@@ -653,14 +631,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from pqkms.admin import database_errors, describe_database_failure
     from worker.audit.verify import verify_from_settings
 
     settings: Settings = _settings(Settings, args)
-    try:
-        report = asyncio.run(verify_from_settings(settings, use_stream=not args.no_stream))
-    except database_errors() as exc:
-        raise CommandError(describe_database_failure(settings, exc)) from None
+    report = _run_on_store(settings, verify_from_settings(settings, use_stream=not args.no_stream))
     print("\n".join(report.lines()), flush=True)
     return 0 if report.intact else 1
 

@@ -240,11 +240,7 @@ def test_ctrl_c_during_start_stops_cleanly(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_pqkms_up_serves_http_and_nats_and_stops_cleanly(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    http_port, nats_port = find_free_port(), find_free_port()
-    up = start_pqkms(
-        "up", "--data-dir", str(data_dir), "--http-port", str(http_port),
-        "--nats-port", str(nats_port), "--workers", "2",
-    )  # fmt: skip
+    up, http_port, nats_port = _start_up(data_dir, workers=2)
     try:
         ready = up.wait_for_stdout("pqkms ready:", timeout=90)
         assert f"HTTP http://127.0.0.1:{http_port}" in ready
@@ -252,11 +248,7 @@ def test_pqkms_up_serves_http_and_nats_and_stops_cleanly(tmp_path: Path) -> None
         workers = [pid for pid in descendants(up.pid) if "-m worker" in _cmdline(pid)]
         assert len(workers) == 2
 
-        created = run_pqkms(
-            "tenant", "create", "acme", "--plan", "pro", "--data-dir", str(data_dir)
-        )
-        assert created.returncode == 0, created.stderr
-        api_key = json.loads(created.stdout)["api_key"]
+        api_key = _tenant_api_key(data_dir)
         base = f"http://127.0.0.1:{http_port}"
         assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
         generated = httpx.post(
@@ -282,17 +274,10 @@ def test_pqkms_up_keeps_callers_out_of_the_workers_account(tmp_path: Path) -> No
     spy on the workers' subjects or the bridge's replies, nor touch JetStream
     (pqkms/nats_access.py)."""
     data_dir = tmp_path / "data"
-    http_port, nats_port = find_free_port(), find_free_port()
-    up = start_pqkms(
-        "up", "--data-dir", str(data_dir), "--http-port", str(http_port),
-        "--nats-port", str(nats_port), "--workers", "1",
-    )  # fmt: skip
+    up, http_port, nats_port = _start_up(data_dir, workers=1)
     try:
         up.wait_for_stdout("pqkms ready:", timeout=90)
-        created = run_pqkms("tenant", "create", "acme", "--plan", "pro",
-                            "--data-dir", str(data_dir))
-        assert created.returncode == 0, created.stderr
-        api_key = json.loads(created.stdout)["api_key"]
+        api_key = _tenant_api_key(data_dir)
         seen, errors = asyncio.run(_spy_while_serving(
             f"nats://127.0.0.1:{nats_port}", f"http://127.0.0.1:{http_port}", api_key))
         password = (data_dir / "nats" / "worker.password").read_text().strip()
@@ -390,9 +375,7 @@ def test_pqkms_up_keeps_its_jetstream_store_encrypted_across_restarts(tmp_path: 
     """Job results (decrypted plaintexts here) are stored encrypted under the store key,
     which outlives a restart: the results are still read back after one."""
     data_dir = tmp_path / "data"
-    created = run_pqkms("tenant", "create", "acme", "--plan", "pro", "--data-dir", str(data_dir))
-    assert created.returncode == 0, created.stderr
-    api_key = json.loads(created.stdout)["api_key"]
+    api_key = _tenant_api_key(data_dir)
     plaintext = b"stored only encrypted " * 8
     nats_port = find_free_port()
     for run in ("first", "after a restart"):
@@ -426,6 +409,21 @@ async def _decrypt_job(nats_url: str, api_key: str, plaintext: bytes, *,
             await client.wait_for_job("stored", timeout=60)
         return [base64.b64decode(result["data"]["plaintext"])
                 async for result in client.job_results("stored")]
+
+
+def _start_up(data_dir: Path, *, workers: int) -> tuple[RunningCommand, int, int]:
+    """``pqkms up`` on free ports; returns it, its HTTP and its NATS port."""
+    http_port, nats_port = find_free_port(), find_free_port()
+    up = start_pqkms("up", "--data-dir", str(data_dir), "--http-port", str(http_port),
+                     "--nats-port", str(nats_port), "--workers", str(workers))
+    return up, http_port, nats_port
+
+
+def _tenant_api_key(data_dir: Path) -> str:
+    """A new pro tenant's API key, from ``pqkms tenant create``."""
+    created = run_pqkms("tenant", "create", "acme", "--plan", "pro", "--data-dir", str(data_dir))
+    assert created.returncode == 0, created.stderr
+    return str(json.loads(created.stdout)["api_key"])
 
 
 def _nats_server_pid(parent: int) -> int:
