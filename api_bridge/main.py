@@ -12,6 +12,7 @@ from api_bridge.app import create_app
 from api_bridge.http_protocol import BridgeHttpProtocol
 from api_bridge.log_config import configure_logging
 from worker.config import Settings
+from worker.nats_decoding import tolerate_undecodable_messages
 
 __all__ = ["create_server", "run"]
 
@@ -55,4 +56,5 @@ def create_server(settings: Settings) -> uvicorn.Server:
 def run(settings: Settings) -> None:
     """Serve the bridge on ``settings.http_host:http_port`` until interrupted."""
     configure_logging(settings.log_level, settings.log_json)
+    tolerate_undecodable_messages()
     create_server(settings).run()

@@ -24,6 +24,7 @@ from worker.handlers.graceful_stop import leave_broker_subjects
 from worker.handlers.ordered_flush import send_pings_behind_queued_commands
 from worker.logging_setup import configure_logging
 from worker.metrics import MetricsServer, serve_metrics
+from worker.nats_decoding import tolerate_undecodable_messages
 from worker.nats_security import redacted_urls
 from worker.services.key_events import ensure_key_events_stream
 from worker.services.rate_limit import KvRateLimiter
@@ -127,6 +128,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def run(settings: Settings) -> None:
     """Blocking entry point used by ``pqkms worker`` and ``python -m worker``."""
     configure_logging(settings.log_level, settings.log_json)
+    tolerate_undecodable_messages()
     try:
         import uvloop
 
