@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     audit_stream_max_age_days: float = Field(
         default=0.0, ge=0, description="PQKMS_AUDIT max age in days; 0: kept until removed"
     )
+    audit_unauthenticated_per_second: float = Field(
+        default=20.0, ge=0, description="requests without a valid API key each worker audits "
+        "one by one, per second (bursts of 5 times as many); the rest are only counted "
+        "(worker/audit/unauthenticated.py)",
+    )
 
     free_max_versions: int | None = 3
     free_rate_per_second: float | None = 10.0

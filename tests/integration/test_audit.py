@@ -262,6 +262,37 @@ async def test_a_change_is_not_made_while_the_trail_fails(
     assert (rotated.data["old_key_version"], rotated.data["key_version"]) == (1, 2)
 
 
+async def test_a_flood_without_api_keys_is_audited_within_a_budget(
+    audit_stack: LocalStack, caller: NatsCaller,
+) -> None:
+    """Requests without a valid API key: each worker audits up to 20 a second (bursts of
+    100) and counts the rest, so that nobody can fill the trail; requests of tenants are
+    all audited, and the chains stay intact."""
+    prefix = f"flood-{uuid.uuid4().hex[:8]}-"
+    anonymous = NatsCaller(caller.client, None)
+    started = asyncio.get_running_loop().time()
+    replies = await asyncio.gather(*(
+        anonymous(Subject.KEM_ENCRYPT, {}, headers={"X-Request-ID": f"{prefix}{n}"})
+        for n in range(600)))
+    elapsed = asyncio.get_running_loop().time() - started
+    assert {reply.code for reply in replies} == {"ERR_AUTH_001"}  # all answered as always
+    await generate_kyber(caller)
+    tenant_ids = [f"{prefix}tenant-{n}" for n in range(20)]
+    for request_id in tenant_ids:
+        assert (await encrypt(caller, request_id)).code is None
+    with database(audit_stack) as db:
+        audited = db.execute("SELECT count(*) FROM pqkms_audit_record WHERE request_id LIKE ? "
+                             "AND tenant_id IS NULL", (f"{prefix}%",)).fetchone()[0]
+    workers = len(audit_stack.workers)
+    assert 0 < audited <= workers * (100 + 20 * (elapsed + 1))
+    for request_id in tenant_ids:
+        record_of(audit_stack, request_id)
+    logs = "".join(path.read_text() for path in audit_stack.worker_logs.values())
+    assert '"audit_unauthenticated_skipped"' in logs
+    code, output = await verify(audit_stack)
+    assert code == 0, output
+
+
 async def test_job_chunks_are_audited_and_a_clean_stop_closes_every_chain(
     audit_stack: LocalStack,
 ) -> None:

@@ -10,6 +10,7 @@ line; nothing from it reaches the wire.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from schemas.subjects import (
     HEADER_RETRY_AFTER,
 )
 from schemas.validation import describe_validation_error
+from worker.audit.unauthenticated import UnauthenticatedAuditBudget
 from worker.config import Settings
 from worker.errors import RateLimited, ServiceError
 from worker.services.auth import Authenticator
@@ -152,6 +154,8 @@ class EnvelopeHandler:
         self._reply_limit = settings.nats_max_payload()
         # A reply body up to this long fits with any headers it gets.
         self._reply_room = self._reply_limit - _REPLY_HEADER_ROOM
+        rate = settings.audit_unauthenticated_per_second
+        self.unauthenticated_audit = UnauthenticatedAuditBudget(rate, math.ceil(rate * 5))
 
     def fit_replies_to(self, server_max_payload: int) -> None:
         """Keep every reply within the server's ``max_payload`` (headers included) when
@@ -261,7 +265,8 @@ class EnvelopeHandler:
             items=cost,
         )
         try:
-            await self._audit.append(record)
+            if tenant_id is not None or self.unauthenticated_audit.take():
+                await self._audit.append(record)
         except Exception:
             # No audit record, no answer: the operation is reported as failed.
             code = ErrorCode.SERVICE_UNAVAILABLE.value
