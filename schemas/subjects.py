@@ -69,5 +69,7 @@ class Subject(StrEnum):
 
 
 def reply_subject_allowed(reply: str) -> bool:
-    """Whether a worker may answer on ``reply`` (see ``RESERVED_REPLY_PREFIXES``)."""
-    return not reply.startswith(RESERVED_REPLY_PREFIXES)
+    """Whether a worker may answer on ``reply``: not under ``RESERVED_REPLY_PREFIXES``,
+    and no wildcard (a reply goes to one requester, never to a pattern)."""
+    return not reply.startswith(RESERVED_REPLY_PREFIXES) and "*" not in reply \
+        and ">" not in reply
