@@ -11,6 +11,7 @@ import pytest
 
 from schemas.algorithms import Algorithm, Plan
 from schemas.errors import ErrorCode
+from worker.crypto import new_key
 from worker.errors import ServiceError
 from worker.services.context import Caller
 from worker.services.key_access import KeyAccess, Usage
@@ -20,8 +21,8 @@ K = Algorithm.KYBER768
 
 
 def _material() -> NewKeyMaterial:
-    # Any 64 bytes are a valid ML-KEM seed; the public key is not read here.
-    return NewKeyMaterial(seed=secrets.token_bytes(64), public_key=b"unused")
+    generated = new_key(K)
+    return NewKeyMaterial(seed=generated.seed, public_key=generated.public_key_spki)
 
 
 @pytest.fixture
@@ -73,3 +74,31 @@ async def test_unknown_and_foreign_versions_are_404(
             await access.kem_key(Caller(tenant_id, Plan.ENTERPRISE, "r"), K, version,
                                  Usage.RECOVER)
         assert missing.value.code is ErrorCode.KEM_KEY_NOT_FOUND
+
+
+async def test_a_public_key_that_is_not_the_seeds_is_refused(
+    two_workers: tuple[KeyStore, KeyStore],
+) -> None:
+    here, _ = two_workers
+    tenant, _ = await here.create_tenant("acme", Plan.ENTERPRISE)
+    caller = Caller(tenant_id=tenant.tenant_id, plan=tenant.plan, request_id="r")
+    foreign = new_key(K).public_key_spki
+    mismatched = NewKeyMaterial(seed=_material().seed, public_key=foreign)
+    record = await here.generate_first(tenant.tenant_id, K, mismatched, None)
+    access = KeyAccess(here)
+    for attempt in (access.checked(record), access.kem_key(caller, K, 1, Usage.PROTECT)):
+        with pytest.raises(ServiceError) as refused:
+            await attempt
+        assert refused.value.code is ErrorCode.INTERNAL
+
+
+async def test_a_matching_public_key_is_checked_once(
+    two_workers: tuple[KeyStore, KeyStore],
+) -> None:
+    here, _ = two_workers
+    tenant, _ = await here.create_tenant("acme", Plan.ENTERPRISE)
+    record = await here.generate_first(tenant.tenant_id, K, _material(), None)
+    access = KeyAccess(here)
+    assert await access.checked(record) is record
+    await here.close()  # a second check needs no store
+    assert await access.checked(record) is record

@@ -18,6 +18,7 @@ from worker.crypto.registry import (
     NewKey,
     SignatureAlgorithm,
     kem_algorithm,
+    load_public_spki,
     new_key,
     signature_algorithm,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "UnsupportedAlgorithm",
     "WRAPPING_METHODS",
     "kem_algorithm",
+    "load_public_spki",
     "new_key",
     "open_ciphertext",
     "seal",

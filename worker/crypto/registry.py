@@ -126,7 +126,7 @@ def new_key(algorithm: Algorithm) -> NewKey:
 
 
 def load_public_spki(algorithm: Algorithm, seed: bytes) -> bytes:
-    """The SPKI public key of a stored seed (used by consistency checks)."""
+    """The SPKI public key of a stored seed (the stored public key is checked against it)."""
     if algorithm in _KEM:
         return _KEM[algorithm].load(seed).public_key_spki
     return signature_algorithm(algorithm).load(seed).public_key_spki

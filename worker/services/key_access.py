@@ -6,17 +6,21 @@ decapsulate, unwrap, verify), ``archived`` nothing.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, TypeVar
 
-from schemas.algorithms import Algorithm, KeyStatus
+import structlog
+
+from schemas.algorithms import KEM_ALGORITHMS, Algorithm, KeyStatus
 from schemas.errors import ErrorCode
 from worker.crypto import (
     KemKey,
     SignatureKey,
     UnsupportedAlgorithm,
     kem_algorithm,
+    load_public_spki,
     signature_algorithm,
 )
 from worker.errors import ServiceError
@@ -28,8 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = ["KeyAccess", "Usage", "check_status", "check_usable"]
 
+_log = structlog.get_logger("pqkms.worker")
+
 T = TypeVar("T")
-LoadedT = TypeVar("LoadedT")
+LoadedT = TypeVar("LoadedT", bound="KemKey | SignatureKey")
 CacheKey = tuple[str, Algorithm, int]
 
 
@@ -72,6 +78,10 @@ class KeyAccess:
         self._signature_keys: BoundedCache[CacheKey, SignatureKey] = (
             BoundedCache(max_cached_keys)
         )
+        # Public keys shown to belong to their version's private seed (by SPKI DER).
+        self._checked_public_keys: BoundedCache[CacheKey, bytes] = BoundedCache(
+            max_cached_keys
+        )
 
     async def _loaded(
         self,
@@ -103,8 +113,54 @@ class KeyAccess:
         record, seed = loaded
         check_usable(record, usage)
         key = load(seed)
+        self._check_public_key(record, key.public_key_spki)
         cache.put(cache_key, key)
         return key
+
+    def _check_public_key(self, record: KeyRecord, derived_spki: bytes) -> None:
+        """Refuse a row whose stored public key is not the one its seed gives."""
+        cache_key = (record.tenant_id, record.algorithm, record.version)
+        if not hmac.compare_digest(derived_spki, record.public_key):
+            self._checked_public_keys.discard(cache_key)
+            _log.error(
+                "key_public_key_mismatch", tenant_id=record.tenant_id,
+                algorithm=record.algorithm.value, key_version=record.version,
+            )
+            raise ServiceError(
+                ErrorCode.INTERNAL, "Stored key material failed its integrity check"
+            )
+        self._checked_public_keys.put(cache_key, derived_spki)
+
+    async def checked(self, record: KeyRecord) -> KeyRecord:
+        """``record``, once its stored public key is shown to belong to its seed.
+
+        The seed is sealed with its tenant, algorithm and version as associated data;
+        the public key column is not sealed. Without this check someone who can write
+        the database but lacks the master key could swap in a public key of their own:
+        clients would encrypt to it and verify with it while the service went on
+        decrypting and signing as before. The first check of a version in a worker
+        unwraps and expands its seed once; later ones compare with what was derived.
+        """
+        cache_key = (record.tenant_id, record.algorithm, record.version)
+        derived = self._checked_public_keys.get(cache_key)
+        if derived is None:
+            derived = await self._derive_public_key(record)
+            if derived is None:
+                return record
+        self._check_public_key(record, derived)
+        return record
+
+    async def _derive_public_key(self, record: KeyRecord) -> bytes | None:
+        algorithm = record.algorithm
+        try:
+            if algorithm not in KEM_ALGORITHMS:
+                signature_algorithm(algorithm)
+        except UnsupportedAlgorithm:
+            return None  # this deployment cannot load it, so it cannot use it either
+        loaded = await self._store.load_seed(record.tenant_id, algorithm, record.version)
+        if loaded is None:
+            return None
+        return load_public_spki(algorithm, loaded[1])
 
     async def kem_key(
         self, caller: Caller, algorithm: Algorithm, version: int, usage: Usage

@@ -140,7 +140,7 @@ class KeyLifecycleService:
     async def list(self, caller: Caller, request: keys.ListKeysRequest) -> keys.KeyListResult:
         """Every version, optionally filtered by algorithm and status."""
         records = await self._store.list_keys(caller.tenant_id, request.algorithm, request.status)
-        infos = [key_info(record) for record in records]
+        infos = [key_info(await self._access.checked(record)) for record in records]
         return keys.KeyListResult(keys=infos, total=len(infos))
 
     async def active(self, caller: Caller, request: keys.ActiveKeyRequest) -> keys.KeyInfo:
@@ -151,7 +151,7 @@ class KeyLifecycleService:
                 ErrorCode.KMS_KEY_NOT_FOUND,
                 f"No active {request.algorithm.value} key; generate one first",
             )
-        return key_info(record)
+        return key_info(await self._access.checked(record))
 
     async def get(self, caller: Caller, request: keys.GetKeyRequest) -> keys.KeyInfo:
         """One version, or 404."""
@@ -163,7 +163,7 @@ class KeyLifecycleService:
                 ErrorCode.KMS_KEY_NOT_FOUND,
                 f"Key version {request.key_version} not found for {request.algorithm.value}",
             )
-        return key_info(record)
+        return key_info(await self._access.checked(record))
 
     async def rotate(self, caller: Caller, request: keys.RotateKeyRequest) -> keys.RotateResult:
         """A new active version; the previous active one is retired in the same transaction."""
@@ -200,7 +200,7 @@ class KeyLifecycleService:
             caller.tenant_id, request.algorithm, request.key_version
         )
         await self._announce_change(KeyEventType.RETIRED, record, started, caller)
-        return key_info(record)
+        return key_info(await self._access.checked(record))
 
     async def archive(self, caller: Caller, request: keys.ArchiveKeyRequest) -> keys.KeyInfo:
         """Archive a retired version: it can do nothing any more."""
@@ -210,7 +210,7 @@ class KeyLifecycleService:
         )
         self._access.forget(caller.tenant_id, request.algorithm, request.key_version)
         await self._announce_change(KeyEventType.ARCHIVED, record, started, caller)
-        return key_info(record)
+        return key_info(await self._access.checked(record))
 
     async def _announce_change(
         self, kind: KeyEventType, record: KeyRecord, started: datetime, caller: Caller
