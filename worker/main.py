@@ -8,6 +8,8 @@ import signal
 import sys
 
 import structlog
+from faststream.nats import NatsBroker
+from nats.js.kv import KeyValue
 
 from worker.app import (
     GRACEFUL_STOP_SECONDS,
@@ -22,13 +24,14 @@ from worker.audit.wiring import finish_subscribers
 from worker.config import Settings
 from worker.handlers.graceful_stop import leave_broker_subjects
 from worker.handlers.ordered_flush import send_pings_behind_queued_commands
+from worker.jetstream_setup import JetStreamSetup
 from worker.logging_setup import configure_logging
 from worker.metrics import MetricsServer, serve_metrics
 from worker.nats_decoding import tolerate_undecodable_messages
 from worker.nats_security import redacted_urls
-from worker.services.key_events import ensure_key_events_stream
+from worker.services.key_events import key_events_stream_step
 from worker.services.rate_limit import KvRateLimiter
-from worker.services.shared_rate_limiter import SwitchableRateLimiter
+from worker.services.shared_rate_limiter import SharedRateLimits, SwitchableRateLimiter
 
 __all__ = ["run", "serve"]
 
@@ -62,6 +65,21 @@ def _fit_messages_to_server(server_max_payload: int, settings: Settings,
                      "in one message are refused (400); raise the server's max_payload")
 
 
+def _jetstream_setup(
+    settings: Settings, broker: NatsBroker, limiter: SwitchableRateLimiter
+) -> JetStreamSetup:
+    async def open_rate_limit_bucket() -> KeyValue:
+        return await broker.key_value(KvRateLimiter.BUCKET, history=1, ttl=3600,
+                                      replicas=settings.jetstream_replicas)
+
+    return JetStreamSetup([
+        SharedRateLimits(limiter, open_rate_limit_bucket).step(),
+        key_events_stream_step(lambda: broker.connection,
+                               settings.key_events_retention_hours * 3600,
+                               settings.jetstream_replicas),
+    ])
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Connect, serve until ``stop`` is set, then drain and close."""
     store = await _open_store(settings)
@@ -71,6 +89,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     broker = build_broker(settings, services, direct)
     jobs = build_job_runner(settings, services, broker)
     rotations = build_rotation_scheduler(settings, services, store)
+    jetstream = _jetstream_setup(settings, broker, limiter)
     metrics_server: MetricsServer | None = None
     try:
         if services.metrics is not None and settings.metrics_port is not None:
@@ -83,16 +102,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         # Before any subscription: "ready" below and each drain at the stop rely on a
         # flush that follows the SUBs and UNSUBs sent before it.
         send_pings_behind_queued_commands(broker.connection)
-        try:
-            kv = await broker.key_value(KvRateLimiter.BUCKET, history=1, ttl=3600,
-                                        replicas=settings.jetstream_replicas)
-            limiter.use(KvRateLimiter(kv))
-        except Exception as exc:  # NATS without JetStream: limits hold per worker only
-            _log.warning("rate_limits_not_shared", reason=type(exc).__name__)
-        await ensure_key_events_stream(
-            broker.connection, settings.key_events_retention_hours * 3600,
-            settings.jetstream_replicas,
-        )
+        await jetstream.start(broker.connection)
         if services.audit is not None:
             services.audit.start()  # writes this run's chain open record
         await broker.start()
@@ -109,6 +119,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         _log.info("worker_ready", nats=redacted_urls(settings.nats_url))
         await stop.wait()
     finally:
+        await jetstream.stop()
         await rotations.stop()
         if direct is not None:
             await direct.stop()

@@ -18,6 +18,7 @@ from nats.js import api
 from nats.js.errors import BadRequestError
 
 from schemas.events import KEY_EVENTS_STREAM, KEY_EVENTS_WILDCARD, KeyEvent, key_events_subject
+from worker.jetstream_setup import SetupStep
 
 __all__ = [
     "NO_KEY_EVENTS",
@@ -25,6 +26,7 @@ __all__ = [
     "NatsKeyEventPublisher",
     "NoKeyEvents",
     "ensure_key_events_stream",
+    "key_events_stream_step",
     "key_events_stream_config",
 ]
 
@@ -98,15 +100,41 @@ async def ensure_key_events_stream(connection: Client, max_age_seconds: float,
     Events are published either way."""
     if max_age_seconds <= 0:
         return False
-    config = key_events_stream_config(max_age_seconds, replicas)
     try:
-        js = connection.jetstream(timeout=10.0)
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            # Exists with another configuration (e.g. a changed max age): update it.
-            await js.update_stream(config)
+        await _create_or_update(connection, max_age_seconds, replicas)
     except Exception as exc:  # no JetStream: live subscribers still get every event
         _log.warning("key_events_stream_unavailable", reason=type(exc).__name__)
         return False
     return True
+
+
+def key_events_stream_step(connection: Callable[[], Client], max_age_seconds: float,
+                           replicas: int = 1) -> SetupStep:
+    """The events stream as a worker's JetStream set-up step (retried until it exists);
+    ``connection`` is a getter, as the step is built before the worker connects."""
+    unavailable_at_start = False
+
+    async def attempt() -> bool:
+        if max_age_seconds > 0:
+            await _create_or_update(connection(), max_age_seconds, replicas)
+            if unavailable_at_start:
+                _log.info("key_events_stream_ready")
+        return True
+
+    def unavailable(retrying: bool) -> None:
+        nonlocal unavailable_at_start
+        unavailable_at_start = True
+        _log.warning("key_events_stream_unavailable", retrying=retrying,
+                     effect="events reach live subscribers only until the stream exists")
+
+    return SetupStep("key_events_stream", attempt, unavailable)
+
+
+async def _create_or_update(connection: Client, max_age_seconds: float, replicas: int) -> None:
+    config = key_events_stream_config(max_age_seconds, replicas)
+    js = connection.jetstream(timeout=10.0)
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # Exists with another configuration (e.g. a changed max age): update it.
+        await js.update_stream(config)

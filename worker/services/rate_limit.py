@@ -32,7 +32,9 @@ from schemas.errors import ErrorCode
 from worker.config import PlanLimits
 from worker.errors import RateLimited, ServiceError
 
-__all__ = ["InMemoryRateLimiter", "KvRateLimiter", "RateLimiter", "take_tokens"]
+__all__ = [
+    "InMemoryRateLimiter", "KvRateLimiter", "RateLimiter", "is_unlimited", "take_tokens",
+]
 
 _log = structlog.get_logger("pqkms.worker")
 
@@ -66,7 +68,7 @@ def take_tokens(
     return _Bucket(tokens, now), wait
 
 
-def _unlimited(limits: PlanLimits) -> bool:
+def is_unlimited(limits: PlanLimits) -> bool:
     return limits.rate_per_second is None or limits.burst is None
 
 
@@ -78,7 +80,7 @@ class InMemoryRateLimiter:
 
     async def acquire(self, tenant_id: str, limits: PlanLimits, cost: int = 1) -> None:
         """Take tokens or raise RateLimited with a retry hint."""
-        if _unlimited(limits):
+        if is_unlimited(limits):
             return
         bucket, wait = take_tokens(self._buckets.get(tenant_id), limits, cost, time.time())
         self._buckets[tenant_id] = bucket
@@ -115,7 +117,7 @@ class KvRateLimiter:
 
     async def acquire(self, tenant_id: str, limits: PlanLimits, cost: int = 1) -> None:
         """Take tokens with compare-and-set; raise RateLimited when the bucket is empty."""
-        if _unlimited(limits):
+        if is_unlimited(limits):
             return
         waiter = _Waiter(limits, cost)
         self._queues.setdefault(tenant_id, []).append(waiter)
