@@ -90,6 +90,32 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     await store.close()
 
 
+async def test_concurrent_changes_of_one_version_are_announced_once(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # Two workers on one database: of their concurrent calls only the one whose
+    # transaction changed the version announces it (they used to compare timestamps).
+    other_store = await KeyStore.open(harness.settings.resolved_database_url(),
+                                      load_or_create_master_key(tmp_path / "master.key"))
+    try:
+        other = KeyLifecycleService(other_store, KeyAccess(other_store), harness.settings,
+                                    harness.events, RotationPolicyStore(other_store.engine))
+        caller = await harness.caller()
+        await harness.service.generate(caller, GenerateKeyRequest(algorithm=K))
+        for round_number in range(1, 6):
+            await harness.service.rotate(caller, RotateKeyRequest(algorithm=K))
+            archive = ArchiveKeyRequest(algorithm=K, key_version=round_number)
+            await asyncio.gather(*(
+                service.archive(caller, archive)
+                for service in (harness.service, other) * 4
+            ))
+    finally:
+        await other_store.close()
+    archived = [e.key_version for e in harness.events.events
+                if e.type is KeyEventType.ARCHIVED]
+    assert archived == [1, 2, 3, 4, 5]
+
+
 def _kinds(events: list[KeyEvent]) -> list[tuple[KeyEventType, int, int | None]]:
     return [(e.type, e.key_version, e.old_key_version) for e in events]
 

@@ -7,13 +7,13 @@ a change is committed, announces it as a key event (``schemas.events``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
 
 from schemas import keys
-from schemas.algorithms import Algorithm
+from schemas.algorithms import Algorithm, KeyStatus
 from schemas.envelope import utc_timestamp
 from schemas.errors import ErrorCode
 from schemas.events import SCHEDULER_REQUEST_ID, KeyEvent, KeyEventType
@@ -32,7 +32,7 @@ from worker.services.key_access import KeyAccess
 from worker.services.key_events import NO_KEY_EVENTS, KeyEventPublisher
 
 if TYPE_CHECKING:
-    from worker.store import KeyRecord, KeyStore, NewKeyMaterial
+    from worker.store import KeyRecord, KeyStore, NewKeyMaterial, StatusChange
     from worker.store.rotation_policies import DueKey, RotationPolicyRecord, RotationPolicyStore
 
 __all__ = ["KeyLifecycleService", "key_info"]
@@ -195,30 +195,30 @@ class KeyLifecycleService:
 
     async def retire(self, caller: Caller, request: keys.RetireKeyRequest) -> keys.KeyInfo:
         """Retire a version: it can still decrypt and verify."""
-        started = datetime.now(UTC)
-        record = await self._store.retire(
-            caller.tenant_id, request.algorithm, request.key_version
+        change = await self._store.change_status(
+            caller.tenant_id, request.algorithm, request.key_version, KeyStatus.RETIRED
         )
-        await self._announce_change(KeyEventType.RETIRED, record, started, caller)
-        return key_info(await self._access.checked(record))
+        await self._announce_change(KeyEventType.RETIRED, change, caller)
+        return key_info(await self._access.checked(change.record))
 
     async def archive(self, caller: Caller, request: keys.ArchiveKeyRequest) -> keys.KeyInfo:
         """Archive a retired version: it can do nothing any more."""
-        started = datetime.now(UTC)
-        record = await self._store.archive(
-            caller.tenant_id, request.algorithm, request.key_version
+        change = await self._store.change_status(
+            caller.tenant_id, request.algorithm, request.key_version, KeyStatus.ARCHIVED
         )
         self._access.forget(caller.tenant_id, request.algorithm, request.key_version)
-        await self._announce_change(KeyEventType.ARCHIVED, record, started, caller)
-        return key_info(await self._access.checked(record))
+        await self._announce_change(KeyEventType.ARCHIVED, change, caller)
+        return key_info(await self._access.checked(change.record))
 
     async def _announce_change(
-        self, kind: KeyEventType, record: KeyRecord, started: datetime, caller: Caller
+        self, kind: KeyEventType, change: StatusChange, caller: Caller
     ) -> None:
         # Retiring a retired version (or archiving an archived one) changes nothing and
-        # announces nothing: the store leaves its status_changed_at in the past. (Today
-        # retire only ever meets retired versions; rotate announces every retirement.)
-        if record.status_changed_at >= started:
+        # announces nothing; of concurrent calls on one version only the one whose
+        # transaction changed it announces. (Today retire only ever meets retired
+        # versions; rotate announces every retirement.)
+        if change.changed:
+            record = change.record
             await self._announce(
                 _event(kind, record, record.status_changed_at, caller.request_id)
             )

@@ -21,6 +21,7 @@ from worker.store.repository import (
     KeyStore,
     NewKeyMaterial,
     SchemaTooNew,
+    StatusChange,
     TenantExists,
     TenantRecord,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "NewKeyMaterial",
     "SchemaTooNew",
     "SeedIntegrityError",
+    "StatusChange",
     "TenantExists",
     "TenantRecord",
     "create_engine_for",

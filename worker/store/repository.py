@@ -62,6 +62,7 @@ __all__ = [
     "KeyStore",
     "NewKeyMaterial",
     "SchemaTooNew",
+    "StatusChange",
     "TenantExists",
     "TenantRecord",
 ]
@@ -130,6 +131,14 @@ class KeyRecord:
     public_key: bytes
     created_at: datetime
     status_changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A version after retire or archive, and whether that call changed it."""
+
+    record: KeyRecord
+    changed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -708,18 +717,23 @@ class KeyStore:
 
     async def retire(self, tenant_id: str, algorithm: Algorithm, version: int) -> KeyRecord:
         """Move a version to ``retired`` (decrypt and verify only). Retired: unchanged."""
-        return await self._change_status(tenant_id, Algorithm(algorithm), version, "retire")
+        change = await self.change_status(tenant_id, algorithm, version, KeyStatus.RETIRED)
+        return change.record
 
     async def archive(self, tenant_id: str, algorithm: Algorithm, version: int) -> KeyRecord:
         """Move a non-active version to ``archived`` (no operations). Archived: unchanged."""
-        return await self._change_status(tenant_id, Algorithm(algorithm), version, "archive")
+        change = await self.change_status(tenant_id, algorithm, version, KeyStatus.ARCHIVED)
+        return change.record
 
-    async def _change_status(
-        self, tenant_id: str, algorithm: Algorithm, version: int, action: str
-    ) -> KeyRecord:
-        target = KeyStatus.RETIRED if action == "retire" else KeyStatus.ARCHIVED
+    async def change_status(
+        self, tenant_id: str, algorithm: Algorithm, version: int, target: KeyStatus
+    ) -> StatusChange:
+        """Retire or archive a version, saying whether this call changed it (of two
+        concurrent calls only one does)."""
+        algorithm = Algorithm(algorithm)
+        action = "retire" if target == KeyStatus.RETIRED else "archive"
 
-        async def operation(session: AsyncSession) -> KeyRecord:
+        async def operation(session: AsyncSession) -> StatusChange:
             await self._lock_tenant(session, tenant_id, missing=_not_found(algorithm, version))
             row = await self._find_version(session, tenant_id, algorithm, version)
             if row is None:
@@ -732,7 +746,7 @@ class KeyStore:
                     "rotate to a new version first",
                 )
             if current == target:
-                return _key_record(row)
+                return StatusChange(_key_record(row), changed=False)
             if current == KeyStatus.ARCHIVED:
                 raise ServiceError(
                     ErrorCode.FORBIDDEN,
@@ -742,7 +756,7 @@ class KeyStore:
             row.status_changed_at = utc_now()
             session.add(row)
             await session.flush()
-            return _key_record(row)
+            return StatusChange(_key_record(row), changed=True)
 
         try:
             return await self._write(operation)
