@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from worker.store import (
     MasterKey,
@@ -208,3 +209,18 @@ def test_keyring_edits_keep_one_primary() -> None:
     with pytest.raises(MasterKeyError, match="primary"):
         promoted.without([second.kek_id])
     assert promoted.role_of(first.kek_id) == "previous" and promoted.get(third.kek_id) is None
+
+
+def test_a_file_others_may_read_is_loaded_with_one_warning(tmp_path: Path) -> None:
+    path = tmp_path / "master.key"
+    created = load_or_create_master_key(path)
+    with capture_logs() as silent:
+        load_or_create_master_key(path, create=False)
+    assert not [log for log in silent if log["event"] == "master_key_file_permissions"]
+    path.chmod(0o644)
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert load_or_create_master_key(path, create=False).key == created.key
+    warnings = [log for log in logs if log["event"] == "master_key_file_permissions"]
+    assert len(warnings) == 1 and warnings[0]["mode"] == "0o644"
+    assert base64.b64encode(created.key).decode() not in str(logs)

@@ -117,7 +117,8 @@ class CompositeSignatureKey(SignatureKey):
         if not MIN_ECDSA_SIGNATURE_SIZE <= ecdsa_size <= MAX_ECDSA_SIGNATURE_SIZE:
             return False
         try:
-            # Both components must verify; no short cut tells which one failed.
+            # Both components must verify. The reply is the same whichever failed; the
+            # inputs are public, so the time taken (ECDSA is skipped) reveals nothing.
             self.mldsa_public.verify(signature[:split], representative, LABEL)
             self.ec_public.verify(signature[split:], representative, _ECDSA)
         except (InvalidSignature, ValueError):

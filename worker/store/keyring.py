@@ -216,6 +216,22 @@ def _signature(stat: os.stat_result) -> _FileSignature:
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
+_warned_paths: set[str] = set()
+
+
+def _warn_if_readable_by_others(path: Path, stat: os.stat_result) -> None:
+    """Once per file and process: a master key file others may read or write is logged.
+
+    Not refused: a secret mounted by an orchestrator may come with a wider mode and an
+    access control of its own (files pqkms creates are 0600).
+    """
+    if stat.st_mode & 0o077 and str(path) not in _warned_paths:
+        _warned_paths.add(str(path))
+        _log.warning("master_key_file_permissions", path=str(path),
+                     mode=oct(stat.st_mode & 0o777),
+                     effect="other users may read the master key; chmod 600 it")
+
+
 def _read_keyring(path: Path) -> tuple[MasterKeyring, _FileSignature]:
     """Read and parse the file, with the signature of exactly the bytes read."""
     try:
@@ -226,6 +242,7 @@ def _read_keyring(path: Path) -> tuple[MasterKeyring, _FileSignature]:
         raise MasterKeyError(f"Master key file {path} does not exist") from None
     except OSError as exc:
         raise MasterKeyError(f"Cannot read master key file {path}: {exc}") from None
+    _warn_if_readable_by_others(path, stat)
     try:
         text = data.decode("utf-8")  # keys are ASCII; comments may not be
     except UnicodeDecodeError:
