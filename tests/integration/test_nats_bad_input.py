@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from pathlib import Path
@@ -117,11 +118,32 @@ def _wycheproof_bad_signatures() -> list[bytes]:
 
 
 async def test_invalid_signatures_from_wycheproof_are_valid_false(call: NatsCaller) -> None:
+    # Wrong shapes (lengths, hint encodings) reach the worker's verify as they are and
+    # come back as valid false, never an error. The vectors' own keys cannot be imported;
+    # tests/crypto checks each vector against its key.
     await call(Subject.KEYS_GENERATE, {"algorithm": "Dilithium3"})
     for signature in _wycheproof_bad_signatures():
         reply = await call(Subject.SIGNATURE_VERIFY,
                            {"message": b64(b"m"), "signature": b64(signature), "key_version": 1})
         assert reply.code is None and reply.data["valid"] is False
+
+
+async def test_a_tampered_signature_of_the_tenants_key_is_valid_false(
+    call: NatsCaller,
+) -> None:
+    await call(Subject.KEYS_GENERATE, {"algorithm": "Dilithium3"})
+    signed = await call(Subject.SIGNATURE_SIGN, {"message": b64(b"m"), "key_version": 1})
+    signature = base64.b64decode(signed.data["signature"])
+    genuine = await call(Subject.SIGNATURE_VERIFY, {"message": b64(b"m"), "key_version": 1,
+                                                    "signature": signed.data["signature"]})
+    assert genuine.data["valid"] is True
+    # One bit flipped in the commitment hash, the response vector and the hint.
+    for position in (0, 32, len(signature) // 2, len(signature) - 1):
+        tampered = bytearray(signature)
+        tampered[position] ^= 0x01
+        reply = await call(Subject.SIGNATURE_VERIFY, {"message": b64(b"m"), "key_version": 1,
+                                                      "signature": b64(bytes(tampered))})
+        assert reply.code is None and reply.data["valid"] is False, position
 
 
 async def test_workers_survive_a_storm_of_garbage(stack: LocalStack, call: NatsCaller) -> None:
