@@ -29,7 +29,6 @@ __all__ = ["build_parser", "main"]
 
 _PROG = "pqkms"
 T = TypeVar("T")
-_DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 _PASSWORD_FILE_ENV = "PQKMS_DATABASE_PASSWORD_FILE"  # noqa: S105 - a variable name
 
 
@@ -267,7 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 when the service answers (container healthcheck)",
         description="Without --http-url: a worker must answer a health ping over NATS.",
     )
-    health.add_argument("--nats-url", metavar="URL", help="comma-separated NATS servers")
+    health.add_argument("--nats-url", metavar="URL",
+                        help="comma-separated NATS servers (env PQKMS_NATS_URL; default: "
+                        "the server of a pqkms up of --data-dir, else nats://127.0.0.1:4222)")
+    health.add_argument("--data-dir", metavar="DIR",
+                        help="data directory of a running pqkms up (env PQKMS_DATA_DIR; "
+                        "default .pqkms)")
     health.add_argument("--http-url", metavar="URL", help="check this /healthz URL instead")
     health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
 
@@ -286,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--key-version", type=_positive_int, required=True, metavar="N")
     batch.add_argument("--algorithm", metavar="A", help="default algorithm for items")
     batch.add_argument("--nats-url", metavar="URL",
-                       help="comma-separated NATS servers (env PQKMS_NATS_URL)")
+                       help="comma-separated NATS servers (env PQKMS_NATS_URL; default: "
+                       "the server of a pqkms up of --data-dir, else nats://127.0.0.1:4222)")
+    batch.add_argument("--data-dir", metavar="DIR",
+                       help="data directory of a running pqkms up (env PQKMS_DATA_DIR; "
+                       "default .pqkms)")
     batch.add_argument("--api-key", metavar="KEY", help="API key (env PQKMS_API_KEY)")
     batch.add_argument("--chunk-size", type=_positive_int, default=500, metavar="N",
                        help="items per job chunk (default 500, at most 1000)")
@@ -568,7 +576,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from None
         target = args.http_url
     else:
-        settings: Settings = _settings(Settings, args)
+        settings: Settings = _client_settings(args)
         healthy = asyncio.run(ping_workers(settings.nats_url, time_limit=args.timeout,
                                            connect_options=_nats_connect_options(settings)))
         from worker.nats_security import redacted_urls
@@ -577,6 +585,33 @@ def _cmd_health(args: argparse.Namespace) -> int:
     if not healthy:
         raise CommandError(f"unhealthy: no healthy answer from {target}")
     return 0
+
+
+def _client_settings(args: argparse.Namespace) -> Settings:
+    """Settings of a command that talks to running workers. Without ``--nats-url`` or
+    ``PQKMS_NATS_URL``, the URL a ``pqkms up`` of the same data directory recorded comes
+    before the default: that stack's server is not on 4222 when 4222 was taken."""
+    from pqkms.stack import recorded_nats_url
+
+    settings: Settings = _settings(Settings, args)
+    if "nats_url" in settings.model_fields_set:
+        return settings
+    recorded = recorded_nats_url(settings.data_dir)
+    if recorded is None:
+        return settings
+    return settings.model_copy(update={"nats_url": recorded})
+
+
+async def _say_when_no_worker_answers(nats_url: str, security: dict[str, Any]) -> None:
+    """One line on stderr when no worker answers a health ping at once: the run then
+    waits (and retries) for workers, which would otherwise look like a hang."""
+    from pqkms.health import ping_workers
+    from worker.nats_security import redacted_urls
+
+    if not await ping_workers(nats_url, time_limit=3.0, connect_options=security):
+        print(f"{_PROG} batch: no pqkms worker answers on {redacted_urls(nats_url)} yet; "
+              "waiting for one (Ctrl-C to stop; --nats-url or PQKMS_NATS_URL to choose "
+              "the server)", file=sys.stderr, flush=True)
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -593,8 +628,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("PQKMS_API_KEY")
     if not api_key:
         raise CommandError("an API key is needed: --api-key or PQKMS_API_KEY")
-    nats_url = args.nats_url or os.environ.get("PQKMS_NATS_URL") or _DEFAULT_NATS_URL
-    security = _nats_connect_options(_settings(Settings, args))
+    settings: Settings = _client_settings(args)
+    nats_url = settings.nats_url
+    security = _nats_connect_options(settings)
     options = BatchOptions(
         operation=OPERATIONS[args.operation], input_path=Path(args.input),
         output_path=Path(args.output), key_version=args.key_version,
@@ -603,6 +639,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         check_options(options)
+        await _say_when_no_worker_answers(nats_url, security)
         with sigint_stops_the_run() as checkpoint:
             async with await PqkmsClient.connect(nats_url, api_key,
                                                  nats_options=security) as client:
@@ -633,7 +670,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     from worker.audit.verify import verify_from_settings
 
-    settings: Settings = _settings(Settings, args)
+    settings: Settings = _client_settings(args)
     report = _run_on_store(settings, verify_from_settings(settings, use_stream=not args.no_stream))
     print("\n".join(report.lines()), flush=True)
     return 0 if report.intact else 1

@@ -37,6 +37,7 @@ from pqkms.health import bridge_is_healthy, ping_workers
 from pqkms.nats_access import StackCredentials, access_config
 from pqkms.nats_embedded import (
     STORE_KEY_VARIABLE,
+    find_free_port,
     load_or_create_store_key,
     nats_server_binary,
     use_batch_scheduling,
@@ -165,9 +166,7 @@ def with_fallback_nats_port(settings: StackSettings) -> StackSettings:
         return settings
     if port_available(settings.nats_port, settings.nats_host):
         return settings
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((settings.nats_host, 0))
-        free = int(sock.getsockname()[1])
+    free = find_free_port(settings.nats_host)
     _log.warning(
         "port %d is in use (another NATS server?); the embedded nats-server uses port %d "
         "instead (choose one with --nats-port)",
@@ -175,6 +174,33 @@ def with_fallback_nats_port(settings: StackSettings) -> StackSettings:
         free,
     )
     return settings.model_copy(update={"nats_port": free})
+
+
+NATS_URL_FILE = "nats.url"
+
+
+def record_nats_url(data_dir: Path, url: str) -> None:
+    """Leave the embedded server's client URL in ``DIR/nats.url`` while the stack runs,
+    for the client commands (``pqkms batch``, ``health``, ``audit verify``) run beside it:
+    the port may not be 4222 (see :func:`with_fallback_nats_port`)."""
+    path = data_dir / NATS_URL_FILE
+    temporary = path.with_suffix(".url.tmp")
+    temporary.write_text(url + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def forget_nats_url(data_dir: Path) -> None:
+    """Remove ``DIR/nats.url`` (the stack is stopping)."""
+    (data_dir / NATS_URL_FILE).unlink(missing_ok=True)
+
+
+def recorded_nats_url(data_dir: Path) -> str | None:
+    """The URL a running ``pqkms up`` with this data directory recorded, if any."""
+    try:
+        url = (data_dir / NATS_URL_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return url if url.startswith("nats://") else None
 
 
 def bridge_available() -> bool:
@@ -546,7 +572,9 @@ class _Supervisor:
         if self.with_bridge:
             parts.append(f"HTTP {self.http_url}")
         parts.append(f"NATS {self.nats_url}")
-        parts.append(f"({self.settings.workers} workers, data {self.layout.data_dir})")
+        workers = self.settings.workers
+        parts.append(f"({workers} worker{'s' if workers != 1 else ''}, "
+                     f"data {self.layout.data_dir})")
         if not self.with_bridge:
             parts.append("- no HTTP bridge")
         hint = (
@@ -649,11 +677,14 @@ async def _run(settings: StackSettings, out: IO[str], commands: ChildCommands) -
         await supervisor.start_nats()
         supervisor.start_workers_and_bridge()
         if await supervisor.wait_until_ready():
+            record_nats_url(layout.data_dir, supervisor.nats_url)
             for line in supervisor.ready_lines():
                 print(line, file=out, flush=True)
             await supervisor.stop_requested.wait()
     finally:
-        _log.info("stopping: bridge, workers, nats-server")
+        forget_nats_url(layout.data_dir)
+        _log.info("stopping: %s", "bridge, workers, nats-server" if with_bridge
+                  else "workers, nats-server")
         await supervisor.shutdown()
         supervisor.remove_signal_handlers()
     if supervisor.failure is not None:

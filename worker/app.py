@@ -129,13 +129,14 @@ def build_direct_responder(settings: Settings, services: WorkerServices) -> Dire
 
 
 def build_broker(
-    settings: Settings, services: WorkerServices, direct: DirectResponder | None = None
+    settings: Settings, services: WorkerServices, direct: DirectResponder | None = None,
+    guard: ConnectRefusalGuard | None = None,
 ) -> NatsBroker:
     """A NatsBroker subscribed to every pqkms subject in one queue group; the data-plane
     subjects go to ``direct`` instead when given (start it on ``broker.connection``)."""
     # Refused credentials or TLS end the worker at start with a log line saying why
     # (FastStream would otherwise retry a TLS failure forever, unlogged).
-    guard = ConnectRefusalGuard("worker")
+    guard = guard or ConnectRefusalGuard("worker")
     broker = NatsBroker(
         nats_servers(settings),
         name=f"pqkms-worker-{socket.gethostname()}-{os.getpid()}",

@@ -28,7 +28,7 @@ from worker.jetstream_setup import JetStreamSetup
 from worker.logging_setup import configure_logging
 from worker.metrics import MetricsServer, serve_metrics
 from worker.nats_decoding import tolerate_undecodable_messages
-from worker.nats_security import redacted_urls
+from worker.nats_security import ConnectRefusalGuard, NatsAccessRefused, redacted_urls
 from worker.services.key_events import key_events_stream_step
 from worker.services.rate_limit import KvRateLimiter
 from worker.services.shared_rate_limiter import SharedRateLimits, SwitchableRateLimiter
@@ -80,13 +80,26 @@ def _jetstream_setup(
     ])
 
 
+def _refuse_to_serve_without_subscriptions(guard: ConnectRefusalGuard) -> None:
+    """A worker the server will not let subscribe would say "ready" and serve nothing
+    (a worker started by hand beside ``pqkms up`` without its credentials, say); the
+    flush before this call has brought the server's answer to every SUB."""
+    refused = guard.subscriptions_refused()
+    if refused:
+        raise NatsAccessRefused(
+            f"NATS refused {len(refused)} of the worker's subscriptions ({refused[0]}); "
+            "check the worker's NATS user and its permissions (docs/deploy.md)"
+        )
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Connect, serve until ``stop`` is set, then drain and close."""
     store = await _open_store(settings)
     limiter = SwitchableRateLimiter()
     services = build_services(settings, store, limiter)
     direct = build_direct_responder(settings, services)
-    broker = build_broker(settings, services, direct)
+    guard = ConnectRefusalGuard("worker")
+    broker = build_broker(settings, services, direct, guard)
     jobs = build_job_runner(settings, services, broker)
     rotations = build_rotation_scheduler(settings, services, store)
     jetstream = _jetstream_setup(settings, broker, limiter)
@@ -110,6 +123,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             await direct.start(broker.connection)  # its flush covers FastStream's SUBs too
         else:
             await broker.connection.flush()  # FastStream's SUBs on the server before "ready"
+        _refuse_to_serve_without_subscriptions(guard)
         jobs.start()
         rotations.start()
         # Everything loaded so far lives as long as the process: out of the collector's

@@ -84,6 +84,9 @@ class NatsAccessRefused(ConnectionError):
     """The NATS server refused this client's credentials or TLS setup at first connect."""
 
 
+_SUBSCRIPTION_REFUSED = "permissions violation for subscription"
+
+
 @dataclass(frozen=True, slots=True)
 class NatsConnectSecurity:
     """How to authenticate to NATS and whether (and how) to use TLS."""
@@ -309,6 +312,12 @@ class ConnectRefusalGuard:
         self._fail_at_start = fail_at_start
         self._was_connected = False
         self._reported: set[str] = set()
+        self._subscriptions_refused: list[str] = []
+
+    def subscriptions_refused(self) -> list[str]:
+        """The server's permission errors about this client's subscriptions so far
+        (nats-py reports them through ``error_cb`` and keeps the connection)."""
+        return list(self._subscriptions_refused)
 
     @property
     def error_cb(self) -> Callable[[Exception], Awaitable[None]]:
@@ -326,6 +335,9 @@ class ConnectRefusalGuard:
         return self._on_reconnected
 
     async def _on_error(self, exc: Exception) -> None:
+        text = str(exc)
+        if _SUBSCRIPTION_REFUSED in text and len(self._subscriptions_refused) < 100:
+            self._subscriptions_refused.append(text.removeprefix("nats: "))
         reason = refusal_reason(exc)
         if reason is None:
             return

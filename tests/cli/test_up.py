@@ -260,12 +260,19 @@ def test_pqkms_up_serves_http_and_nats_and_stops_cleanly(tmp_path: Path) -> None
         assert generated.status_code == 201, generated.text
         assert generated.json()["data"]["key_version"] == 1
 
+        # Client commands beside it find its server through DIR/nats.url.
+        nats_url = f"nats://127.0.0.1:{nats_port}"
+        assert (data_dir / "nats.url").read_text().strip() == nats_url
+        healthy = run_pqkms("health", "--data-dir", str(data_dir), "--timeout", "15")
+        assert healthy.returncode == 0, healthy.stderr
+
         children = descendants(up.pid)
         assert up.stop(signal.SIGTERM, timeout=60) == 0
     finally:
         up.kill()
 
     assert not [pid for pid in children if alive(pid)]
+    assert not (data_dir / "nats.url").exists()
 
 
 @pytest.mark.integration
@@ -283,6 +290,13 @@ def test_pqkms_up_keeps_callers_out_of_the_workers_account(tmp_path: Path) -> No
         password = (data_dir / "nats" / "worker.password").read_text().strip()
         stored = asyncio.run(_after_a_confused_deputy(f"nats://127.0.0.1:{nats_port}",
                                                       api_key, password))
+        # A worker started by hand without the workers' credentials may not subscribe:
+        # it must stop and say so, not report ready and serve nothing.
+        intruder = run_pqkms("worker", "--nats-url", f"nats://127.0.0.1:{nats_port}",
+                             "--data-dir", str(data_dir), timeout=120)
+        assert intruder.returncode == 1
+        assert "worker_failed" in intruder.stderr and "worker_ready" not in intruder.stderr
+        assert "refused" in intruder.stderr
         assert up.stop(signal.SIGTERM, timeout=60) == 0
     finally:
         up.kill()
