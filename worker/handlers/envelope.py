@@ -45,7 +45,7 @@ from worker.services.request_record import (
     RequestMetrics,
     RequestRecord,
 )
-from worker.services.transient import TRANSIENT_MESSAGE, is_transient
+from worker.services.transient import unavailable_message
 
 __all__ = [
     "EnvelopeHandler", "JsonResult", "LeanCall", "Reply", "ServiceCall", "header_value",
@@ -242,13 +242,14 @@ class EnvelopeHandler:
             envelope = error_envelope(exc.code, request_id, exc.message)
         except Exception as exc:
             # Log the type and traceback, never the request body or key material.
-            if is_transient(exc):
+            unavailable = unavailable_message(exc)
+            if unavailable is not None:
                 code = ErrorCode.SERVICE_UNAVAILABLE.value
                 _log.warning("request_unavailable", subject=operation.subject.value,
                              request_id=request_id, tenant_id=tenant_id,
                              reason=type(exc).__name__)
                 envelope = error_envelope(ErrorCode.SERVICE_UNAVAILABLE, request_id,
-                                          TRANSIENT_MESSAGE)
+                                          unavailable)
             else:
                 code = ErrorCode.INTERNAL.value
                 _log.exception("request_failed", subject=operation.subject.value,

@@ -43,6 +43,7 @@ from worker.services.batch_items import BatchOutcome, error_item
 from worker.services.context import Caller
 from worker.services.rate_limit import RateLimiter
 from worker.services.request_record import NO_AUDIT, AuditSink, RequestRecord
+from worker.services.transient import is_unavailable
 
 __all__ = ["JobRunner"]
 
@@ -192,6 +193,8 @@ class JobRunner:
                 header_value(message.headers, HEADER_API_KEY), request_id
             )
         except ServiceError as exc:
+            if is_unavailable(exc):
+                raise  # naked: done again once the database answers
             # The key was revoked since submit: every item says so.
             await self._audit_chunk(operation, body, request_id, None, exc.code.value, started)
             return BatchOutcome([error_item(exc.code, exc.message, None) for _ in items],

@@ -36,6 +36,7 @@ from worker.services.kem import KemService
 from worker.services.kem_items import LeanResult
 from worker.services.key_access import KeyAccess, Usage
 from worker.services.signatures import SignatureService
+from worker.services.transient import is_unavailable
 
 __all__ = ["BatchService"]
 
@@ -78,6 +79,8 @@ class _BatchKeys(KeyAccess):
             try:
                 found = await load()
             except ServiceError as exc:
+                if is_unavailable(exc):
+                    raise  # the whole batch fails (503); a job chunk is done again later
                 found = exc
             memo[key_id] = found
         if isinstance(found, ServiceError):
@@ -267,6 +270,8 @@ class BatchService:
                     try:
                         key: Any = await inline.key(keys, caller, read)
                     except ServiceError as exc:
+                        if is_unavailable(exc):
+                            raise
                         key = exc
                     loaded[read.algorithm, read.key_version] = key
             outputs = [None if read is None
@@ -334,8 +339,12 @@ class BatchService:
                                       reference)
                 result = await call(caller, request)
         except ServiceError as exc:
+            if is_unavailable(exc):
+                raise  # not this item's outcome: the batch fails (503), a chunk is redone
             return error_item(exc.code, exc.message, reference)
-        except Exception:
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
             # Type and traceback only; never the item.
             _log.exception("batch_item_failed", subject=single.value,
                            request_id=caller.request_id, tenant_id=caller.tenant_id)
