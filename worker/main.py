@@ -92,6 +92,22 @@ def _refuse_to_serve_without_subscriptions(guard: ConnectRefusalGuard) -> None:
         )
 
 
+async def _connect_unless_stopped(broker: NatsBroker, stop: asyncio.Event) -> bool:
+    """Connect; ``False`` when ``stop`` came first. With NATS unreachable the connect
+    retries forever, and SIGTERM must still end the worker."""
+    connecting = asyncio.ensure_future(broker.connect())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if connecting.done():
+        connecting.result()  # its error, if it failed
+        return True
+    connecting.cancel()
+    await asyncio.gather(connecting, return_exceptions=True)
+    _log.info("worker_stopped_before_connecting")
+    return False
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Connect, serve until ``stop`` is set, then drain and close."""
     store = await _open_store(settings)
@@ -110,7 +126,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             metrics_server = serve_metrics(services.metrics, settings.metrics_host,
                                            settings.metrics_port)
             _log.info("metrics_serving", host=settings.metrics_host, port=metrics_server.port)
-        await broker.connect()
+        if not await _connect_unless_stopped(broker, stop):
+            return
         _fit_messages_to_server(broker.connection.max_payload, settings, services)
         # Before any subscription: "ready" below and each drain at the stop rely on a
         # flush that follows the SUBs and UNSUBs sent before it.
