@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # pqkms: one image for every role. `pqkms up` (the default) runs the whole stack in one
 # container; compose.yaml runs the same image as `pqkms worker`, `pqkms bridge` and
-# `pqkms db init`.
+# `pqkms db upgrade`.
 
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1

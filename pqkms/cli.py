@@ -70,7 +70,9 @@ def _rotation_period(text: str) -> int:
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", metavar="DIR", help="SQLite file, master key, logs (env PQKMS_DATA_DIR)"
+        "--data-dir", metavar="DIR",
+        help="SQLite database, master key, logs, NATS store (env PQKMS_DATA_DIR; "
+        "default .pqkms)"
     )
     parser.add_argument(
         "--database-url",
@@ -174,10 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_store_options(up)
     up.add_argument("--http-host", metavar="HOST", help="bridge address (env PQKMS_HTTP_HOST)")
-    up.add_argument("--http-port", type=_port, metavar="N", help="bridge port (default 8000)")
-    up.add_argument("--nats-port", type=_port, metavar="N", help="NATS port (default 4222)")
+    up.add_argument("--http-port", type=_port, metavar="N",
+                    help="bridge port (env PQKMS_HTTP_PORT; default 8000)")
+    up.add_argument("--nats-port", type=_port, metavar="N",
+                    help="NATS port (env PQKMS_NATS_PORT; default 4222, or a free one "
+                    "when 4222 is taken)")
     up.add_argument(
-        "--workers", type=_positive_int, metavar="K", help="worker processes (default 2)"
+        "--workers", type=_positive_int, metavar="K",
+        help="worker processes (env PQKMS_WORKERS; default 2)"
     )
     up.add_argument(
         "--no-bridge", action="store_true", help="NATS only: do not start the HTTP bridge"
@@ -252,14 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_master_key_commands(commands)
     _add_audit_commands(commands)
 
-    worker = commands.add_parser("worker", help="run one worker process")
-    worker.add_argument("--nats-url", metavar="URL", help="comma-separated NATS servers")
+    worker = commands.add_parser(
+        "worker", help="run one worker process",
+        description="One worker: joins the NATS queue group and serves every operation "
+        "until SIGINT/SIGTERM. NATS credentials and TLS come from PQKMS_NATS_* variables "
+        "(docs/deploy.md).")
+    worker.add_argument("--nats-url", metavar="URL",
+                        help="comma-separated NATS servers (env PQKMS_NATS_URL)")
     _add_store_options(worker)
 
-    bridge = commands.add_parser("bridge", help="run the HTTP bridge")
-    bridge.add_argument("--nats-url", metavar="URL", help="comma-separated NATS servers")
-    bridge.add_argument("--http-host", metavar="HOST")
-    bridge.add_argument("--http-port", type=_port, metavar="N")
+    bridge = commands.add_parser(
+        "bridge", help="run the HTTP bridge",
+        description="The Qpher REST API over HTTP, answered by the workers over NATS; "
+        "it holds no key and no database.")
+    bridge.add_argument("--nats-url", metavar="URL",
+                        help="comma-separated NATS servers (env PQKMS_NATS_URL)")
+    bridge.add_argument("--http-host", metavar="HOST",
+                        help="listen address (env PQKMS_HTTP_HOST; default 127.0.0.1)")
+    bridge.add_argument("--http-port", type=_port, metavar="N",
+                        help="listen port (env PQKMS_HTTP_PORT; default 8000)")
 
     health = commands.add_parser(
         "health",
@@ -434,7 +451,7 @@ def _cmd_tenant_api_key(args: argparse.Namespace) -> int:
         revoked_key = _api_key_from_stdin()
         if not _run_on_store(settings, revoke_api_key(settings, args.name, revoked_key),
                              user_errors=(LookupError,)):
-            raise CommandError(f"that API key is not one of tenant {args.name!r}'s")
+            raise CommandError(f"that API key does not belong to tenant {args.name!r}")
         output = {"name": args.name, "revoked": True}
     print(json.dumps(output), flush=True)
     return 0

@@ -13,6 +13,7 @@ any working directory.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -45,6 +46,10 @@ SCRIPT_LOCATION = Path(__file__).resolve().parent
 # The first revision: every table pqkms created before it used Alembic.
 BASELINE_REVISION = "0001"
 VERSION_TABLE = "alembic_version"
+
+# Alembic's notes on its own set-up ("Context impl SQLiteImpl.") are noise on a
+# command's stderr; what changed is reported by the caller (``pqkms db upgrade``).
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 # Key of Config.attributes under which env.py finds the caller's connection.
 CONNECTION_ATTRIBUTE = "connection"
 # What SQLModel's create_all made before Alembic. Finding these without a recorded
