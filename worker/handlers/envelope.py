@@ -46,6 +46,7 @@ from worker.services.request_record import (
     RequestRecord,
 )
 from worker.services.transient import unavailable_message
+from worker.store.write_deadline import end_write_deadline, start_write_deadline
 
 __all__ = [
     "EnvelopeHandler", "JsonResult", "LeanCall", "Reply", "ServiceCall", "header_value",
@@ -196,6 +197,8 @@ class EnvelopeHandler:
         result: BaseModel | JsonResult | None = None
         refused = False  # a change refused up front: its reply says nothing changed
         encoded: bytes | None = None  # the success envelope, once it is known to fit
+        deadline = (start_write_deadline(self._settings.request_timeout_seconds, started)
+                    if operation.changes_state else None)
         try:
             body = _decode_body(raw_body)
             caller = await self._auth.authenticate(
@@ -255,6 +258,8 @@ class EnvelopeHandler:
                 _log.exception("request_failed", subject=operation.subject.value,
                                request_id=request_id, tenant_id=tenant_id)
                 envelope = error_envelope(ErrorCode.INTERNAL, request_id)
+        if deadline is not None:
+            end_write_deadline(deadline)
         record = RequestRecord(
             operation=operation.subject.value,
             request_id=request_id,

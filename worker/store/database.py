@@ -31,6 +31,7 @@ from worker.store import migrations
 from worker.store import tables as _tables  # noqa: F401  (registers the tables)
 from worker.store.migrations import SchemaState, SchemaUpgrade
 from worker.store.sqlite_wal import switch_to_wal
+from worker.store.write_deadline import remaining_seconds
 
 __all__ = [
     "POOL_SIZE",
@@ -140,7 +141,20 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
         write = bool(conn.get_execution_options().get(WRITE_TRANSACTION, False))
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not write:
+            conn.exec_driver_sql("BEGIN")
+            return
+        left = remaining_seconds()  # a request's deadline (raises once it has passed)
+        if left is None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        # Wait for the write lock no longer than the request may (worker.store.write_deadline).
+        wait_ms = max(1, min(int(left * 1000), SQLITE_BUSY_TIMEOUT_MS))
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={wait_ms}")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 async def create_schema(engine: AsyncEngine) -> SchemaUpgrade:

@@ -54,6 +54,7 @@ from worker.store.tables import (
     Tenant,
     utc_now,
 )
+from worker.store.write_deadline import remaining_seconds
 
 __all__ = [
     "API_KEY_PREFIX",
@@ -299,6 +300,7 @@ class KeyStore:
     async def _write(self, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run ``operation`` in a write transaction, committed (durably) before returning."""
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            remaining_seconds()  # past the request's deadline: a 503, nothing changed
             try:
                 async with self._session(write=True) as session:
                     result = await operation(session)
@@ -307,6 +309,7 @@ class KeyStore:
             except DBAPIError as exc:
                 if attempt == _WRITE_ATTEMPTS or not _is_retryable(exc):
                     raise
+                remaining_seconds()  # a lock wait cut short by the deadline ends here
             await asyncio.sleep(secrets.randbelow(20 * attempt) / 1000)
         raise AssertionError("unreachable")  # pragma: no cover
 
