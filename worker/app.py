@@ -194,5 +194,6 @@ def build_rotation_scheduler(
     from worker.store.rotation_policies import RotationPolicyStore
 
     return RotationScheduler(
-        RotationPolicyStore(store.engine), services.keys, settings.rotation_check_seconds
+        RotationPolicyStore(store.engine), services.keys, settings.rotation_check_seconds,
+        audit=request_sink(services.audit),
     )

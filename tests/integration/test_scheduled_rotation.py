@@ -21,6 +21,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from sqlalchemy import text
 
 from schemas.events import KeyEvent, KeyEventType, key_events_subject
 from schemas.subjects import Subject
@@ -31,7 +32,7 @@ from tests.support.stack import (
     PostgresUnavailable,
     temporary_postgres_database,
 )
-from worker.store import KeyStore, load_or_create_master_key
+from worker.store import KeyStore, create_engine_for, load_or_create_master_key
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +151,19 @@ async def test_scheduled_rotation_rotates_once_per_period_and_announces_it(
     assert [key["status"] for key in keys] == ["retired"] * (last - 1) + ["active"]
     for older, newer in itertools.pairwise(keys):
         assert _moment(newer["created_at"]) - _moment(older["created_at"]) >= PERIOD
+
+    # Each scheduled rotation has its audit record, as a rotate request would.
+    engine = create_engine_for(rotating_stack.db_url)
+    try:
+        async with engine.connect() as db:
+            audited = sorted(version for (version,) in await db.execute(text(
+                "SELECT key_version FROM pqkms_audit_record WHERE request_id = :request AND "
+                "tenant_id = :tenant AND operation = :operation AND outcome = 'OK'"),
+                {"request": SCHEDULER, "tenant": tenant_id,
+                 "operation": Subject.KEYS_ROTATE.value}))
+    finally:
+        await engine.dispose()
+    assert audited == list(range(2, last + 1))
 
     # The events: one rotated and one retired per new version, none twice.
     await events.wait_until(

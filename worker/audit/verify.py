@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from schemas.audit import AUDIT_STREAM, AuditKind
+from schemas.subjects import Subject
 from worker.audit.entry import GENESIS_HASH, AuditEntry
 from worker.config import Settings
-from worker.store.audit_log import AuditLog, ChainHead
+from worker.store.audit_log import AuditLog, ChainHead, KeyVersionRow
 
 __all__ = [
     "Finding",
@@ -53,10 +55,11 @@ class Finding:
     seq: int | None
     problem: str
     severity: Severity = Severity.ERROR
+    scope: str = "chain"  # "key" for the cross-check of key versions
 
     def line(self) -> str:
         """One report line."""
-        where = f"chain {self.chain_id}" + ("" if self.seq is None else f" seq {self.seq}")
+        where = f"{self.scope} {self.chain_id}" + ("" if self.seq is None else f" seq {self.seq}")
         return f"{self.severity.value}: {where}: {self.problem}"
 
 
@@ -210,9 +213,50 @@ class _ChainCheck:
         return is_open
 
 
-async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None) -> VerifyReport:
+# A version younger than this may still have its record in a worker's group commit.
+CREATION_GRACE = timedelta(seconds=60)
+_CREATING = frozenset({Subject.KEYS_GENERATE.value, Subject.KEYS_ROTATE.value})
+
+
+class _Creations:
+    """Which key versions the log records as created (a generate or rotate that ended OK).
+
+    A worker commits a key change, then its audit record; a worker killed in between
+    leaves a version without one. The chains stay intact, so only this cross-check can
+    tell. Versions created before the log's first record (the audit was off) are not
+    expected to have one.
+    """
+
+    def __init__(self) -> None:
+        self._recorded: set[tuple[str | None, str | None, int | None]] = set()
+        self._first: datetime | None = None
+
+    def add(self, entry: AuditEntry) -> None:
+        if self._first is None or entry.recorded_at < self._first:
+            self._first = entry.recorded_at
+        if entry.operation in _CREATING and entry.outcome == "OK":
+            self._recorded.add((entry.tenant_id, entry.algorithm, entry.key_version))
+
+    def unrecorded(self, versions: list[KeyVersionRow], now: datetime) -> list[Finding]:
+        if self._first is None:
+            return []  # no audit at all: nothing to hold the versions against
+        settled = now - CREATION_GRACE
+        return [
+            Finding(f"{row.tenant_id}/{row.algorithm}", None,
+                    f"version {row.version} (created {row.created_at.isoformat()}) has no "
+                    "audit record of its creation (a worker stopped between the change and "
+                    "its record?)", scope="key")
+            for row in versions
+            if self._first <= row.created_at <= settled
+            and (row.tenant_id, row.algorithm, row.version) not in self._recorded
+        ]
+
+
+async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
+                           now: datetime | None = None) -> VerifyReport:
     """Check every chain of ``log``; cross-check against ``stream_bodies`` (the stream's
-    messages, read *before* calling this) unless it is ``None``."""
+    messages, read *before* calling this) unless it is ``None``, and the key versions
+    against the records of their creation (``now``: the time they are judged at)."""
     report = VerifyReport()
     findings = report.findings
     stream = None if stream_bodies is None else _StreamCopy(stream_bodies, findings)
@@ -227,7 +271,9 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None) -> 
             report.chains += 1
             report.open_chains += chain.finish(heads.get(chain.chain_id))
 
+        creations = _Creations()
         async for entry in snapshot.entries():
+            creations.add(entry)
             if check is None or entry.chain_id != check.chain_id:
                 if check is not None:
                     finish(check)
@@ -239,6 +285,8 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None) -> 
             check.add(entry)
         if check is not None:
             finish(check)
+        findings.extend(creations.unrecorded(await snapshot.key_versions(),
+                                             now or datetime.now(UTC)))
     for chain_id in sorted(set(heads) - seen):
         empty = _ChainCheck(chain_id, None if stream is None else stream.hashes.pop(chain_id, {}),
                             findings)

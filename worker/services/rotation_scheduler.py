@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 from schemas.algorithms import Algorithm
+from schemas.events import SCHEDULER_REQUEST_ID
+from schemas.subjects import Subject
 from worker.errors import ServiceError
+from worker.services.request_record import NO_AUDIT, AuditSink, RequestRecord
 
 if TYPE_CHECKING:
     from worker.services.keys import KeyLifecycleService
@@ -64,7 +68,9 @@ class RotationScheduler:
         check_seconds: float,
         *,
         clock: Callable[[], datetime] | None = None,
+        audit: AuditSink = NO_AUDIT,
     ) -> None:
+        self._audit = audit
         self._policies = policies
         self._keys = keys
         self._check_seconds = check_seconds
@@ -80,6 +86,7 @@ class RotationScheduler:
         self._warned &= {_key_id(due) for due in due_keys}
         rotated = lost = skipped = failed = 0
         for due in due_keys:
+            started = time.perf_counter()
             try:
                 result = await self._keys.rotate_on_schedule(due)
             except ServiceError as exc:
@@ -102,7 +109,23 @@ class RotationScheduler:
                 "scheduled_rotation", tenant_id=due.tenant_id, algorithm=due.algorithm.value,
                 old_key_version=result.old_key_version, key_version=result.key_version,
             )
+            await self._record(due, result.key_version, started)
         return CheckSummary(len(due_keys), rotated, lost, skipped, failed)
+
+    async def _record(self, due: DueKey, key_version: int, started: float) -> None:
+        """The rotation's audit record, as a tenant's rotate request leaves one (request id
+        ``scheduler``). It has happened either way: a failed record is logged."""
+        try:
+            await self._audit.append(RequestRecord(
+                operation=Subject.KEYS_ROTATE.value, request_id=SCHEDULER_REQUEST_ID,
+                tenant_id=due.tenant_id, algorithm=due.algorithm.value,
+                key_version=key_version, outcome="OK",
+                duration_seconds=time.perf_counter() - started,
+            ))
+        except Exception as exc:
+            _log.error("scheduled_rotation_audit_failed", tenant_id=due.tenant_id,
+                       algorithm=due.algorithm.value, key_version=key_version,
+                       reason=type(exc).__name__)
 
     def _warn_once(self, due: DueKey, exc: ServiceError) -> None:
         key = _key_id(due)

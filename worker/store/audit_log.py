@@ -25,12 +25,13 @@ from worker.audit.entry import AuditEntry
 from worker.store.audit_sqlite_writer import SqliteAuditWriter
 from worker.store.database import WRITE_TRANSACTION, create_engine_for
 from worker.store.status_reader import sqlite_reader_path
-from worker.store.tables import ROW_SCHEMA_VERSION, AuditChain, AuditRecord
+from worker.store.tables import ROW_SCHEMA_VERSION, AuditChain, AuditRecord, KeyVersion
 
 __all__ = ["AuditLog", "AuditSnapshot", "ChainHead"]
 
 _RECORDS: Table = AuditRecord.__table__  # type: ignore[attr-defined]
 _CHAINS: Table = AuditChain.__table__  # type: ignore[attr-defined]
+_KEY_VERSIONS: Table = KeyVersion.__table__  # type: ignore[attr-defined]
 # Rows fetched per round trip when a snapshot streams every record.
 _READ_BATCH = 2000
 
@@ -89,6 +90,16 @@ def _entry(row: Any) -> AuditEntry:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class KeyVersionRow:
+    """A key version as the audit cross-check sees it."""
+
+    tenant_id: str
+    algorithm: str
+    version: int
+    created_at: datetime
+
+
 class AuditSnapshot:
     """A consistent read of the whole audit log (one read transaction)."""
 
@@ -103,6 +114,13 @@ class AuditSnapshot:
                       row.last_seq, row.last_hash)
             for row in result
         ]
+
+    async def key_versions(self) -> list[KeyVersionRow]:
+        """Every key version that exists (tenant, algorithm, version, created_at)."""
+        query = select(_KEY_VERSIONS.c.tenant_id, _KEY_VERSIONS.c.algorithm,
+                       _KEY_VERSIONS.c.version, _KEY_VERSIONS.c.created_at)
+        return [KeyVersionRow(row.tenant_id, row.algorithm, row.version, row.created_at)
+                for row in await self._connection.execute(query)]
 
     async def entries(self) -> AsyncIterator[AuditEntry]:
         """Every record, ordered by chain and sequence number (streamed, not all in memory)."""
