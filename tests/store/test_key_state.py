@@ -110,3 +110,13 @@ async def test_an_edit_by_hand_is_seen_once_the_status_expires(
     later = SimpleNamespace(monotonic=lambda: now + 2.0)  # this module's clock only
     monkeypatch.setattr("worker.store.key_state.time", later)
     assert await store.get_key_status(tid, K, 1) is KeyStatus.ARCHIVED
+
+
+def test_one_generation_file_whatever_the_path_to_the_database(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "pqkms.db"
+    real.parent.mkdir()
+    real.touch()
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    expected = real.resolve().with_name("pqkms.db-keystate")
+    assert key_state_path(link) == key_state_path(real) == expected

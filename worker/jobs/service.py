@@ -207,7 +207,12 @@ class JobService:
                 try:
                     message = await subscription.next_msg(timeout=5.0)
                 except TimeoutError:
-                    break
+                    # Counts from part of the results would be a wrong status, maybe a
+                    # "completed" one: none at all, and the caller asks again.
+                    raise ServiceError(
+                        ErrorCode.SERVICE_UNAVAILABLE,
+                        "The job's results could not all be counted just now; retry",
+                    ) from None
                 headers = message.headers or {}
                 items += int(headers.get(HEADER_ITEMS, 0))
                 failed += int(headers.get(HEADER_FAILED, 0))

@@ -42,8 +42,11 @@ StatusKey = tuple[str, str, int]  # (tenant id, algorithm name, version)
 
 
 def key_state_path(database: Path) -> Path:
-    """The generation file of a SQLite database file."""
-    return database.with_name(database.name + "-keystate")
+    """The generation file of a SQLite database file, next to the real file: workers
+    that reach one database by different paths (a symlink, another working directory)
+    share one generation file, as SQLite shares its WAL."""
+    real = database.expanduser().resolve()
+    return real.with_name(real.name + "-keystate")
 
 
 class KeyStateFile:
