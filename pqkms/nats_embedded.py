@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -28,6 +29,7 @@ from pqkms.nats_access import write_private
 
 __all__ = [
     "STORE_KEY_VARIABLE",
+    "store_key_environment",
     "EmbeddedNats",
     "NatsServerNotFound",
     "PortInUse",
@@ -179,6 +181,7 @@ class EmbeddedNats:
 # The environment variable that hands nats-server the key of its JetStream store (kept
 # out of the configuration file, as NATS advises), and the file it is kept in.
 STORE_KEY_VARIABLE = "PQKMS_JETSTREAM_STORE_KEY"
+_STORE_KEY_CHARACTERS = re.compile(r"[A-Za-z0-9_-]+")  # secrets.token_urlsafe's
 STORE_KEY_FILE = "jetstream.key"
 _STORE_KEY_BYTES = 32
 
@@ -197,9 +200,17 @@ def load_or_create_store_key(nats_dir: Path) -> str:
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(secrets.token_urlsafe(_STORE_KEY_BYTES) + "\n")
     key = path.read_text().strip()
-    if len(key) < _STORE_KEY_BYTES:
+    if len(key) < _STORE_KEY_BYTES or not _STORE_KEY_CHARACTERS.fullmatch(key):
         raise ValueError(f"{path} does not hold a JetStream store key")
     return key
+
+
+def store_key_environment(key: str) -> dict[str, str]:
+    """The variable that hands the store key to nats-server. nats-server parses the
+    value of a variable as configuration: unquoted, a key that starts with ``-`` (one
+    in 64 of them) is read as a malformed number and the server refuses to start. In
+    quotes every key is the same string it always was, so existing stores still open."""
+    return {STORE_KEY_VARIABLE: f'"{key}"'}
 
 
 def write_config(
@@ -257,7 +268,7 @@ def start_nats_server(
                  encrypted_store=store_key is not None)
     environment = {**os.environ}
     if store_key is not None:
-        environment[STORE_KEY_VARIABLE] = store_key
+        environment.update(store_key_environment(store_key))
     stdout = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
         [str(nats_server_binary()), "-c", str(config_file)],

@@ -36,10 +36,10 @@ from pqkms.admin import database_errors, describe_database_failure, initialise_s
 from pqkms.health import bridge_is_healthy, ping_workers
 from pqkms.nats_access import StackCredentials, access_config
 from pqkms.nats_embedded import (
-    STORE_KEY_VARIABLE,
     find_free_port,
     load_or_create_store_key,
     nats_server_binary,
+    store_key_environment,
     use_batch_scheduling,
     write_config,
 )
@@ -438,7 +438,7 @@ class _Supervisor:
         self.nats = SupervisedProcess(
             name="nats-server",
             argv=[str(nats_server_binary()), "-c", str(config)],
-            env={**os.environ, STORE_KEY_VARIABLE: store_key},
+            env={**os.environ, **store_key_environment(store_key)},
             log_path=self.layout.logs_dir / "nats.log",
             batch_scheduling=self.settings.nats_batch_scheduling,
         )
