@@ -21,7 +21,7 @@ from .conftest import API_KEY
 from .fake_worker import FakeWorker
 from .live import LiveBridge
 
-EXAMPLES = int(os.environ.get("PQKMS_SCHEMATHESIS_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("PQKMS_SCHEMATHESIS_EXAMPLES", "100"))
 
 
 @pytest.fixture(scope="module")
