@@ -68,6 +68,16 @@ def _rotation_period(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_client_nats_options(parser: argparse.ArgumentParser) -> None:
+    """Where a command that talks to running workers finds NATS (see _client_settings)."""
+    parser.add_argument("--nats-url", metavar="URL",
+                        help="comma-separated NATS servers (env PQKMS_NATS_URL; default: "
+                        "the server of a pqkms up of --data-dir, else nats://127.0.0.1:4222)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="data directory of a running pqkms up (env PQKMS_DATA_DIR; "
+                        "default .pqkms)")
+
+
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", metavar="DIR",
@@ -283,12 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 when the service answers (container healthcheck)",
         description="Without --http-url: a worker must answer a health ping over NATS.",
     )
-    health.add_argument("--nats-url", metavar="URL",
-                        help="comma-separated NATS servers (env PQKMS_NATS_URL; default: "
-                        "the server of a pqkms up of --data-dir, else nats://127.0.0.1:4222)")
-    health.add_argument("--data-dir", metavar="DIR",
-                        help="data directory of a running pqkms up (env PQKMS_DATA_DIR; "
-                        "default .pqkms)")
+    _add_client_nats_options(health)
     health.add_argument("--http-url", metavar="URL", help="check this /healthz URL instead")
     health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
 
@@ -306,12 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="results, JSON Lines, one per item in input order")
     batch.add_argument("--key-version", type=_positive_int, required=True, metavar="N")
     batch.add_argument("--algorithm", metavar="A", help="default algorithm for items")
-    batch.add_argument("--nats-url", metavar="URL",
-                       help="comma-separated NATS servers (env PQKMS_NATS_URL; default: "
-                       "the server of a pqkms up of --data-dir, else nats://127.0.0.1:4222)")
-    batch.add_argument("--data-dir", metavar="DIR",
-                       help="data directory of a running pqkms up (env PQKMS_DATA_DIR; "
-                       "default .pqkms)")
+    _add_client_nats_options(batch)
     batch.add_argument("--api-key", metavar="KEY", help="API key (env PQKMS_API_KEY)")
     batch.add_argument("--chunk-size", type=_positive_int, default=500, metavar="N",
                        help="items per job chunk (default 500, at most 1000)")
