@@ -25,7 +25,12 @@ ENV PATH=/opt/pqkms/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PQKMS_DATA_DIR=/data \
-    PQKMS_HTTP_HOST=0.0.0.0
+    PQKMS_HTTP_HOST=0.0.0.0 \
+    PQKMS_HTTP_ALLOW_PLAIN=true
+# The bridge listens on all of the container's addresses in plain HTTP: publish it on the
+# host's loopback (-p 127.0.0.1:8000:8000) or behind a proxy that terminates TLS, or
+# mount a certificate and set PQKMS_HTTP_TLS_CERT_FILE / PQKMS_HTTP_TLS_KEY_FILE for
+# HTTPS from the bridge itself, which then serves nothing else (docs/http-api.md).
 USER pqkms
 WORKDIR /home/pqkms
 VOLUME ["/data"]

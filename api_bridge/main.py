@@ -5,12 +5,16 @@ from __future__ import annotations
 import gc
 import importlib.util
 import socket
+import ssl
+from collections.abc import Callable
 
+import structlog
 import uvicorn
 
 from api_bridge.app import create_app
 from api_bridge.http_protocol import BridgeHttpProtocol
 from api_bridge.log_config import configure_logging
+from api_bridge.tls import https_context, serves_plain
 from worker.config import Settings
 from worker.nats_decoding import tolerate_undecodable_messages
 
@@ -29,12 +33,15 @@ class _BridgeServer(uvicorn.Server):
 
 
 def create_server(settings: Settings) -> uvicorn.Server:
-    """A uvicorn server for the bridge, not yet started.
+    """A uvicorn server for the bridge, not yet started: HTTPS with the configured
+    certificate, or plain HTTP where that is allowed (``api_bridge.tls``; raises its
+    ``BridgeTlsError`` otherwise).
 
     For callers that run it in their own event loop (``await server.serve()``) and
     want to know when it listens (``server.started``), e.g. ``pqkms up``.
     """
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    context = https_context(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.http_host,
@@ -49,12 +56,25 @@ def create_server(settings: Settings) -> uvicorn.Server:
         # would rewrite: skip the middleware that parses them on every request.
         proxy_headers=False,
         lifespan="on",
+        ssl_context_factory=None if context is None else _serving(context),
     )
     return _BridgeServer(config)
+
+
+def _serving(
+    context: ssl.SSLContext,
+) -> Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]:
+    """uvicorn's hook for a server context: the bridge's own, built and checked already."""
+    return lambda _config, _default: context
 
 
 def run(settings: Settings) -> None:
     """Serve the bridge on ``settings.http_host:http_port`` until interrupted."""
     configure_logging(settings.log_level, settings.log_json)
     tolerate_undecodable_messages()
-    create_server(settings).run()
+    server = create_server(settings)
+    if serves_plain(settings):  # allowed, or create_server would have refused
+        structlog.get_logger("api_bridge").warning(
+            "bridge_plain_http", host=settings.http_host, port=settings.http_port,
+            reason="PQKMS_HTTP_ALLOW_PLAIN: TLS is terminated in front of the bridge")
+    server.run()

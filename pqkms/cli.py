@@ -103,6 +103,19 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls-cert", metavar="FILE",
+        help="serve HTTPS (TLS 1.3) with this PEM certificate chain (env "
+        "PQKMS_HTTP_TLS_CERT_FILE); without it, plain HTTP on loopback only, unless "
+        "PQKMS_HTTP_ALLOW_PLAIN=true (a TLS proxy in front)",
+    )
+    parser.add_argument(
+        "--tls-key", metavar="FILE",
+        help="the certificate's private key, PEM (env PQKMS_HTTP_TLS_KEY_FILE)",
+    )
+
+
 def _add_master_key_commands(commands: Any) -> None:
     master = commands.add_parser(
         "master-key",
@@ -188,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--http-host", metavar="HOST", help="bridge address (env PQKMS_HTTP_HOST)")
     up.add_argument("--http-port", type=_port, metavar="N",
                     help="bridge port (env PQKMS_HTTP_PORT; default 8000)")
+    _add_tls_options(up)
     up.add_argument("--nats-port", type=_port, metavar="N",
                     help="NATS port (env PQKMS_NATS_PORT; default 4222, or a free one "
                     "when 4222 is taken)")
@@ -287,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="listen address (env PQKMS_HTTP_HOST; default 127.0.0.1)")
     bridge.add_argument("--http-port", type=_port, metavar="N",
                         help="listen port (env PQKMS_HTTP_PORT; default 8000)")
+    _add_tls_options(bridge)
 
     health = commands.add_parser(
         "health",
@@ -295,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_client_nats_options(health)
     health.add_argument("--http-url", metavar="URL", help="check this /healthz URL instead")
+    health.add_argument(
+        "--http-cert", metavar="FILE",
+        help="for an https URL, accept exactly this certificate, whatever host it names "
+        "(default: PQKMS_HTTP_TLS_CERT_FILE, the bridge's own; without either, the "
+        "system's CAs)")
     health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
 
     batch = commands.add_parser(
@@ -332,6 +352,8 @@ _SETTING_OPTIONS = {
     "nats_url": "nats_url",
     "http_host": "http_host",
     "http_port": "http_port",
+    "tls_cert": "http_tls_cert_file",
+    "tls_key": "http_tls_key_file",
     "nats_port": "nats_port",
     "workers": "workers",
     "start_timeout": "start_timeout_seconds",
@@ -564,11 +586,12 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
         from api_bridge.main import run  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise CommandError(f"the HTTP bridge is not installed: {exc}") from None
+    from api_bridge.tls import BridgeTlsError  # type: ignore[import-not-found,unused-ignore]
     from worker.nats_security import NatsSecurityError
 
     try:
         run(_settings(Settings, args))
-    except NatsSecurityError as exc:
+    except (BridgeTlsError, NatsSecurityError) as exc:
         raise CommandError(str(exc)) from None
     return 0
 
@@ -587,8 +610,13 @@ def _cmd_health(args: argparse.Namespace) -> int:
     from pqkms.health import bridge_is_healthy, ping_workers
 
     if args.http_url:
+        from pqkms.health import pinned_certificate
+
+        cert_file = args.http_cert or os.environ.get("PQKMS_HTTP_TLS_CERT_FILE")
         try:
-            healthy = asyncio.run(bridge_is_healthy(args.http_url, time_limit=args.timeout))
+            pinned = pinned_certificate(Path(cert_file)) if cert_file else None
+            healthy = asyncio.run(bridge_is_healthy(args.http_url, time_limit=args.timeout,
+                                                    pinned=pinned))
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         target = args.http_url

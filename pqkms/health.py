@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import http.client
 import json
+import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from schemas.subjects import Subject
 
-__all__ = ["bridge_is_healthy", "nats_servers", "ping_workers"]
+__all__ = ["bridge_is_healthy", "nats_servers", "ping_workers", "pinned_certificate"]
 
 
 def nats_servers(nats_url: str) -> list[str]:
@@ -85,12 +93,55 @@ def _get_status(url: str, timeout: float) -> int:
         return int(exc.code)
 
 
-async def bridge_is_healthy(url: str, *, time_limit: float = 2.0) -> bool:
-    """True when ``GET url`` (the bridge's ``/healthz``) answers 200."""
+def pinned_certificate(path: Path) -> bytes:
+    """The DER of the first certificate in a PEM file (the bridge's own certificate).
+
+    Raises ``ValueError`` when the file holds none."""
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read the certificate {path}: {exc.strerror}") from None
+    except ValueError:
+        raise ValueError(f"{path} holds no PEM certificate") from None
+    return certificates[0].public_bytes(Encoding.DER)
+
+
+def _get_pinned_status(url: str, timeout: float, pinned: bytes) -> int:
+    """``GET url`` over TLS from a server whose certificate is exactly ``pinned``.
+
+    The certificate itself is the trust anchor, so neither a CA nor the name in it is
+    checked: a health check on 127.0.0.1 of a bridge whose certificate names its public
+    host. Any other certificate is refused before the request is sent."""
+    parts = urllib.parse.urlsplit(url)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # verified below: the one certificate pinned
+    connection = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443,
+                                             timeout=timeout, context=context)
+    try:
+        connection.connect()
+        served = connection.sock.getpeercert(binary_form=True)
+        if served is None or not hmac.compare_digest(served, pinned):
+            raise ssl.SSLError("the bridge serves another certificate than the pinned one")
+        connection.request("GET", parts.path or "/")
+        return int(connection.getresponse().status)
+    finally:
+        connection.close()
+
+
+async def bridge_is_healthy(url: str, *, time_limit: float = 2.0,
+                            pinned: bytes | None = None) -> bool:
+    """True when ``GET url`` (the bridge's ``/healthz``) answers 200.
+
+    ``pinned``: for an ``https`` URL, the DER of the only certificate accepted
+    (:func:`pinned_certificate`); without it, the system's CAs and the URL's host name."""
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) URL: {url!r}")
     try:
-        status = await asyncio.to_thread(_get_status, url, time_limit)
-    except (OSError, ValueError):
+        if pinned is not None and url.startswith("https://"):
+            status = await asyncio.to_thread(_get_pinned_status, url, time_limit, pinned)
+        else:
+            status = await asyncio.to_thread(_get_status, url, time_limit)
+    except (OSError, ValueError, http.client.HTTPException):
         return False
     return status == 200

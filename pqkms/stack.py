@@ -33,7 +33,7 @@ from typing import IO
 from pydantic import Field
 
 from pqkms.admin import database_errors, describe_database_failure, initialise_store
-from pqkms.health import bridge_is_healthy, ping_workers
+from pqkms.health import bridge_is_healthy, ping_workers, pinned_certificate
 from pqkms.nats_access import StackCredentials, access_config
 from pqkms.nats_embedded import (
     find_free_port,
@@ -51,6 +51,7 @@ __all__ = [
     "StackSettings",
     "SupervisedProcess",
     "bridge_available",
+    "check_bridge_tls",
     "check_ports",
     "with_fallback_nats_port",
     "port_available",
@@ -140,6 +141,18 @@ def check_ports(settings: StackSettings, *, with_bridge: bool) -> None:
         seen.add(port)
         if not port_available(port, host):
             raise StackError(f"port {port} is already in use; choose another with {option}")
+
+
+def check_bridge_tls(settings: StackSettings) -> None:
+    """Raise :class:`StackError` when the bridge would refuse its TLS settings (a
+    certificate without its key, files that do not load, plain HTTP off loopback), before
+    anything starts; the bridge checks them again itself."""
+    from api_bridge.tls import BridgeTlsError, https_context
+
+    try:
+        https_context(settings)
+    except BridgeTlsError as exc:
+        raise StackError(str(exc)) from None
 
 
 def worker_metrics_ports(settings: StackSettings) -> list[int]:
@@ -370,7 +383,8 @@ class _Supervisor:
 
     @property
     def http_url(self) -> str:
-        return f"http://{_url_host(self.settings.http_host)}:{self.settings.http_port}"
+        scheme = "https" if self.settings.http_tls_cert_file is not None else "http"
+        return f"{scheme}://{_url_host(self.settings.http_host)}:{self.settings.http_port}"
 
     # -- signals ------------------------------------------------------------------------
 
@@ -415,6 +429,11 @@ class _Supervisor:
         )
         if self.settings.master_key is None:
             env["PQKMS_MASTER_KEY_FILE"] = str(self.settings.resolved_master_key_file().resolve())
+        tls_files = {"PQKMS_HTTP_TLS_CERT_FILE": self.settings.http_tls_cert_file,
+                     "PQKMS_HTTP_TLS_KEY_FILE": self.settings.http_tls_key_file}
+        for name, path in tls_files.items():
+            if path is not None:  # --tls-cert / --tls-key, or the variable itself
+                env[name] = str(path.expanduser().resolve())
         return env
 
     async def start_nats(self) -> None:
@@ -540,11 +559,14 @@ class _Supervisor:
         workers_ok = False
         bridge_ok = not self.with_bridge
         healthz = f"{self.http_url}/healthz"
+        cert = self.settings.http_tls_cert_file
+        # The bridge's own certificate, whatever host it names (it need not name loopback).
+        pinned = pinned_certificate(cert) if cert is not None and self.with_bridge else None
         while not self.stop_requested.is_set():
             if not workers_ok:
                 workers_ok = await ping_workers(self.nats_url, time_limit=1.0)
             if workers_ok and not bridge_ok:
-                bridge_ok = await bridge_is_healthy(healthz, time_limit=1.0)
+                bridge_ok = await bridge_is_healthy(healthz, time_limit=1.0, pinned=pinned)
             if workers_ok and bridge_ok:
                 return True
             if time.monotonic() > deadline:
@@ -666,6 +688,8 @@ async def _run(settings: StackSettings, out: IO[str], commands: ChildCommands) -
         _log.warning("api_bridge is not installed; starting without the HTTP bridge")
     settings = with_fallback_nats_port(settings)
     check_ports(settings, with_bridge=with_bridge)
+    if with_bridge:
+        check_bridge_tls(settings)
     layout = _prepare_layout(settings)
     # Relative paths are resolved once so every child sees the same files.
     settings = settings.model_copy(update={"data_dir": layout.data_dir})

@@ -18,7 +18,9 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from api_bridge.tls import https_context, serves_plain
 from pqkms.nats_embedded import find_free_port, nats_server_binary
+from worker.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -108,6 +110,20 @@ def test_compose_keeps_secrets_out_of_the_bridge_and_the_environment(
         for value in (service.get("environment") or {}).values():
             assert "not-a-real-password" not in str(value), name
     assert services["bridge"]["ports"][0]["target"] == 8000
+
+
+def test_compose_publishes_plain_http_on_loopback_only(compose_config: dict[str, Any]) -> None:
+    """The API takes HTTPS only: the bridge's plain HTTP stays on the host unless the
+    operator publishes it elsewhere (a TLS proxy in front), and the bridge starts with
+    exactly the environment compose gives it (api_bridge.tls)."""
+    bridge = compose_config["services"]["bridge"]
+    assert bridge["ports"][0]["host_ip"] == "127.0.0.1"
+    environment = bridge["environment"]
+    settings = Settings(nats_url="nats://127.0.0.1:1",
+                        http_host=environment["PQKMS_HTTP_HOST"],
+                        http_allow_plain=environment["PQKMS_HTTP_ALLOW_PLAIN"])
+    assert serves_plain(settings)
+    assert https_context(settings) is None
 
 
 def test_compose_nats_nodes_are_a_jetstream_cluster_with_own_volumes(

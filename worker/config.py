@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
+    # HTTPS for the bridge (api_bridge/tls.py, docs/http-api.md "HTTPS").
+    http_tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain) the bridge serves HTTPS with, "
+        "TLS 1.3 only; with PQKMS_HTTP_TLS_KEY_FILE"
+    )
+    http_tls_key_file: Path | None = Field(
+        default=None, description="the bridge certificate's private key (PEM, unencrypted)"
+    )
+    http_allow_plain: bool = Field(
+        default=False, description="serve plain HTTP on an address other than loopback: "
+        "only behind a proxy that terminates TLS"
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; default: SQLite in data_dir"
     )
