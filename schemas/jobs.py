@@ -31,6 +31,7 @@ __all__ = [
     "JobStatusRequest",
     "JobSubmitRequest",
     "JobSubmitted",
+    "chunk_key",
     "chunk_message_id",
     "chunk_subject",
     "job_key",
@@ -155,6 +156,11 @@ def chunk_subject(tenant_id: str, job_id: str, chunk_index: int) -> str:
 def results_subject(tenant_id: str, job_id: str, chunk_index: int | str) -> str:
     """Where a chunk's results are kept (one message per subject)."""
     return f"{JOB_RESULTS_PREFIX}.{tenant_id}.{job_id}.{chunk_index}"
+
+
+def chunk_key(tenant_id: str, job_id: str, chunk_index: int) -> str:
+    """A chunk's entry in the ``pqkms_jobs`` bucket: the digest of what it holds."""
+    return f"{tenant_id}.{job_id}.{chunk_index}"
 
 
 def chunk_message_id(tenant_id: str, job_id: str, chunk_index: int) -> str:

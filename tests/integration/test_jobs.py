@@ -151,6 +151,35 @@ async def test_resubmitting_a_finished_job_adds_no_results(client: PqkmsClient) 
     assert await all_results(client, job_id) == first  # the very same results, once each
 
 
+def _b64(text: bytes) -> str:
+    return base64.b64encode(text).decode()
+
+
+async def test_a_job_id_used_again_for_other_items_is_refused(client: PqkmsClient) -> None:
+    """A nightly job run again under the same id never gets the night before's results
+    (a review found them answered as a duplicate, the new items never run)."""
+    job_id = uuid.uuid4().hex
+    night_one = [{"plaintext": _b64(b"night one"), "reference": "r1"}]
+    await client.submit_job("kem.encrypt", night_one, job_id=job_id, key_version=1)
+    await client.wait_for_job(job_id, timeout=60)
+    first = await all_results(client, job_id)
+
+    night_two = [{"plaintext": _b64(b"night two"), "reference": "r1"}]
+    with pytest.raises(PqkmsError, match=f"chunk 0 of job {job_id} was submitted before "
+                                         "with other items") as refused:
+        await client.submit_job("kem.encrypt", night_two, job_id=job_id, key_version=1)
+    assert refused.value.code == "ERR_INVALID_001"
+    await client.rotate_key("Kyber768")
+    with pytest.raises(PqkmsError, match="was submitted before"):
+        await client.submit_job("kem.encrypt", night_one, job_id=job_id, key_version=2)
+
+    # The same items (in any key order) are the same chunk: a duplicate, as before.
+    same = [{"reference": "r1", "plaintext": _b64(b"night one")}]
+    again = await client.submit_chunk(job_id, "kem.encrypt", 0, 1, same, key_version=1)
+    assert (again["queued"], again["duplicate"]) == (False, True)
+    assert await all_results(client, job_id) == first
+
+
 async def test_a_job_belongs_to_its_tenant(job_stack: LocalStack, client: PqkmsClient) -> None:
     job_id = await client.submit_job("kem.encrypt", encrypt_items(10), key_version=1)
     await client.wait_for_job(job_id, timeout=60)

@@ -6,13 +6,12 @@ one tenant can never see, extend or read another tenant's job, even with the sam
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from nats.js import api
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from pydantic import BaseModel, ValidationError
 
 from schemas import batch
@@ -36,10 +35,10 @@ from schemas.jobs import (
 from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID
 from schemas.validation import describe_validation_error
 from worker.errors import ServiceError
+from worker.jobs.chunk_claims import SALT_FIELD, claim_chunk, create_or_read, new_salt
 from worker.jobs.streams import JobStreams
 from worker.services.batch import BatchService
 from worker.services.context import Caller
-from worker.services.transient import TRANSIENT_MESSAGE
 
 __all__ = ["HEADER_FAILED", "HEADER_ITEMS", "JobService", "chunk_headers_of"]
 
@@ -47,7 +46,6 @@ HEADER_ITEMS = "Pqkms-Items"
 HEADER_FAILED = "Pqkms-Failed"
 # Room for the chunk's own JSON wrapper and headers inside one message.
 _CHUNK_HEADROOM = 4096
-_READ_BACK_ATTEMPTS = 6
 
 _BATCH_MODELS: dict[JobOperation, type[BaseModel]] = {
     JobOperation.KEM_ENCRYPT: batch.EncryptBatchRequest,
@@ -123,7 +121,8 @@ class JobService:
         kv = await self._streams.ensure()
         js = self._streams.js
         tenant, job_id, index = caller.tenant_id, request.job_id, request.chunk_index
-        await self._register(kv, caller, request)
+        job = await self._register(kv, caller, request)
+        await claim_chunk(kv, caller, request, job)
         submitted = JobSubmitted(job_id=job_id, chunk_index=index,
                                  total_chunks=request.total_chunks, items=len(request.items),
                                  queued=False, duplicate=True)
@@ -140,19 +139,15 @@ class JobService:
         return submitted.model_copy(update={"queued": not ack.duplicate,
                                             "duplicate": bool(ack.duplicate)})
 
-    async def _register(self, kv: Any, caller: Caller, request: JobSubmitRequest) -> None:
+    async def _register(self, kv: Any, caller: Caller,
+                        request: JobSubmitRequest) -> dict[str, Any]:
+        """The job's entry: made by this submit, or checked against the first one."""
         key = job_key(caller.tenant_id, request.job_id)
         record = {"operation": request.operation.value, "total_chunks": request.total_chunks,
-                  "created_at": utc_timestamp()}
-        try:
-            await kv.create(key, orjson.dumps(record))
-            return
-        except KeyWrongLastSequenceError:
-            pass
-        except Exception as exc:  # nats-py raises a plain APIError for "key exists"
-            if "wrong last sequence" not in str(exc).lower():
-                raise
-        existing = await _read_back(kv, key)
+                  "created_at": utc_timestamp(), SALT_FIELD: new_salt()}
+        existing = await create_or_read(kv, key, record)
+        if existing is None:
+            return record
         if (existing.get("operation"), existing.get("total_chunks")) != (
             record["operation"], record["total_chunks"]
         ):
@@ -162,6 +157,7 @@ class JobService:
                 f"{existing.get('operation')} and {existing.get('total_chunks')} chunks; "
                 "use a new job_id for a different job",
             )
+        return existing
 
     async def _job_record(self, caller: Caller, job_id: str) -> dict[str, Any]:
         kv = await self._streams.ensure()
@@ -240,17 +236,3 @@ class JobService:
                 f"Chunk {request.chunk_index} of job {request.job_id} has no results yet",
             ) from None
         return StoredChunkResults(stored)
-
-
-async def _read_back(kv: Any, key: str) -> dict[str, Any]:
-    """The job record that made ``create`` fail. On a replicated bucket during a leader
-    change, our own first attempt can have been applied (its retry then fails) before
-    the replica we read from has it: wait briefly for it, then ask for a retry."""
-    for attempt in range(_READ_BACK_ATTEMPTS):
-        try:
-            existing: dict[str, Any] = orjson.loads((await kv.get(key)).value or b"{}")
-            return existing
-        except KeyNotFoundError:
-            await asyncio.sleep(0.05 * (attempt + 1))
-    raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, TRANSIENT_MESSAGE)
-

@@ -4,7 +4,8 @@
   a chunk is deleted once a worker acks it. ``Nats-Msg-Id`` de-duplicates re-submits.
 - ``PQKMS_JOB_RESULTS``: one message per chunk subject (``max_msgs_per_subject=1``), so
   a chunk processed twice still has exactly one set of results.
-- ``pqkms_jobs``: key-value bucket, one entry per job (operation, chunk count, created).
+- ``pqkms_jobs``: key-value bucket, one entry per job (operation, chunk count, created,
+  digest salt) and one per chunk (the digest of what it holds, ``chunk_claims``).
 - ``pqkms-job-workers``: the durable pull consumer every worker shares.
 """
 
