@@ -35,7 +35,8 @@ _WRAPPED_MODES = frozenset({Mode.KEY_WRAP})
 
 
 _LARGER_DATA = {
-    "plaintext": "use kem/key/wrap with a data key or a bulk job for larger data",
+    "plaintext": "use kem/key/wrap with a data key for larger data (encrypt the data under "
+                 "the data key yourself)",
     "message": "sign and verify a digest of a larger message with signature/sign-hash and "
                "signature/verify-hash",
 }
