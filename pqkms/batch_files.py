@@ -6,12 +6,16 @@ and write its results, in input order, as JSON Lines.
 
 After every chunk written to the output, a small state file next to it
 (``<out>.pqkms-state.json``) records the job id, the input's path, size and mtime, the
-options that decide how items are cut into chunks, and how many chunks (and bytes) of
-the output are complete. Run again with the same arguments after Ctrl-C or a crash: the
+options that decide how items are cut into chunks (the message limit cut for included),
+how many chunks (and bytes) of the output are complete and how many of their items
+failed. Run again with the same arguments after Ctrl-C or a crash: the
 output is truncated to the last complete chunk, the same job id is used, chunks already
 written are skipped, the rest are submitted again (de-duplicated by the job, so a chunk
 that already ran is not run twice) and their results fetched. The state file is removed
 when the output is complete.
+
+Every item is checked before anything is submitted: a line that is not an item, or an
+item too large for one message even alone, is a :class:`BatchFileError` naming the line.
 """
 
 from __future__ import annotations
@@ -29,18 +33,26 @@ from typing import Any, TextIO
 
 import orjson
 
-from pqkms.client import DEFAULT_MESSAGE_LIMIT, PqkmsClient, PqkmsError, split_items
+from pqkms.client import (
+    DEFAULT_MESSAGE_LIMIT,
+    ItemTooLargeError,
+    PqkmsClient,
+    PqkmsError,
+    split_items,
+)
 from schemas.batch import DEFAULT_MAX_BATCH_ITEMS
 from schemas.errors import ErrorCode
 from schemas.fields import b64encode
 from schemas.jobs import JobOperation
 
 __all__ = [
+    "ITEMS_FAILED_EXIT_STATUS",
     "OPERATIONS",
     "BatchFileError",
     "BatchOptions",
     "BatchSummary",
     "BatchState",
+    "ItemCounts",
     "Progress",
     "connect",
     "check_options",
@@ -50,6 +62,10 @@ __all__ = [
     "run_batch_file",
     "state_path",
 ]
+
+#: ``pqkms batch``'s exit status when the output is complete but some items failed (or,
+#: for verify, did not verify).
+ITEMS_FAILED_EXIT_STATUS = 3
 
 STATE_SUFFIX = ".pqkms-state.json"
 STATE_FORMAT = 1
@@ -88,8 +104,30 @@ class BatchOptions:
     job_id: str | None = None
     #: Chunks submitted ahead of the one being written.
     window: int = 8
+    #: The largest message chunks are cut for; the server's ``max_payload`` when lower.
     message_limit: int = DEFAULT_MESSAGE_LIMIT
     poll_seconds: float = 0.1
+
+
+@dataclass
+class ItemCounts:
+    """Outcomes of results: ``succeeded`` (data, whether or not a signature verified),
+    ``failed`` (an error), ``not_verified`` (verify's ``valid: false``, among succeeded)."""
+
+    succeeded: int = 0
+    failed: int = 0
+    not_verified: int = 0
+
+    def add(self, results: list[dict[str, Any]]) -> None:
+        """Count each result."""
+        for result in results:
+            if "error" in result:
+                self.failed += 1
+                continue
+            self.succeeded += 1
+            data = result.get("data")
+            if isinstance(data, dict) and data.get("valid") is False:
+                self.not_verified += 1
 
 
 @dataclass
@@ -111,6 +149,27 @@ class BatchState:
     items_written: int = 0
     output_bytes: int = 0
     format: int = STATE_FORMAT
+    # Added within format 1, absent from the state files of earlier pqkms versions: the
+    # message limit chunks were cut for (theirs cut for the default) and the outcomes of
+    # the items written (None: counted again from the output).
+    message_limit: int = DEFAULT_MESSAGE_LIMIT
+    items_succeeded: int | None = None
+    items_failed: int | None = None
+    items_not_verified: int | None = None
+
+    @property
+    def counts(self) -> ItemCounts | None:
+        """The outcomes of the items written, if recorded."""
+        if (self.items_succeeded is None or self.items_failed is None
+                or self.items_not_verified is None):
+            return None
+        return ItemCounts(self.items_succeeded, self.items_failed, self.items_not_verified)
+
+    def record(self, counts: ItemCounts) -> None:
+        """Keep ``counts`` as the outcomes of the items written."""
+        self.items_succeeded = counts.succeeded
+        self.items_failed = counts.failed
+        self.items_not_verified = counts.not_verified
 
     def same_run(self, other: BatchState) -> list[str]:
         """The settings in which ``other`` (this invocation) differs from the record."""
@@ -121,7 +180,8 @@ class BatchState:
 
 @dataclass
 class BatchSummary:
-    """What a run did (this invocation only for ``items_this_run`` and ``seconds``)."""
+    """What a run did: counts of the whole output, this run's and earlier runs' alike
+    (this invocation only for ``items_this_run`` and ``seconds``)."""
 
     job_id: str
     total_items: int
@@ -132,6 +192,13 @@ class BatchSummary:
     failed: int
     seconds: float
     resumed: bool
+    #: Verify items answered ``valid: false`` (counted in ``succeeded`` too).
+    not_verified: int = 0
+
+    @property
+    def all_ok(self) -> bool:
+        """No item failed and every signature verified."""
+        return self.failed == 0 and self.not_verified == 0
 
     @property
     def items_per_second(self) -> float:
@@ -199,6 +266,13 @@ def iter_items(path: Path, operation: JobOperation,
                raw_lines: bool = False) -> Iterator[dict[str, Any]]:
     """Every item of the input file, one line at a time (blank lines are skipped in JSON
     Lines; with ``raw_lines`` every line is an item, an empty one included)."""
+    for _, item in _numbered_items(path, operation, raw_lines):
+        yield item
+
+
+def _numbered_items(path: Path, operation: JobOperation,
+                    raw_lines: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, item)`` of every item of the input file."""
     if raw_lines and operation not in _RAW_FIELD:
         raise BatchFileError(f"--raw-lines does not apply to {operation.value}: each item "
                              "needs a message and a signature (use JSON Lines)")
@@ -206,23 +280,41 @@ def iter_items(path: Path, operation: JobOperation,
         for number, line in enumerate(lines, start=1):
             if not raw_lines and not line.strip():
                 continue
-            yield _item_from_line(operation, line, number, raw_lines)
+            yield number, _item_from_line(operation, line, number, raw_lines)
 
 
 def iter_chunks(path: Path, operation: JobOperation, chunk_size: int, *, raw_lines: bool = False,
                 message_limit: int = DEFAULT_MESSAGE_LIMIT) -> Iterator[list[dict[str, Any]]]:
     """The input's job chunks: groups of ``chunk_size`` items, each cut further by
-    :func:`pqkms.client.split_items` when it would not fit in one message. The same file
-    and options always give the same chunks."""
+    :func:`pqkms.client.split_items` when it would not fit in a message of
+    ``message_limit`` bytes. The same file and options always give the same chunks.
+
+    An item too large for one message even alone is a :class:`BatchFileError` naming
+    its line and the limit."""
     size = min(chunk_size, DEFAULT_MAX_BATCH_ITEMS)
     group: list[dict[str, Any]] = []
-    for item in iter_items(path, operation, raw_lines):
+    lines: list[int] = []
+    for number, item in _numbered_items(path, operation, raw_lines):
         group.append(item)
+        lines.append(number)
         if len(group) == size:
-            yield from split_items(operation, group, size, message_limit)
-            group = []
+            yield from _split_group(operation, group, lines, size, message_limit)
+            group, lines = [], []
     if group:
-        yield from split_items(operation, group, size, message_limit)
+        yield from _split_group(operation, group, lines, size, message_limit)
+
+
+def _split_group(operation: JobOperation, group: list[dict[str, Any]], lines: list[int],
+                 size: int, message_limit: int) -> list[list[dict[str, Any]]]:
+    try:
+        return split_items(operation, group, size, message_limit)
+    except ItemTooLargeError as exc:
+        raise BatchFileError(
+            f"line {lines[exc.index]}: the item is too large for one message: with its "
+            f"result it needs {exc.size:,} bytes, over what a {message_limit:,}-byte "
+            "message holds beside the request's own fields (the limit is the smaller of "
+            "pqkms's and the NATS server's max_payload); an item holds at most 1 MiB "
+            "(1,048,576 bytes) of plaintext or message") from None
 
 
 def count_chunks(path: Path, operation: JobOperation, chunk_size: int, *,
@@ -259,6 +351,20 @@ def _load_state(path: Path) -> BatchState | None:
     except (orjson.JSONDecodeError, TypeError) as exc:
         raise BatchFileError(f"unreadable state file {path} ({exc}); delete it to "
                              "start over") from None
+
+
+def _count_output(path: Path, length: int) -> ItemCounts:
+    """The outcomes of the results in the first ``length`` bytes of an output (a state
+    file of an earlier version did not record them)."""
+    counts = ItemCounts()
+    with path.open("rb") as out:
+        read = 0
+        for line in out:
+            read += len(line)
+            if read > length:
+                break
+            counts.add([orjson.loads(line)])
+    return counts
 
 
 def _save_state(path: Path, state: BatchState) -> None:
@@ -378,30 +484,34 @@ async def run_batch_file(client: PqkmsClient, options: BatchOptions, *,
     state, resumed = _resume_or_start(options)
     state_file = state_path(options.output_path)
     if not resumed:
+        # Cut as the client cuts: a chunk over the server's max_payload cannot be sent.
+        # The limit is recorded, so that a resume cuts the same chunks.
+        state.message_limit = min(options.message_limit, client.fitting_message_limit)
         state.total_chunks, state.total_items = count_chunks(
             options.input_path, options.operation, options.chunk_size,
-            raw_lines=options.raw_lines, message_limit=options.message_limit)
+            raw_lines=options.raw_lines, message_limit=state.message_limit)
         if state.total_chunks == 0:
             options.output_path.write_bytes(b"")
             return BatchSummary(state.job_id, 0, 0, 0, 0, 0, 0,
                                 time.monotonic() - started, False)
         options.output_path.write_bytes(b"")
+        state.record(ItemCounts())
         _save_state(state_file, state)
     elif not options.output_path.is_file() or (
             options.output_path.stat().st_size < state.output_bytes):
         raise BatchFileError(f"{options.output_path} is shorter than the interrupted run "
                              f"wrote; delete {state_file} to start over")
+    counts = state.counts or _count_output(options.output_path, state.output_bytes)
     skipped = state.chunks_written
     progress = Progress(state.total_items, state.items_written,
                         stream=progress_stream or sys.stderr)
-    succeeded = failed = 0
 
     pending: asyncio.Queue[tuple[int, asyncio.Task[dict[str, Any]]] | None] = asyncio.Queue(
         maxsize=max(1, options.window))
 
     async def produce() -> None:
         chunks = iter_chunks(options.input_path, options.operation, options.chunk_size,
-            raw_lines=options.raw_lines, message_limit=options.message_limit)
+                             raw_lines=options.raw_lines, message_limit=state.message_limit)
         for index, chunk in enumerate(chunks):
             if index < state.chunks_written:
                 continue
@@ -439,12 +549,12 @@ async def run_batch_file(client: PqkmsClient, options: BatchOptions, *,
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
+                counts.add(results)
                 state.chunks_written = index + 1
                 state.items_written += len(results)
                 state.output_bytes += len(data)
+                state.record(counts)
                 _save_state(state_file, state)
-                succeeded += int(chunk.get("succeeded", 0))
-                failed += int(chunk.get("failed", 0))
                 progress.advance(len(results))
                 if on_chunk is not None:
                     on_chunk(state)
@@ -464,5 +574,5 @@ async def run_batch_file(client: PqkmsClient, options: BatchOptions, *,
     return BatchSummary(
         job_id=state.job_id, total_items=state.total_items, total_chunks=state.total_chunks,
         items_this_run=progress.done_here, chunks_skipped=skipped,
-        succeeded=succeeded, failed=failed, seconds=time.monotonic() - started,
-        resumed=resumed)
+        succeeded=counts.succeeded, failed=counts.failed, seconds=time.monotonic() - started,
+        resumed=resumed, not_verified=counts.not_verified)

@@ -5,7 +5,8 @@ Every option can also come from the environment (``PQKMS_DATA_DIR``, ``PQKMS_HTT
 environment, which wins over the default.
 
 Exit status: 0 on success (and on a clean stop of ``up``), 1 on a user-facing error
-(port taken, duplicate tenant, wrong master key…), 2 on a usage error.
+(port taken, duplicate tenant, wrong master key…), 2 on a usage error; ``batch`` also
+3 when its output is complete but some items failed.
 """
 
 from __future__ import annotations
@@ -323,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream a JSON Lines file (or one value per line) through a durable "
         "JetStream job; results are written in input order as JSON Lines. Interrupted "
         "(Ctrl-C)? Run the same command again: finished chunks are not redone.",
+        epilog="Exit status: 0 every item ok (for verify: every signature valid); "
+        "3 the output is complete but some items failed (an \"error\" "
+        "line) or, for verify, did not verify (\"valid\": false); 1 the command failed "
+        "(nothing submitted for an input line that is not an item or is too large for "
+        "one message); 130 interrupted (run it again to resume).",
     )
     batch.add_argument("operation", choices=["encrypt", "decrypt", "sign", "verify"])
     batch.add_argument("--in", dest="input", required=True, metavar="FILE",
@@ -661,6 +667,7 @@ async def _say_when_no_worker_answers(nats_url: str, security: dict[str, Any]) -
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     from pqkms.batch_files import (
+        ITEMS_FAILED_EXIT_STATUS,
         OPERATIONS,
         BatchFileError,
         BatchOptions,
@@ -704,12 +711,16 @@ def _cmd_batch(args: argparse.Namespace) -> int:
               f"{options.output_path} is empty", file=sys.stderr, flush=True)
         return 0
     resumed = f", resumed after {summary.chunks_skipped} chunks" if summary.resumed else ""
+    if args.operation == "verify":
+        outcome = (f"{summary.succeeded - summary.not_verified} verified, "
+                   f"{summary.not_verified} did not verify, {summary.failed} failed")
+    else:
+        outcome = f"{summary.succeeded} ok, {summary.failed} failed"
     print(f"{args.operation}: {summary.total_items} items in {summary.total_chunks} chunks "
-          f"(job {summary.job_id}{resumed}); this run {summary.items_this_run} items, "
-          f"{summary.succeeded} ok, {summary.failed} failed, in {summary.seconds:.1f} s, "
-          f"{summary.items_per_second:,.0f} items/s -> {options.output_path}",
-          file=sys.stderr, flush=True)
-    return 0
+          f"(job {summary.job_id}{resumed}): {outcome}; this run {summary.items_this_run} "
+          f"items in {summary.seconds:.1f} s, {summary.items_per_second:,.0f} items/s "
+          f"-> {options.output_path}", file=sys.stderr, flush=True)
+    return 0 if summary.all_ok else ITEMS_FAILED_EXIT_STATUS
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:

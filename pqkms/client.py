@@ -23,7 +23,15 @@ import base64
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MESSAGE_LIMIT",
     "DEFAULT_REPLIES_IN_FLIGHT_BYTES",
+    "ItemTooLargeError",
     "PqkmsClient",
     "PqkmsError",
     "SyncPqkmsClient",
@@ -85,6 +94,22 @@ class PqkmsError(Exception):
         self.retry_after = retry_after
 
 
+class ItemTooLargeError(ValueError):
+    """One item that does not fit in one message even alone: no batch or chunk holding
+    it could be sent. ``index`` is its position in the items given, ``size`` the larger
+    of its request and the bound of its result, ``limit`` the message limit cut for."""
+
+    def __init__(self, index: int, size: int, limit: int) -> None:
+        super().__init__(
+            f"item {index} cannot fit in one message: with its result it needs {size:,} "
+            f"bytes, over the {limit:,}-byte message limit less {_HEADROOM:,} bytes for "
+            "the request's own fields (an item holds at most 1 MiB of plaintext or "
+            "message by default)")
+        self.index = index
+        self.size = size
+        self.limit = limit
+
+
 def split_items(
     operation: JobOperation | str,
     items: Sequence[dict[str, Any]],
@@ -92,15 +117,24 @@ def split_items(
     message_limit: int = DEFAULT_MESSAGE_LIMIT,
 ) -> list[list[dict[str, Any]]]:
     """Cut items into batches (or job chunks) whose request and reply each fit in one
-    message, with at most ``max_items`` items each."""
+    message, with at most ``max_items`` items each.
+
+    Raises :class:`ItemTooLargeError` (a ``ValueError``) for an item that alone does not
+    fit: a batch holding it could not be sent (nats-py's ``MaxPayloadError``, or the
+    worker's ``ERR_INVALID_001``). An item within that size but over the per-item limit
+    (1 MiB of plaintext) is cut as any other and gets its own error from the worker.
+    """
     reply_bound = reply_bound_of(JobOperation(operation).subject)
     budget = message_limit - _HEADROOM
     groups: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
     request_bytes = reply_bytes = REPLY_ENVELOPE_BYTES
-    for item in items:
+    for index, item in enumerate(items):
         item_request = len(orjson.dumps(item)) + 1
         item_reply = reply_bound(item)
+        alone = REPLY_ENVELOPE_BYTES + max(item_request, item_reply)
+        if alone > budget:
+            raise ItemTooLargeError(index, alone, message_limit)
         if current and (len(current) >= max_items or request_bytes + item_request > budget
                         or reply_bytes + item_reply > budget):
             groups.append(current)
@@ -196,7 +230,8 @@ class PqkmsClient:
 
     # -- transport ---------------------------------------------------------------------
 
-    def _fitting_limit(self) -> int:
+    @property
+    def fitting_message_limit(self) -> int:
         """The message limit batches and chunks are cut for: the one given, or the
         server's ``max_payload`` where that is lower."""
         return min(self._message_limit, self._nc.max_payload)
@@ -376,10 +411,16 @@ class PqkmsClient:
                     key_version: int | None = None,
                     algorithm: str | None = None) -> list[dict[str, Any]]:
         """Every item's result (``data`` or ``error``, with its ``reference``), in order;
-        split into as many batch requests as the limits need."""
+        split into as many batch requests as the message size and ``max_batch_items``
+        need. Not split by the plan's burst: a batch of more items than the burst is
+        refused (``ERR_INVALID_001``); a job waits for the rate instead.
+
+        An item too large for one message even alone raises :class:`ItemTooLargeError`
+        before any request is sent."""
         op = JobOperation(operation)
+        groups = split_items(op, items, self._max_batch_items, self.fitting_message_limit)
         results: list[dict[str, Any]] = []
-        for group in split_items(op, items, self._max_batch_items, self._fitting_limit()):
+        for group in groups:
             data = await self.request(op.batch_subject, _fields(
                 items=group, key_version=key_version, algorithm=algorithm))
             results.extend(data["results"])
@@ -403,12 +444,14 @@ class PqkmsClient:
                          concurrency: int = 4) -> str:
         """Split items into chunks and queue them all; returns the job id. Submitting the
         same items with the same job id again queues nothing twice. A job holds at least
-        one item: no items is a ``ValueError`` (there would be no job to ask about)."""
+        one item: no items is a ``ValueError`` (there would be no job to ask about), and
+        an item too large for one message even alone is an :class:`ItemTooLargeError`
+        (a ``ValueError`` too), both before any chunk is queued."""
         if not items:
             raise ValueError("a job needs at least one item; there is nothing to submit")
         job_id = job_id or uuid.uuid4().hex
         chunks = split_items(operation, items, min(chunk_items, self._max_batch_items),
-                             self._fitting_limit())
+                             self.fitting_message_limit)
         gate = asyncio.Semaphore(concurrency)
 
         async def one(index: int, chunk: list[dict[str, Any]]) -> None:
@@ -452,6 +495,15 @@ class PqkmsClient:
 
         While one chunk's results are consumed, the next ``read_ahead`` chunks are already
         being read (0: one request at a time)."""
+        async for results in self.job_result_chunks(job_id, start_chunk=start_chunk,
+                                                    read_ahead=read_ahead):
+            for result in results:
+                yield result
+
+    async def job_result_chunks(self, job_id: str, *, start_chunk: int = 0,
+                                read_ahead: int = 2,
+                                ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """As :meth:`job_results`, one list per chunk (a chunk's results in order)."""
         status = await self.job_status(job_id)
         total = int(status["total_chunks"])
         read_ahead = max(0, read_ahead)
@@ -463,8 +515,7 @@ class PqkmsClient:
                     reading.append(asyncio.ensure_future(self.chunk_results(job_id, next_index)))
                     next_index += 1
                 chunk = await reading.popleft()
-                for result in chunk["results"]:
-                    yield result
+                yield list(chunk["results"])
         finally:
             # Stopped early (or a read failed): the reads ahead are not wanted any more.
             for pending in reading:
@@ -491,19 +542,35 @@ class SyncPqkmsClient:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._client, name)
-        if name == "job_results":
-            return lambda *args, **kwargs: self._iterate(method(*args, **kwargs))
 
         def call(*args: Any, **kwargs: Any) -> Any:
             return self._run(method(*args, **kwargs))
 
         return call
 
-    def _iterate(self, results: AsyncIterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        async def collect() -> list[dict[str, Any]]:
-            return [result async for result in results]
+    def job_results(self, job_id: str, *, start_chunk: int = 0,
+                    read_ahead: int = 2) -> Generator[dict[str, Any], None, None]:
+        """Every item's result of a completed job, in submit order, as they are read:
+        one chunk's results are held at a time (plus the ``read_ahead`` chunks being
+        read meanwhile), never the whole job."""
+        chunks = self._client.job_result_chunks(job_id, start_chunk=start_chunk,
+                                                read_ahead=read_ahead)
 
-        yield from self._run(collect())
+        async def next_chunk() -> list[dict[str, Any]] | None:
+            try:
+                return await chunks.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        async def stop() -> None:
+            await chunks.aclose()
+
+        try:
+            while (results := self._run(next_chunk())) is not None:
+                yield from results
+        finally:
+            # Stopped early: cancel the reads ahead, on the loop that started them.
+            self._run(stop())
 
     def close(self) -> None:
         """Close the connection and stop the background loop."""
