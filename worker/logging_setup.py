@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import structlog
+from nats.errors import SlowConsumerError
 
 from worker.log_sink import BufferedLineLoggerFactory
 
@@ -35,6 +36,11 @@ def utc_timestamper(_logger: object, _method: str,
     return event
 
 
+def _without_slow_consumer_errors(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, SlowConsumerError)
+
+
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger once per process."""
     use_json = (not sys.stderr.isatty()) if json is None else json
@@ -52,6 +58,9 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s")
     # FastStream narrates every task at INFO; our one line per request is enough.
     logging.getLogger("faststream").setLevel(logging.WARNING)
+    # ... and a traceback per message nats-py drops as a slow consumer, which the
+    # connection guard counts in one line a second (``nats_slow_consumer``).
+    logging.getLogger("faststream.access.nats").addFilter(_without_slow_consumer_errors)
     structlog.configure(
         # No contextvars merge: the worker binds none (≈ 1.5 µs a line).
         processors=[

@@ -26,9 +26,11 @@ from urllib.parse import urlsplit
 
 import structlog
 from faststream.nats import NatsCredentials, NatsNKey, NatsSecurity, NatsUserPassword
+from nats.errors import SlowConsumerError
 from pydantic import SecretStr
 
 from worker.config import Settings
+from worker.log_throttle import ThrottledWarning
 
 __all__ = [
     "ConnectRefusalGuard",
@@ -296,6 +298,9 @@ def refusal_reason(exc: BaseException) -> str | None:
     return None
 
 
+_SLOW_CONSUMER = ThrottledWarning("pqkms.nats", "nats_slow_consumer")
+
+
 class ConnectRefusalGuard:
     """NATS connection callbacks that make a refused connection loud, not a silent loop.
 
@@ -335,6 +340,10 @@ class ConnectRefusalGuard:
         return self._on_reconnected
 
     async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            # One per message dropped: counted, one line a second (worker.log_throttle).
+            _SLOW_CONSUMER.note(component=self._component, subject=exc.subject)
+            return
         text = str(exc)
         if _SUBSCRIPTION_REFUSED in text and len(self._subscriptions_refused) < 100:
             self._subscriptions_refused.append(text.removeprefix("nats: "))

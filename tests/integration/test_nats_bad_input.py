@@ -224,5 +224,5 @@ async def test_a_reserved_reply_subject_is_never_answered(stack: LocalStack, cal
     await asyncio.sleep(0.5)  # the reserved ones, had they been answered, by now too
     assert landed == ["ordinary.reply"]
     logs = "".join(path.read_text() for path in stack.worker_logs.values())
-    assert logs.count('"reply_subject_refused"') >= len(reserved)
+    assert '"reply_subject_refused"' in logs  # counted, at most one line a second
     assert (await call(Subject.KEM_ENCRYPT, {"plaintext": "AA==", "key_version": 1})).code is None

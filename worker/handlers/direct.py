@@ -24,14 +24,17 @@ from schemas.operations import Operation, operation_for
 from schemas.subjects import QUEUE_GROUP, Subject
 from worker.handlers.envelope import EnvelopeHandler, LeanCall, ServiceCall
 from worker.handlers.graceful_stop import leave
-from worker.handlers.reply_guard import refuse_reserved_reply
+from worker.handlers.reply_guard import refuse_unanswerable
 
 __all__ = ["DirectResponder", "DirectRoute"]
 
 _log = structlog.get_logger("pqkms.worker")
 # Messages a subscription may hold before nats-py drops them as a slow consumer: far
-# above what the in-flight bound lets pile up, so backpressure comes from the bound.
-_PENDING_MESSAGES = 1_000_000
+# above what the in-flight bound lets pile up, so backpressure comes from the bound, and
+# a few seconds of a worker's work (≈ 10 000 encryptions a second), so that a flood is
+# shed instead of queued: 1 million once kept a subject's callers waiting for minutes.
+# The bytes allow bursts of 1 MiB requests (tests/integration/test_large_payload_bursts.py).
+_PENDING_MESSAGES = 50_000
 _PENDING_BYTES = 1024 * 1024 * 1024
 
 
@@ -96,7 +99,7 @@ class DirectResponder:
     async def _on_message(self, msg: Msg) -> None:
         # nats-py awaits one callback at a time per subscription: take a slot (waiting
         # here is the backpressure) and hand the request to its own task.
-        if refuse_reserved_reply(msg.subject, msg.reply):
+        if refuse_unanswerable(msg.subject, msg.reply):
             return
         loop = asyncio.get_running_loop()
         while self._in_flight >= self._max_in_flight:

@@ -1,27 +1,37 @@
-"""Requests whose reply subject a worker must not publish to.
+"""Requests a worker does not handle, because their answer could not or must not go out.
 
-A request's reply subject is the sender's choice, and a worker publishes its reply there
-with its own rights: JetStream's API, pqkms's streams (job results, the audit stream, key
-events). On a server where callers share the workers' account (``pqkms up``), a caller
-could otherwise have a worker write, say, forged job results of any tenant. Such a
-request is dropped unanswered and unhandled, with a warning.
+- **No reply subject**: nobody could read the answer. Such requests are dropped before
+  any work (no API key lookup, no crypto, no audit record): a review's 30-second flood
+  of them, with random API keys, kept a worker busy for 15 minutes after it ended, one
+  database lookup each, while real requests of that subject timed out.
+- **A reserved reply subject**: a request's reply subject is the sender's choice, and a
+  worker publishes its reply there with its own rights: JetStream's API, pqkms's streams
+  (job results, the audit stream, key events). On a server where callers share the
+  workers' account (``pqkms up``), a caller could otherwise have a worker write, say,
+  forged job results of any tenant.
+
+Either is dropped unanswered and unhandled, and counted in a warning of at most one line
+a second (``request_without_reply_dropped``, ``reply_subject_refused``).
 """
 
 from __future__ import annotations
 
-import structlog
-
 from schemas.subjects import reply_subject_allowed
+from worker.log_throttle import ThrottledWarning
 
-__all__ = ["refuse_reserved_reply"]
+__all__ = ["refuse_unanswerable"]
 
-_log = structlog.get_logger("pqkms.worker")
+_NO_REPLY = ThrottledWarning("pqkms.worker", "request_without_reply_dropped")
+_RESERVED = ThrottledWarning("pqkms.worker", "reply_subject_refused")
 
 
-def refuse_reserved_reply(subject: str, reply: str | None) -> bool:
-    """True (and a warning) for a request whose reply subject is one a worker never
-    publishes to (``schemas.subjects.RESERVED_REPLY_PREFIXES``): it is not handled."""
-    if not reply or reply_subject_allowed(reply):
+def refuse_unanswerable(subject: str, reply: str | None) -> bool:
+    """True (counted in a warning) for a request not to handle: no reply subject, or one
+    a worker never publishes to (``schemas.subjects.RESERVED_REPLY_PREFIXES``)."""
+    if not reply:
+        _NO_REPLY.note(subject=subject)
+        return True
+    if reply_subject_allowed(reply):
         return False
-    _log.warning("reply_subject_refused", subject=subject, reply=reply[:200])
+    _RESERVED.note(subject=subject, reply=reply[:200])
     return True

@@ -14,7 +14,7 @@ from schemas.operations import operation_for
 from schemas.subjects import QUEUE_GROUP, Subject
 from worker.handlers.direct import DirectResponder
 from worker.handlers.envelope import EnvelopeHandler, LeanCall, ServiceCall
-from worker.handlers.reply_guard import refuse_reserved_reply
+from worker.handlers.reply_guard import refuse_unanswerable
 
 __all__ = [
     "DATA_PLANE_SUBJECTS", "MAX_IN_FLIGHT_PER_SUBJECT", "MessageAnswer", "subscribe",
@@ -23,6 +23,10 @@ __all__ = [
 
 # Requests handled concurrently per subject and worker process.
 MAX_IN_FLIGHT_PER_SUBJECT = 64
+# Requests a subscription may hold beyond those in flight before nats-py drops the next
+# ones as a slow consumer: seconds of work for a key-management subject. A flood with
+# nothing to stop it once queued 1 million requests, and real ones waited 15 minutes.
+PENDING_REQUESTS = 10_000
 # The crypto subjects, served by the direct responder when the worker has one.
 DATA_PLANE_SUBJECTS = frozenset({
     Subject.KEM_ENCRYPT, Subject.KEM_DECRYPT, Subject.KEM_ENCAPSULATE,
@@ -72,14 +76,14 @@ def subscribe_message(router: NatsRouter | NatsBroker, subject: Subject, answer:
     """A FastStream subscriber for ``subject`` in the workers' queue group that hands
     ``answer`` the raw message: no JSON decoding, dependency injection or
     acknowledgement by FastStream (``answer`` decodes the body itself). A request whose
-    reply subject is reserved is dropped unanswered (``refuse_reserved_reply``)."""
+    reply subject is missing or reserved is dropped unanswered (``refuse_unanswerable``)."""
 
     # The message reaches the handler through the decoder below, as the handler's one
     # (untyped, so unvalidated) argument. The ``NatsMessage`` context annotation would
     # cost a thread-pool round trip per request: fast_depends resolves that sync
     # context field with ``anyio.to_thread``.
     async def on_request(msg: Any) -> NatsResponse:
-        if refuse_reserved_reply(subject.value, msg.reply_to):
+        if refuse_unanswerable(subject.value, msg.reply_to):
             raise IgnoredException  # (FastStream then sends nothing, and logs nothing)
         return await answer(msg)
 
@@ -88,6 +92,9 @@ def subscribe_message(router: NatsRouter | NatsBroker, subject: Subject, answer:
         subject.value,
         queue=QUEUE_GROUP,
         max_workers=MAX_IN_FLIGHT_PER_SUBJECT,
+        # Past this backlog nats-py drops requests (slow consumer) rather than queue
+        # minutes of work whose callers have long timed out (nats-py's default: 524 288).
+        pending_msgs_limit=PENDING_REQUESTS,
         decoder=_message_itself,
         # Core NATS request/reply has nothing to acknowledge, and the handler never
         # raises (every failure is an error envelope): MANUAL drops FastStream's
