@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import threading
 import uuid
 from collections import deque
@@ -495,10 +496,12 @@ class PqkmsClient:
 
         While one chunk's results are consumed, the next ``read_ahead`` chunks are already
         being read (0: one request at a time)."""
-        async for results in self.job_result_chunks(job_id, start_chunk=start_chunk,
-                                                    read_ahead=read_ahead):
-            for result in results:
-                yield result
+        # Closed with this generator: stopped early, its reads ahead are cancelled now.
+        async with contextlib.aclosing(self.job_result_chunks(
+                job_id, start_chunk=start_chunk, read_ahead=read_ahead)) as chunks:
+            async for results in chunks:
+                for result in results:
+                    yield result
 
     async def job_result_chunks(self, job_id: str, *, start_chunk: int = 0,
                                 read_ahead: int = 2,
