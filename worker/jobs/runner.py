@@ -7,6 +7,13 @@ message per chunk subject) → ack. While a chunk runs, the runner tells JetStre
 in progress; a worker killed mid-chunk stops doing so, and the chunk is redelivered to
 another worker after the ack wait. A redelivered chunk whose results already exist is
 acked without being processed again.
+
+A chunk waiting for its tenant's tokens does not hold the loop that fetched it: the loop
+fetches the next chunk meanwhile, so a rate-limited tenant's job cannot hold up other
+tenants' jobs. A worker has at most one chunk per tenant waiting: a chunk of a tenant
+that already has one waiting is handed back to JetStream (nak with a delay of about
+what the waiting chunk still needs) before it is authenticated or charged
+(``worker.jobs.token_turns``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -36,6 +44,7 @@ from worker.errors import RateLimited, ServiceError
 from worker.handlers.envelope import header_value
 from worker.jobs.service import HEADER_FAILED, HEADER_ITEMS
 from worker.jobs.streams import CONSUMER, JobStreams
+from worker.jobs.token_turns import TenantWaiting, TokenTurns
 from worker.metrics import NO_JOB_METRICS, JobChunkMetrics
 from worker.services.auth import Authenticator
 from worker.services.batch import BatchService
@@ -51,10 +60,17 @@ _log = structlog.get_logger("pqkms.worker")
 _FETCH_SECONDS = 1.0
 _RETRY_SECONDS = 1.0
 _PUBLISH_ATTEMPTS = 120
+# Chunks waiting for their tenants' tokens without holding a loop, per worker: each
+# keeps its message (up to a request's size) in memory. Past this, a chunk waits in its
+# loop as every chunk once did.
+_MOST_PARKED_CHUNKS = 32
+
+LoopRelease = Callable[[], None]
 
 
 class JobRunner:
-    """``concurrency`` loops, each fetching and processing one chunk at a time."""
+    """``concurrency`` loops, each fetching and processing one chunk at a time, except
+    that a chunk waiting for its tenant's tokens lets its loop fetch the next one."""
 
     def __init__(
         self,
@@ -78,6 +94,8 @@ class JobRunner:
         self._audit = audit
         self._heartbeat = max(0.5, ack_wait / 3)
         self._tasks: list[asyncio.Task[None]] = []
+        self._chunks: set[asyncio.Task[None]] = set()
+        self._turns = TokenTurns(longest_delay=ack_wait, most_parked=_MOST_PARKED_CHUNKS)
         self._stopping = asyncio.Event()
 
     def start(self) -> None:
@@ -86,11 +104,14 @@ class JobRunner:
                        for n in range(self._concurrency)]
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
-        """Stop fetching and let a chunk in progress finish; after ``grace_seconds`` it is
-        handed back to JetStream (nak) instead."""
+        """Stop fetching and let the chunks in progress finish, those waiting for their
+        tenant's tokens included; after ``grace_seconds`` the ones left are handed back to
+        JetStream (nak) instead."""
         self._stopping.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
+        # No loop starts a chunk once stopping is set: these are all there will be.
+        tasks = [*self._tasks, *self._chunks]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -116,7 +137,7 @@ class JobRunner:
                         if self._stopping.is_set():
                             await message.nak()
                         else:
-                            await self._process(message)
+                            await self._start_chunk(message)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -130,7 +151,24 @@ class JobRunner:
             # A pull subscription left open would hold up the connection's drain.
             await _unsubscribe(subscription)
 
-    async def _process(self, message: Msg) -> None:
+    async def _start_chunk(self, message: Msg) -> None:
+        """Process ``message`` in a task of its own; return once it is done, or as soon as
+        it waits for its tenant's tokens (it goes on without this loop)."""
+        released = asyncio.get_running_loop().create_future()
+
+        def release() -> None:
+            if not released.done():
+                released.set_result(None)
+
+        chunk = asyncio.create_task(self._process(message, release))
+        self._chunks.add(chunk)
+        chunk.add_done_callback(self._chunks.discard)
+        chunk.add_done_callback(lambda _: release())
+        await released
+        if chunk.done() and not chunk.cancelled() and (failure := chunk.exception()):
+            raise failure  # NATS trouble outside a chunk's own handling: the loop starts over
+
+    async def _process(self, message: Msg, release: LoopRelease) -> None:
         parts = message.subject.removeprefix(JOB_CHUNK_PREFIX + ".").split(".")
         if len(parts) != 3 or not parts[2].isdigit():
             _log.warning("job_chunk_unreadable", reason="subject")
@@ -139,11 +177,13 @@ class JobRunner:
         tenant, job_id, index = parts[0], parts[1], int(parts[2])
         heartbeat = asyncio.create_task(self._keep_alive(message))
         try:
+            # Before anything else: a chunk handed back is neither authenticated nor charged.
+            self._turns.check(tenant)
             if await self._streams.has_results(tenant, job_id, index):
                 await message.ack()
                 self._metrics.chunk_finished("duplicate")
                 return
-            outcome = await self._run_chunk(message, tenant)
+            outcome = await self._run_chunk(message, tenant, release)
             if outcome is None:
                 await message.term()
                 self._metrics.chunk_finished("dropped")
@@ -157,6 +197,10 @@ class JobRunner:
             self._metrics.chunk_finished("done")
             _log.info("job_chunk_done", tenant_id=tenant, job_id=job_id, chunk_index=index,
                       items=outcome.total, failed=outcome.failed)
+        except TenantWaiting as waiting:
+            with contextlib.suppress(Exception):
+                await message.nak(delay=waiting.delay)
+            self._metrics.chunk_finished("deferred")
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await message.nak()
@@ -176,8 +220,10 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 await message.in_progress()
 
-    async def _run_chunk(self, message: Msg, tenant: str) -> BatchOutcome | None:
-        """The chunk's results; ``None`` for a chunk that must be dropped."""
+    async def _run_chunk(self, message: Msg, tenant: str,
+                         release: LoopRelease) -> BatchOutcome | None:
+        """The chunk's results; ``None`` for a chunk that must be dropped;
+        :class:`TenantWaiting` for one to hand back (no token taken)."""
         try:
             body = orjson.loads(message.data)
             operation = JobOperation(body["operation"])
@@ -202,7 +248,7 @@ class JobRunner:
         if caller.tenant_id != tenant:
             _log.warning("job_chunk_wrong_tenant", tenant_id=caller.tenant_id)
             return None
-        await self._take_tokens(caller, len(items))
+        await self._take_tokens(caller, len(items), release)
         result = await self._batches.run(operation.subject, caller, items,
                                          body.get("key_version"), body.get("algorithm"))
         self._metrics.chunk_items(operation.batch_subject.value, result.total, result.failed)
@@ -222,18 +268,29 @@ class JobRunner:
             items=len(body["items"]),
         ))
 
-    async def _take_tokens(self, caller: Caller, count: int) -> None:
-        """One token per item; a job waits for its plan's rate instead of failing."""
+    async def _take_tokens(self, caller: Caller, count: int, release: LoopRelease) -> None:
+        """One token per item, in slices no larger than the plan's burst; a job waits for
+        its plan's rate instead of failing, and while it waits, ``release`` lets its loop
+        fetch the next chunk. :class:`TenantWaiting`, before any token is taken, when
+        another chunk of the tenant waits for tokens in this worker."""
         limits = self._settings.limits_for(caller.plan)
-        remaining = count
-        while remaining > 0:
-            take = min(remaining, limits.burst or remaining)
-            try:
-                await self._rate_limiter.acquire(caller.tenant_id, limits, take)
-            except RateLimited as exc:
-                await asyncio.sleep(exc.wait_seconds)
-                continue
-            remaining -= take
+        if limits.rate_per_second is None or limits.burst is None:
+            await self._rate_limiter.acquire(caller.tenant_id, limits, count)  # unlimited
+            return
+        turn = await self._turns.take_turn(caller.tenant_id, count, limits.rate_per_second)
+        try:
+            while turn.remaining > 0:
+                take = min(turn.remaining, limits.burst or turn.remaining)
+                try:
+                    await self._rate_limiter.acquire(caller.tenant_id, limits, take)
+                except RateLimited as exc:
+                    if self._turns.wait_for_tokens(turn):
+                        release()
+                    await asyncio.sleep(exc.wait_seconds)
+                    continue
+                turn.remaining -= take
+        finally:
+            self._turns.end(turn)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         """Publish with retries: NATS may be restarting; the message id de-duplicates."""
