@@ -284,6 +284,32 @@ async def revoke_api_key(settings: Settings, tenant_name: str, api_key: str) -> 
         await store.close()
 
 
+async def list_api_keys(settings: Settings, tenant_name: str) -> list[dict[str, str | None]]:
+    """The tenant's API keys as prefixes with their creation and revocation times
+    (``LookupError`` for an unknown tenant); never a key."""
+    from schemas.envelope import utc_timestamp
+
+    store = await open_store(settings, create_key=False, create_schema=False)
+    try:
+        keys = await store.list_api_keys(await _tenant_id_named(store, tenant_name))
+    finally:
+        await store.close()
+    return [{"prefix": key.prefix, "created_at": utc_timestamp(key.created_at),
+             "revoked_at": None if key.revoked_at is None else utc_timestamp(key.revoked_at)}
+            for key in keys]
+
+
+async def revoke_api_keys(settings: Settings, tenant_name: str, prefix: str | None) -> int:
+    """Revoke the tenant's keys with ``prefix`` as ``list_api_keys`` shows it, or all of
+    them (``None``); the number revoked (``LookupError`` for an unknown tenant)."""
+    store = await open_store(settings, create_key=False, create_schema=False)
+    try:
+        tenant_id = await _tenant_id_named(store, tenant_name)
+        return await store.revoke_api_keys(tenant_id, prefix)
+    finally:
+        await store.close()
+
+
 def _make_private_dir(path: Path) -> None:
     """Create ``path`` as 0700 if it does not exist (an existing one is left alone)."""
     if not path.exists():

@@ -237,11 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api_key_add = api_key_commands.add_parser(
         "add", help="issue another API key; prints JSON with it (shown once)")
+    api_key_list = api_key_commands.add_parser(
+        "list", help="the tenant's API keys: prefix, created_at, revoked_at (never a key)")
     api_key_revoke = api_key_commands.add_parser(
-        "revoke", help="revoke the API key read from stdin (never from the command line)")
-    for action in (api_key_add, api_key_revoke):
+        "revoke", help="revoke the API key read from stdin (never from the command line), "
+        "or by --prefix, or --all")
+    for action in (api_key_add, api_key_list, api_key_revoke):
         action.add_argument("name", metavar="NAME", help="tenant name")
         _add_store_options(action)
+    which = api_key_revoke.add_mutually_exclusive_group()
+    which.add_argument("--prefix", metavar="PREFIX",
+                       help="revoke the key with this prefix, as `list` shows it (a leaked "
+                       "key whose value you no longer hold)")
+    which.add_argument("--all", action="store_true",
+                       help="revoke every key of the tenant (an incident: add a new one "
+                       "first if its callers must go on)")
     policy_commands = _actions(
         tenant_commands, "rotation-policy", "policy_command",
         help="scheduled key rotation of a tenant: set, show, clear",
@@ -468,13 +478,18 @@ def _cmd_rotation_policy(args: argparse.Namespace) -> int:
 
 
 def _cmd_tenant_api_key(args: argparse.Namespace) -> int:
-    from pqkms.admin import add_api_key, revoke_api_key
+    from pqkms.admin import add_api_key, list_api_keys, revoke_api_key
 
     settings: Settings = _settings(Settings, args)
-    output: dict[str, Any]
+    output: Any
     if args.api_key_command == "add":
         output = _run_on_store(settings, add_api_key(settings, args.name),
                                user_errors=(LookupError,))
+    elif args.api_key_command == "list":
+        output = _run_on_store(settings, list_api_keys(settings, args.name),
+                               user_errors=(LookupError,))
+    elif args.prefix is not None or args.all:
+        output = _revoke_keys_by_prefix(settings, args.name, args.prefix)
     else:
         revoked_key = _api_key_from_stdin()
         if not _run_on_store(settings, revoke_api_key(settings, args.name, revoked_key),
@@ -483,6 +498,25 @@ def _cmd_tenant_api_key(args: argparse.Namespace) -> int:
         output = {"name": args.name, "revoked": True}
     print(json.dumps(output), flush=True)
     return 0
+
+
+_API_KEY_PREFIX_CHARS = 12  # worker.store.repository keeps the first 12 of a key
+
+
+def _revoke_keys_by_prefix(settings: Settings, name: str, prefix: str | None) -> dict[str, Any]:
+    from pqkms.admin import revoke_api_keys
+
+    if prefix is not None and len(prefix) != _API_KEY_PREFIX_CHARS:
+        # Never echoed: it may be a whole key pasted here by mistake.
+        raise CommandError(f"--prefix takes the {_API_KEY_PREFIX_CHARS} characters `pqkms "
+                           "tenant api-key list` shows; revoke a key you hold by giving it "
+                           "on stdin instead")
+    revoked: int = _run_on_store(settings, revoke_api_keys(settings, name, prefix),
+                                 user_errors=(LookupError,))
+    if prefix is not None and revoked == 0:
+        raise CommandError(f"tenant {name!r} has no unrevoked API key with prefix {prefix!r} "
+                           "(see: pqkms tenant api-key list)")
+    return {"name": name, "revoked": revoked}
 
 
 def _api_key_from_stdin() -> str:

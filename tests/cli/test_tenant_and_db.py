@@ -179,6 +179,47 @@ def test_an_api_key_is_rotated_by_adding_a_new_one_and_revoking_the_old(tmp_path
     assert asyncio.run(_authenticate(data_dir, other["api_key"])) is not None
 
 
+def test_a_leaked_key_is_revoked_by_its_prefix_and_an_incident_revokes_them_all(
+    tmp_path: Path,
+) -> None:
+    """An operator who no longer holds a leaked key revokes it by the prefix `list`
+    shows; `--all` revokes every key of the tenant (a review found neither possible)."""
+    data_dir = tmp_path / "data"
+    store = ("--data-dir", str(data_dir))
+    first = json.loads(run_pqkms("tenant", "create", "acme", "--plan", "pro", *store).stdout)
+    second = json.loads(run_pqkms("tenant", "api-key", "add", "acme", *store).stdout)
+    other = json.loads(run_pqkms("tenant", "create", "umbrella", "--plan", "pro", *store).stdout)
+
+    listed = run_pqkms("tenant", "api-key", "list", "acme", *store)
+    assert listed.returncode == 0, listed.stderr
+    keys = json.loads(listed.stdout)
+    assert [key["prefix"] for key in keys] == [first["api_key"][:12], second["api_key"][:12]]
+    assert all(key["revoked_at"] is None for key in keys)
+    assert first["api_key"] not in listed.stdout and second["api_key"] not in listed.stdout
+
+    leaked = second["api_key"]
+    pasted = run_pqkms("tenant", "api-key", "revoke", "acme", "--prefix", leaked, *store)
+    assert pasted.returncode == 1 and leaked not in pasted.stderr  # a whole key: refused
+    by_prefix = run_pqkms("tenant", "api-key", "revoke", "acme", "--prefix", leaked[:12], *store)
+    assert by_prefix.returncode == 0, by_prefix.stderr
+    assert json.loads(by_prefix.stdout) == {"name": "acme", "revoked": 1}
+    assert asyncio.run(_authenticate(data_dir, leaked)) is None
+    assert asyncio.run(_authenticate(data_dir, first["api_key"])) is not None
+    again = run_pqkms("tenant", "api-key", "revoke", "acme", "--prefix", leaked[:12], *store)
+    assert again.returncode == 1 and "no unrevoked API key with prefix" in again.stderr
+    # Another tenant's prefix is not acme's.
+    theirs = run_pqkms("tenant", "api-key", "revoke", "acme", "--prefix",
+                       other["api_key"][:12], *store)
+    assert theirs.returncode == 1
+
+    everything = run_pqkms("tenant", "api-key", "revoke", "acme", "--all", *store)
+    assert json.loads(everything.stdout) == {"name": "acme", "revoked": 1}
+    assert asyncio.run(_authenticate(data_dir, first["api_key"])) is None
+    assert asyncio.run(_authenticate(data_dir, other["api_key"])) is not None
+    revoked = json.loads(run_pqkms("tenant", "api-key", "list", "acme", *store).stdout)
+    assert all(key["revoked_at"] is not None for key in revoked)
+
+
 def test_api_key_commands_refuse_an_unknown_tenant_or_no_key(tmp_path: Path) -> None:
     store = ("--data-dir", str(tmp_path / "data"))
     assert run_pqkms("tenant", "create", "acme", "--plan", "free", *store).returncode == 0

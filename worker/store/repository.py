@@ -59,6 +59,7 @@ from worker.store.write_deadline import remaining_seconds
 __all__ = [
     "API_KEY_PREFIX",
     "ActiveVersionChanged",
+    "ApiKeyInfo",
     "KeyRecord",
     "KeyStore",
     "NewKeyMaterial",
@@ -110,6 +111,15 @@ class ActiveVersionChanged(Exception):
         super().__init__(f"expected active version {expected}, found {current}")
         self.expected = expected
         self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """An API key as an operator may see it: never the key, only its first characters."""
+
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +450,34 @@ class KeyStore:
                 row.revoked_at = utc_now()
                 session.add(row)
             return True
+
+        return await self._write(operation)
+
+    async def list_api_keys(self, tenant_id: str) -> list[ApiKeyInfo]:
+        """The tenant's API keys, oldest first: prefix, creation, revocation."""
+        async with self._session(write=False) as session:
+            rows = (await session.exec(
+                select(ApiKey).where(ApiKey.tenant_id == tenant_id)
+                .order_by(ApiKey.created_at)  # type: ignore[arg-type]
+            )).all()
+        return [ApiKeyInfo(row.key_prefix, row.created_at, row.revoked_at) for row in rows]
+
+    async def revoke_api_keys(self, tenant_id: str, prefix: str | None) -> int:
+        """Revoke the tenant's unrevoked API keys whose prefix is ``prefix`` (every one of
+        them when ``None``); the number revoked. An operator revokes a leaked key by the
+        prefix ``list_api_keys`` shows, without holding the key itself."""
+
+        async def operation(session: AsyncSession) -> int:
+            query = select(ApiKey).where(ApiKey.tenant_id == tenant_id,
+                                         ApiKey.revoked_at == None)  # noqa: E711
+            if prefix is not None:
+                query = query.where(ApiKey.key_prefix == prefix)
+            rows = (await session.exec(query)).all()
+            now = utc_now()
+            for row in rows:
+                row.revoked_at = now
+                session.add(row)
+            return len(rows)
 
         return await self._write(operation)
 
