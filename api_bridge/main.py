@@ -12,7 +12,7 @@ import structlog
 import uvicorn
 
 from api_bridge.app import create_app
-from api_bridge.http_protocol import BridgeHttpProtocol
+from api_bridge.http_protocol import bridge_http_protocol
 from api_bridge.log_config import configure_logging
 from api_bridge.tls import https_context, serves_plain
 from worker.config import Settings
@@ -47,8 +47,12 @@ def create_server(settings: Settings) -> uvicorn.Server:
         host=settings.http_host,
         port=settings.http_port,
         loop=loop,
-        # one write per response (docs/performance.md), unparsable requests in the envelope
-        http=BridgeHttpProtocol,
+        # one write per response (docs/performance.md), unparsable requests in the
+        # envelope, limits per connection (head size, head and body time)
+        http=bridge_http_protocol(settings),
+        # connections served at once; beyond them a request gets 503 (the envelope:
+        # api_bridge/connection_limits.py), then its connection closes
+        limit_concurrency=settings.http_max_connections,
         access_log=False,  # the bridge logs its own line per request
         log_level=settings.log_level.lower(),
         server_header=False,

@@ -67,6 +67,25 @@ class Settings(BaseSettings):
     )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
+    # What one HTTP connection may hold (api_bridge/connection_limits.py).
+    http_max_head_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="the request line and headers of one "
+        "request; a larger head is answered 431 and its connection closed, unparsed",
+    )
+    http_head_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a request's line and headers must arrive within "
+        "this long of their first byte (of the connection's opening, for its first "
+        "request); else the connection is closed",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="a request's body must arrive within this long of "
+        "its headers; else 408 and the connection is closed",
+    )
+    http_max_connections: int = Field(
+        default=10_000, ge=1, description="connections the bridge serves at once; a "
+        "request on any connection beyond them is answered 503, then that connection is "
+        "closed. Keep it under the process's open-file limit (ulimit -n)",
+    )
     # HTTPS for the bridge (api_bridge/tls.py, docs/http-api.md "HTTPS").
     http_tls_cert_file: Path | None = Field(
         default=None, description="PEM certificate (chain) the bridge serves HTTPS with, "

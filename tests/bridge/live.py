@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from api_bridge.app import create_app
-from api_bridge.http_protocol import BridgeHttpProtocol
+from api_bridge.http_protocol import bridge_http_protocol
 from pqkms.nats_embedded import find_free_port
 from worker.config import Settings
 
@@ -21,12 +21,13 @@ class LiveBridge:
     """The bridge app served over HTTP for a test; ``url`` is its base URL."""
 
     settings: Settings
+    loop: str = "asyncio"  # or "uvloop", as ``python -m api_bridge`` serves
     server: uvicorn.Server | None = None
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     @classmethod
-    def for_nats(cls, nats_url: str, **overrides: object) -> LiveBridge:
-        """Settings for a bridge on a free port talking to ``nats_url``."""
+    def for_nats(cls, nats_url: str, loop: str = "asyncio", **overrides: object) -> LiveBridge:
+        """Settings for a bridge on a free port talking to ``nats_url``, on ``loop``."""
         values: dict[str, object] = {
             "nats_url": nats_url,
             "http_host": "127.0.0.1",
@@ -34,7 +35,7 @@ class LiveBridge:
             "request_timeout_seconds": 1.0,
             **overrides,
         }
-        return cls(Settings(**values))  # type: ignore[arg-type]
+        return cls(Settings(**values), loop)  # type: ignore[arg-type]
 
     @property
     def url(self) -> str:
@@ -45,8 +46,9 @@ class LiveBridge:
         """Serve, and return once uvicorn listens (NATS may still be connecting)."""
         config = uvicorn.Config(
             create_app(self.settings), host=self.settings.http_host,
-            port=self.settings.http_port, loop="asyncio", log_level="warning",
-            access_log=False, lifespan="on", http=BridgeHttpProtocol, proxy_headers=False,
+            port=self.settings.http_port, loop=self.loop, log_level="warning",
+            access_log=False, lifespan="on", http=bridge_http_protocol(self.settings),
+            limit_concurrency=self.settings.http_max_connections, proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="bridge", daemon=True)
