@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import orjson
@@ -161,17 +162,21 @@ class NatsGateway:
             self._budget.give_back(charge)
         return Reply(body=message.data, headers=message.headers or {})
 
-    async def ping_workers(self, request_id: str, wait_seconds: float = 1.0) -> bool:
-        """True when a worker answers the health subject with status ok in ``wait_seconds``."""
+    async def ping_workers(
+        self, request_id: str, wait_seconds: float = 1.0
+    ) -> dict[str, Any] | None:
+        """What a worker answers on the health subject within ``wait_seconds`` (its
+        ``data``: ``status`` and, from current workers, ``database`` and ``audit``), or
+        ``None`` when none answers an envelope in time."""
         try:
             reply = await self.request(
                 Subject.HEALTH_PING, b"{}", {HEADER_REQUEST_ID: request_id}, wait_seconds
             )
             envelope = orjson.loads(reply.body)
         except (BridgeError, orjson.JSONDecodeError):
-            return False
+            return None
         data = envelope.get("data") if isinstance(envelope, dict) else None
-        return isinstance(data, dict) and data.get("status") == "ok"
+        return data if isinstance(data, dict) else None
 
     async def _connect_until_up(self) -> None:
         """Connect, retrying with a capped back-off until NATS accepts us."""
@@ -199,6 +204,7 @@ class NatsGateway:
             self._connected_once.set()
             self._reported_down = False
             log.info("nats_connected", url=url)
+            self._connection_changed(True)
             return
 
     async def _connect(self, client: NatsClient) -> None:
@@ -225,8 +231,12 @@ class NatsGateway:
             self._lost.set_result(None)
         self._inbox.fail_waiting()
 
+    def _connection_changed(self, connected: bool) -> None:
+        """The connection came up (``True``) or went down; for a subclass to export."""
+
     async def _on_disconnected(self) -> None:
         self._mark_lost()
+        self._connection_changed(False)
         if not self._closing:
             log.warning("nats_disconnected")
 
@@ -234,10 +244,12 @@ class NatsGateway:
         self._mark_lost()
         self._lost = asyncio.get_running_loop().create_future()
         self._reported_down = False
+        self._connection_changed(True)
         log.info("nats_reconnected")
 
     async def _on_closed(self) -> None:
         self._mark_lost()
+        self._connection_changed(False)
 
     async def _on_error(self, exc: Exception) -> None:
         # Called on every failed (re)connect attempt: warn once per outage.

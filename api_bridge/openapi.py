@@ -61,11 +61,20 @@ _STATUS_DESCRIPTIONS = {
 
 
 class HealthStatus(BaseModel):
-    """``GET /healthz``: 200 only when NATS is connected and a worker answers."""
+    """``GET /healthz``: 200 only when NATS is connected and a worker answers that it can
+    serve (its database reads, its audit trail writes)."""
 
     status: str = Field(description="ok or unavailable", examples=["ok"])
     nats: str = Field(description="connected or disconnected")
-    workers: str = Field(description="responding, not responding or unknown")
+    workers: str = Field(description="responding, degraded, not responding or unknown")
+    database: str | None = Field(
+        default=None, description="with workers degraded: ok or unavailable (the worker's read)"
+    )
+    audit: str | None = Field(
+        default=None,
+        description="with workers degraded: ok, failing (writes fail), stalled (a commit or "
+        "ack has taken half the request timeout) or off",
+    )
 
 
 @cache

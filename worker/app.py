@@ -30,6 +30,7 @@ from worker.handlers.signatures import signature_router
 from worker.jobs import JobRunner, JobService, JobStreams
 from worker.metrics import NO_JOB_METRICS, WorkerMetrics, request_observer
 from worker.nats_security import ConnectRefusalGuard, nats_security
+from worker.readiness import ReadinessProbe
 from worker.services.auth import Authenticator
 from worker.services.batch import BatchService
 from worker.services.crypto_runner import CryptoRunner
@@ -40,6 +41,7 @@ from worker.services.keys import KeyLifecycleService
 from worker.services.rate_limit import RateLimiter
 from worker.services.rotation_scheduler import RotationScheduler
 from worker.services.signatures import SignatureService
+from worker.store.probe import probe_database
 
 if TYPE_CHECKING:
     from worker.store import KeyStore
@@ -78,6 +80,8 @@ class WorkerServices:
     key_events: NatsKeyEventPublisher = field(default_factory=NatsKeyEventPublisher)
     # None: PQKMS_AUDIT=false. Its NATS connection is attached by build_broker.
     audit: AuditTrail | None = None
+    # What the health ping reports beyond "this event loop runs"; None: only that.
+    readiness: ReadinessProbe | None = None
 
 
 def build_services(
@@ -110,6 +114,9 @@ def build_services(
         metrics=metrics,
         key_events=key_events,
         audit=audit,
+        # A flush that has taken half a request's time makes requests time out.
+        readiness=ReadinessProbe(lambda: probe_database(store.engine), audit,
+                                 stalled_after=settings.request_timeout_seconds / 2),
     )
 
 
@@ -163,7 +170,9 @@ def build_broker(
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
 
     async def answer_health_ping(_: NatsMessage) -> NatsResponse:
-        body = success_envelope({"status": "ok", "worker": worker_name}, new_request_id())
+        state = ({"status": "ok"} if services.readiness is None
+                 else (await services.readiness.check()).as_reply())
+        body = success_envelope({**state, "worker": worker_name}, new_request_id())
         return NatsResponse(orjson.dumps(body))
 
     subscribe_message(broker, Subject.HEALTH_PING, answer_health_ping, "health ping")

@@ -149,6 +149,7 @@ class FakeWorker:
     raw_reply: bytes | None = None
     reply_headers: dict[str, str] = field(default_factory=dict)
     healthy: bool = True
+    health: dict[str, Any] | None = None  # the ping's data when healthy; None: ok
     received: list[Received] = field(default_factory=list)
     replies: list[bytes] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -231,7 +232,8 @@ class FakeWorker:
     ) -> dict[str, Any]:
         if subject == Subject.HEALTH_PING:
             if self.healthy:
-                return success_envelope({"status": "ok", "worker": "fake"}, request_id)
+                data = self.health or {"status": "ok", "worker": "fake"}
+                return success_envelope(data, request_id)
             return error_envelope(ErrorCode.SERVICE_UNAVAILABLE, request_id, "not ready")
         if self.error_code is not None:
             return self._error(self.error_code, request_id)

@@ -37,3 +37,25 @@ async def test_unhealthy_when_the_worker_is_too_slow(
     response = await client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["workers"] == "not responding"
+
+
+async def test_unavailable_when_the_worker_cannot_reach_its_database(
+    client: httpx.AsyncClient, worker: FakeWorker
+) -> None:
+    worker.health = {"status": "degraded", "database": "unavailable", "audit": "ok",
+                     "worker": "fake"}
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "nats": "connected",
+                               "workers": "degraded", "database": "unavailable",
+                               "audit": "ok"}
+
+
+async def test_a_worker_s_own_words_are_not_repeated(
+    client: httpx.AsyncClient, worker: FakeWorker
+) -> None:
+    worker.health = {"status": "degraded", "database": "<script>", "audit": ["x"]}
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["database"] == "unknown"
+    assert response.json()["audit"] == "unknown"

@@ -118,6 +118,7 @@ class AuditTrail:
         self._last_hash = GENESIS_HASH
         self._unsure: list[AuditEntry] = []  # last batch whose commit raised
         self._unpublished: list[AuditEntry] = []  # committed, not acked by JetStream
+        self._flushing_since: float | None = None  # monotonic, while a flush runs
 
     @property
     def chain_id(self) -> str:
@@ -153,6 +154,13 @@ class AuditTrail:
         published again, or a commit's outcome is unknown, or the trail has stopped."""
         stopped = self._closing or self._flusher is None or self._flusher.done()
         return stopped or self._backlog()
+
+    def stalled_for(self) -> float:
+        """Seconds the running flush has taken so far (0.0 when none runs): a commit
+        waiting on a database lock, or an ack that does not come, holds every request
+        of the worker meanwhile."""
+        since = self._flushing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then the close record; later appends raise."""
@@ -200,12 +208,15 @@ class AuditTrail:
                 await self._gather_upcoming()
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: len(batch)]
+                self._flushing_since = time.monotonic()
                 try:
                     await self._flush(batch)
                 except Exception:
                     # A bug must not stop the flusher: later requests would wait forever.
                     _log.exception("audit_flush_crashed", chain_id=self._chain_id)
                     _fail_all(batch, "the audit trail failed")
+                finally:
+                    self._flushing_since = None
                 if not batch:
                     break  # only the open record was due: no busy loop if it failed
             if self._closing and not self._waiting:
