@@ -92,6 +92,11 @@ class StackSettings(Settings):
                     "(pqkms.nats_embedded)",
     )
     start_timeout_seconds: float = Field(default=60.0, gt=0)
+    worker_hang_seconds: float = Field(
+        default=15.0, gt=0,
+        description="restart a worker whose event loop has not run for this long "
+                    "(its heartbeat file, worker.heartbeat)",
+    )
 
 
 class StackError(RuntimeError):
@@ -289,6 +294,8 @@ class SupervisedProcess:
     env: dict[str, str]
     log_path: Path
     batch_scheduling: bool = False  # SCHED_BATCH (pqkms.nats_embedded)
+    # Renewed by the child's event loop every second (worker.heartbeat); None: not watched.
+    heartbeat_file: Path | None = None
     process: asyncio.subprocess.Process | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
     restarts: int = field(default=0, init=False)
@@ -296,6 +303,8 @@ class SupervisedProcess:
     async def start(self) -> None:
         """Start the process, appending its output to the log file."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.heartbeat_file is not None:  # the last run's must not speak for this one
+            self.heartbeat_file.unlink(missing_ok=True)
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -319,6 +328,18 @@ class SupervisedProcess:
     def running(self) -> bool:
         """True while the process has not exited."""
         return self.process is not None and self.process.returncode is None
+
+    def silent_for(self) -> float | None:
+        """Seconds since the running child last renewed its heartbeat file; ``None`` when
+        it is not running, has no such file, or has not renewed it yet (still starting,
+        or a child that keeps none)."""
+        if self.heartbeat_file is None or not self.running:
+            return None
+        try:
+            renewed = self.heartbeat_file.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return time.time() - renewed
 
     async def wait(self) -> int:
         """Wait for the process to exit; its return code."""
@@ -494,14 +515,18 @@ class _Supervisor:
             worker_env = {**env, **self.credentials.worker_env()}
             if metrics_ports:
                 worker_env["PQKMS_METRICS_PORT"] = str(metrics_ports[index - 1])
+            heartbeat = self.layout.data_dir / "heartbeats" / f"worker-{index}"
+            worker_env["PQKMS_HEARTBEAT_FILE"] = str(heartbeat)
             worker = SupervisedProcess(
                 name=f"worker-{index}",
                 argv=self.commands.worker,
                 env=worker_env,
                 log_path=self.layout.logs_dir / f"worker-{index}.log",
+                heartbeat_file=heartbeat,
             )
             self.workers.append(worker)
             self.tasks.append(asyncio.create_task(self._keep_running(worker)))
+            self.tasks.append(asyncio.create_task(self._restart_when_hung(worker)))
         if self.with_bridge and self.commands.bridge is not None:
             self.bridge = SupervisedProcess(
                 name="bridge",
@@ -541,6 +566,26 @@ class _Supervisor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_requested.wait(), backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+
+    async def _restart_when_hung(self, child: SupervisedProcess) -> None:
+        """Kill ``child`` when its heartbeat goes stale: ``_keep_running`` restarts it.
+
+        A stopped or stuck worker does not exit, and until it does its share of the
+        requests waits for its callers' timeouts and its health answers are missing."""
+        limit = self.settings.worker_hang_seconds
+        while not self.stopping:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), min(1.0, limit / 4))
+            if self.stop_requested.is_set():
+                return  # (stopping: the shutdown stops every child)
+            silent = child.silent_for()
+            if silent is not None and silent > limit:
+                _log.warning(
+                    "%s has not run for %.0fs (stopped or stuck); killing it to restart it "
+                    "(log %s)", child.name, silent, child.log_path,
+                )
+                child.kill()
+                await child.wait()
 
     def _children_in_stop_order(self) -> list[SupervisedProcess]:
         ordered: list[SupervisedProcess] = []

@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         description="a worker's /metrics port (none: no metrics); pqkms up: worker i gets +i-1",
     )
     otel: bool = Field(default=False, description="one OpenTelemetry span per request (SDK)")
+    heartbeat_file: Path | None = Field(
+        default=None,
+        description="a file whose time the worker's event loop renews every second (pqkms up "
+        "sets it and restarts a worker whose file goes stale: worker.heartbeat)",
+    )
     rotation_check_seconds: float = Field(
         default=60.0, gt=0, description="how often each worker looks for keys due for rotation"
     )

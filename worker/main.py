@@ -24,6 +24,7 @@ from worker.audit.wiring import finish_subscribers
 from worker.config import Settings
 from worker.handlers.graceful_stop import leave_broker_subjects
 from worker.handlers.ordered_flush import send_pings_behind_queued_commands
+from worker.heartbeat import beat
 from worker.jetstream_setup import JetStreamSetup
 from worker.logging_setup import configure_logging
 from worker.metrics import MetricsServer, serve_metrics
@@ -116,10 +117,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     direct = build_direct_responder(settings, services)
     guard = ConnectRefusalGuard("worker")
     broker = build_broker(settings, services, direct, guard)
+    guard.use_connection(lambda: broker.connection, services.metrics)  # events, gauge
     jobs = build_job_runner(settings, services, broker)
     rotations = build_rotation_scheduler(settings, services, store)
     jetstream = _jetstream_setup(settings, broker, limiter)
     metrics_server: MetricsServer | None = None
+    heartbeat = (None if settings.heartbeat_file is None
+                 else asyncio.create_task(beat(settings.heartbeat_file), name="pqkms-heartbeat"))
     try:
         if services.metrics is not None and settings.metrics_port is not None:
             services.metrics.watch_event_loop(asyncio.get_running_loop())
@@ -164,6 +168,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.close)
         await store.close()
+        if heartbeat is not None:  # (beating through the drain: it may take seconds)
+            heartbeat.cancel()
         _log.info("worker_stopped")
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import nats
 from nats.aio.msg import Msg
 
+from worker.heartbeat import beat
+
 
 def record(events: Path, line: str) -> None:
     with events.open("a") as handle:
@@ -37,6 +39,9 @@ async def main(events: Path, facts: str) -> None:
         await msg.respond(json.dumps({"data": {"status": "ok", "worker": os.getpid()}}).encode())
 
     await client.subscribe("pqkms.v1.health.ping", queue="pqkms-workers", cb=on_ping)
+    heartbeat = os.environ.get("PQKMS_HEARTBEAT_FILE")
+    # Renewed as the real worker's loop renews it (worker.heartbeat).
+    beating = asyncio.get_running_loop().create_task(beat(Path(heartbeat))) if heartbeat else None
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     record(events, f"start worker {os.getpid()} {facts}")
@@ -48,6 +53,8 @@ async def main(events: Path, facts: str) -> None:
     except Exception:
         state = "nats-down"
     record(events, f"stop worker {os.getpid()} {state}")
+    if beating is not None:
+        beating.cancel()
     await client.close()
 
 

@@ -206,6 +206,29 @@ def test_supervisor_keeps_nats_on_the_default_policy_when_told(tmp_path: Path) -
         driver.kill()
 
 
+def test_supervisor_restarts_a_worker_that_stopped_running(tmp_path: Path) -> None:
+    # A stopped (not dead) worker answers nothing and never exits: its heartbeat file
+    # goes stale, and the supervisor kills and restarts it.
+    driver, _, _ = _start_driver(tmp_path, PQKMS_WORKER_HANG_SECONDS="2")
+    try:
+        driver.wait_for_stdout("pqkms ready:", timeout=30)
+        _wait(lambda: len(_worker_pids(tmp_path)) == 2, 10, "two workers")
+        heartbeats = tmp_path / "data" / "heartbeats"
+        _wait(lambda: len(list(heartbeats.glob("worker-*"))) == 2, 10, "two heartbeats")
+        time.sleep(3)  # longer than the limit: running workers are left alone
+        assert len(_worker_pids(tmp_path)) == 2
+        victim = _worker_pids(tmp_path)[0]
+        os.kill(victim, signal.SIGSTOP)
+        _wait(lambda: len(_worker_pids(tmp_path)) == 3, 15, "the stopped worker's successor")
+        assert not alive(victim)
+        assert driver.stop(signal.SIGTERM, timeout=30) == 0
+    finally:
+        driver.kill()
+
+    assert "has not run for" in driver.stderr
+    assert "killing it to restart it" in driver.stderr
+
+
 def test_supervisor_gives_up_when_workers_never_get_ready(tmp_path: Path) -> None:
     driver, _, _ = _start_driver(tmp_path, "--fail", "cannot open the key store", timeout=4)
     try:
@@ -265,6 +288,11 @@ def test_pqkms_up_serves_http_and_nats_and_stops_cleanly(tmp_path: Path) -> None
         assert (data_dir / "nats.url").read_text().strip() == nats_url
         healthy = run_pqkms("health", "--data-dir", str(data_dir), "--timeout", "15")
         assert healthy.returncode == 0, healthy.stderr
+        # Each worker's event loop renews its heartbeat file (the supervisor's watchdog).
+        for name in ("worker-1", "worker-2"):
+            heartbeat = data_dir / "heartbeats" / name
+            assert time.time() - heartbeat.stat().st_mtime < 5
+            assert heartbeat.stat().st_mode & 0o777 == 0o600
 
         children = descendants(up.pid)
         assert up.stop(signal.SIGTERM, timeout=60) == 0
