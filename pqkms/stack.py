@@ -503,9 +503,11 @@ class _Supervisor:
     async def _watch_nats(self, nats: SupervisedProcess) -> None:
         code = await nats.wait()
         if not self.stopping:
+            # The log's last line may say why, or may be older than the exit: it is
+            # quoted as what it is, not as the cause.
             self.fail(
-                f"nats-server exited with code {code}: {_last_line(nats.log_path)} "
-                f"(log: {nats.log_path})"
+                f"nats-server exited with code {code} (the last line of its log "
+                f"{nats.log_path}: {_last_line(nats.log_path) or 'none'})"
             )
 
     def start_workers_and_bridge(self) -> None:
@@ -555,13 +557,14 @@ class _Supervisor:
             child.restarts += 1
             reason = _last_line(child.log_path)
             _log.warning(
-                "%s exited with code %s; restarting in %.1fs (restart %d, log %s)%s",
+                "%s exited with code %s; restarting in %.1fs (restart %d; the last line of "
+                "its log %s: %s)",
                 child.name,
                 code,
                 backoff,
                 child.restarts,
                 child.log_path,
-                f": {reason}" if reason else "",
+                reason or "none",
             )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_requested.wait(), backoff)
@@ -742,6 +745,8 @@ async def _run(settings: StackSettings, out: IO[str], commands: ChildCommands) -
 
     supervisor = _Supervisor(settings, layout, commands)
     supervisor.install_signal_handlers()
+    # Restarts and stops in a file too: stderr is lost when pqkms up runs detached.
+    own_log = _log_to_file(layout.logs_dir / "up.log")
     try:
         await supervisor.start_nats()
         supervisor.start_workers_and_bridge()
@@ -756,10 +761,22 @@ async def _run(settings: StackSettings, out: IO[str], commands: ChildCommands) -
                   else "workers, nats-server")
         await supervisor.shutdown()
         supervisor.remove_signal_handlers()
+        if supervisor.failure is not None:
+            _log.error("%s", supervisor.failure)
+        else:
+            _log.info("stopped")
+        _log.removeHandler(own_log)
+        own_log.close()
     if supervisor.failure is not None:
         raise StackError(supervisor.failure)
-    _log.info("stopped")
     return 0
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    _log.addHandler(handler)
+    return handler
 
 
 def run_stack(

@@ -186,6 +186,10 @@ def test_supervisor_restarts_a_dead_worker_and_stops_in_order(tmp_path: Path) ->
         driver.kill()
 
     assert "exited with code -9; restarting in" in driver.stderr
+    # ... and in DIR/logs/up.log, which outlives a detached run's stderr.
+    own_log = (tmp_path / "data" / "logs" / "up.log").read_text()
+    assert "exited with code -9; restarting in" in own_log
+    assert own_log.rstrip().endswith("stopped")
     events = _events(tmp_path)
     stops = [line for line in events if line.startswith("stop")]
     assert stops[0].startswith("stop bridge")
