@@ -3,7 +3,8 @@
 Requests are counted by route *template* (``/api/v1/kms/keys/{version}``, never the
 path a caller typed, so the label set stays bounded; ``unmatched`` for paths no route
 serves) and HTTP status. NATS requests that fail before a worker answers are counted
-by kind. Every app has its own registry: tests build many apps in one process.
+by kind; ``pqkms_nats_connected`` says whether the bridge's NATS connection is up. Every
+app has its own registry: tests build many apps in one process.
 
 With ``PQKMS_OTEL=1`` and the OpenTelemetry SDK installed, each HTTP request is also
 one span; otherwise nothing of OpenTelemetry is imported.
@@ -19,6 +20,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -76,6 +78,9 @@ class BridgeMetrics:
         for kind in ("timeout", "no_responders", "disconnected", "connection_lost",
                      "too_large"):
             self._nats_failures.labels(kind)
+        self._nats_connected = Gauge(
+            "pqkms_nats_connected", "1 while the bridge's NATS connection is up, 0 while it "
+            "is down (or not made yet)", registry=self.registry)
         ProcessCollector(registry=self.registry)
         # Children resolved once per route and status: no string work per request.
         self._counted: dict[tuple[str, int], Counter] = {}
@@ -95,6 +100,10 @@ class BridgeMetrics:
     def nats_failure(self, kind: str) -> None:
         """Count one NATS request that got no reply from a worker."""
         self._nats_failures.labels(kind).inc()
+
+    def nats_connection(self, connected: bool) -> None:
+        """The NATS connection came up or went down."""
+        self._nats_connected.set(1 if connected else 0)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
@@ -134,6 +143,11 @@ class MeteredNatsGateway(NatsGateway):
         except BridgeError as exc:
             self._metrics.nats_failure(nats_failure_kind(exc))
             raise
+
+    def _connection_changed(self, connected: bool) -> None:
+        """Export the connection's state (from the connect, disconnect, reconnect and
+        close callbacks)."""
+        self._metrics.nats_connection(connected)
 
 
 class MetricsMiddleware:

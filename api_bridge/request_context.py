@@ -8,7 +8,6 @@ bridge's last line of defence: an exception nobody handled becomes a 500
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass
 
 import structlog
@@ -18,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api_bridge.errors import error_answer
 from schemas.envelope import new_request_id
 from schemas.errors import ErrorCode
+from worker.logging_setup import exception_fields
 
 __all__ = [
     "CONTEXT_KEY",
@@ -126,12 +126,12 @@ class RequestLogMiddleware:
 
 def log_crash(exc: Exception, context: RequestContext, scope: Scope) -> None:
     """An exception nobody handled: marks the request internal and logs where it was
-    raised (type and place only: messages and locals may hold request data)."""
+    raised (types and frames only, as the worker logs them: messages and locals may
+    hold request data)."""
     context.error_code = ErrorCode.INTERNAL.value
     log.error(
         "unhandled_exception",
-        exception_type=type(exc).__name__,
-        where=_where(exc),
+        **exception_fields(exc),
         request_id=context.request_id,
         path=_logged_path(scope),
     )
@@ -149,12 +149,6 @@ def log_request(scope: Scope, status: int, context: RequestContext,
         request_id=context.request_id,
         latency_ms=round((time.perf_counter() - started_at) * 1000, 3),
     )
-
-
-def _where(exc: BaseException) -> str:
-    """``file:line`` of the innermost frame of the exception."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 def _logged_path(scope: Scope) -> str:

@@ -4,9 +4,10 @@ The envelope handler reports every finished request as a :class:`RequestRecord`;
 :class:`WorkerMetrics` turns it into counters and histograms. ``observe`` runs once per
 request on the hot path, so every labelled child is resolved once (per operation, per
 outcome) and kept in dicts: a call is two dict look-ups and three increments, no
-string formatting. Labels are the operation subject, the outcome code and, for batch
-sizes, the source — all bounded sets. There is no tenant label: it would leak who uses
-the service to whoever scrapes it, and grow without bound.
+string formatting. Labels are the operation subject, the outcome code (for a failed
+batch item, its error code) and, for batch sizes, the source — all bounded sets. There
+is no tenant label: it would leak who uses the service to whoever scrapes it, and grow
+without bound.
 
 Each process has its own :class:`~prometheus_client.CollectorRegistry` (no global
 state, so tests can build as many as they like) and serves it on
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from wsgiref.simple_server import WSGIServer
@@ -127,6 +128,11 @@ class WorkerMetrics:
         self._job_items = Counter(
             "pqkms_job_items", "Job items processed, by batch subject and result "
             "(succeeded or failed)", ["operation", "result"], registry=self.registry)
+        self._batch_item_errors = Counter(
+            "pqkms_batch_item_errors", "Failed items of batch requests answered OK (HTTP "
+            "200, the item's error in its result), by batch subject and error code",
+            ["operation", "code"], registry=self.registry)
+        self._item_error_children: dict[tuple[str, str], Counter] = {}
         self._tasks = Gauge(
             "pqkms_worker_tasks", "asyncio tasks alive in the worker: requests in progress "
             "plus a constant few background tasks", registry=self.registry)
@@ -145,6 +151,9 @@ class WorkerMetrics:
             "were answered ERR_SERVICE_001), by stage", ["stage"], registry=self.registry)
         for stage in ("database", "stream"):
             self._audit_failures.labels(stage)
+        self._nats_connected = Gauge(
+            "pqkms_nats_connected", "1 while the worker's NATS connection is up, 0 while "
+            "it is down (or not made yet)", registry=self.registry)
         ProcessCollector(registry=self.registry)
         self._series: dict[str, _OperationSeries] = {}
         batch_subjects = [op.subject.value for op in OPERATIONS if op.cost is not None]
@@ -177,8 +186,22 @@ class WorkerMetrics:
             series.duration.observe(record.duration_seconds)
             if series.batch_items is not None and record.outcome == _OK:
                 series.batch_items.observe(record.items)
+            if record.item_errors:
+                self._count_item_errors(record.operation, record.item_errors)
         except Exception:  # a metric must never fail a request
             _log.warning("metrics_observe_failed", subject=record.operation)
+
+    def _count_item_errors(self, operation: str, codes: Iterable[str]) -> None:
+        # Summed per code first: a batch's failures mostly share one code.
+        counts: dict[str, int] = {}
+        for code in codes:
+            counts[code] = counts.get(code, 0) + 1
+        for code, count in counts.items():
+            child = self._item_error_children.get((operation, code))
+            if child is None:
+                child = self._item_error_children[operation, code] = (
+                    self._batch_item_errors.labels(operation, code))
+            child.inc(count)
 
     def chunk_finished(self, outcome: str) -> None:
         """Count one job chunk by how it ended."""
@@ -211,6 +234,11 @@ class WorkerMetrics:
                 return float("nan")
 
         self._tasks.set_function(alive)
+
+    def watch_nats_connection(self, is_connected: Callable[[], bool]) -> None:
+        """Export ``is_connected()`` as ``pqkms_nats_connected`` (read at scrape time, from
+        the server thread: no callback can leave it stale)."""
+        self._nats_connected.set_function(lambda: 1.0 if is_connected() else 0.0)
 
 
 @dataclass(frozen=True, slots=True)

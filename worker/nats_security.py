@@ -18,14 +18,16 @@ Secrets never leave this module in text meant for people: errors and
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import structlog
 from faststream.nats import NatsCredentials, NatsNKey, NatsSecurity, NatsUserPassword
+from nats.aio.client import Client as NatsClient
 from nats.errors import SlowConsumerError
 from pydantic import SecretStr
 
@@ -34,6 +36,7 @@ from worker.log_throttle import ThrottledWarning
 
 __all__ = [
     "ConnectRefusalGuard",
+    "ConnectionGauge",
     "NatsAccessRefused",
     "NatsConnectSecurity",
     "NatsSecurityError",
@@ -41,6 +44,7 @@ __all__ = [
     "redacted_url",
     "redacted_urls",
     "refusal_reason",
+    "server_url",
 ]
 
 _log = structlog.get_logger("pqkms.nats")
@@ -73,6 +77,15 @@ def redacted_url(url: str) -> str:
 def redacted_urls(urls: str) -> str:
     """``PQKMS_NATS_URL`` (comma-separated servers) without credentials."""
     return ", ".join(redacted_url(url.strip()) for url in urls.split(",") if url.strip())
+
+
+def server_url(client: NatsClient) -> str | None:
+    """The server ``client`` is connected to, or was until it lost it, without
+    credentials; ``None`` before any."""
+    # nats-py names the server only while connected; the one just lost is still its
+    # current server during the disconnect callback.
+    uri = client.connected_url or getattr(getattr(client, "_current_server", None), "uri", None)
+    return redacted_url(uri.geturl()) if uri is not None else None
 
 
 _DEFAULT_INBOX_PREFIX = "_INBOX"
@@ -301,8 +314,16 @@ def refusal_reason(exc: BaseException) -> str | None:
 _SLOW_CONSUMER = ThrottledWarning("pqkms.nats", "nats_slow_consumer")
 
 
+class ConnectionGauge(Protocol):
+    """Where the state of a NATS connection is exported (``worker.metrics``)."""
+
+    def watch_nats_connection(self, is_connected: Callable[[], bool]) -> None:
+        """Report ``is_connected()`` (called at scrape time, from another thread)."""
+
+
 class ConnectRefusalGuard:
-    """NATS connection callbacks that make a refused connection loud, not a silent loop.
+    """NATS connection callbacks that make a refused connection loud, not a silent loop,
+    and an outage visible.
 
     Every refusal (wrong credentials, TLS failure) is logged once per outage with its
     reason. Before the first connection has ever been lost, a refusal also aborts the
@@ -310,6 +331,10 @@ class ConnectRefusalGuard:
     exception end its connect loop), so a misconfigured worker exits at start instead of
     retrying forever. Once a connection has been up, refusals are only logged and
     reconnecting goes on: the server's configuration may be mid-reload.
+
+    Given its connection (:meth:`use_connection`), the guard also logs
+    ``nats_disconnected`` and ``nats_reconnected`` with the server's URL, as the bridge
+    does, and reports whether the connection is up (:meth:`is_connected`).
     """
 
     def __init__(self, component: str, *, fail_at_start: bool = True) -> None:
@@ -318,6 +343,30 @@ class ConnectRefusalGuard:
         self._was_connected = False
         self._reported: set[str] = set()
         self._subscriptions_refused: list[str] = []
+        self._connection: Callable[[], NatsClient] | None = None
+        self._down_since: float | None = None
+
+    def use_connection(self, connection: Callable[[], NatsClient],
+                       gauge: ConnectionGauge | None = None) -> None:
+        """The connection these callbacks belong to (the worker's: ``lambda:
+        broker.connection``), and where to export its state. Without it the guard cannot
+        tell an outage from a deliberate close, so it logs no connection events."""
+        self._connection = connection
+        if gauge is not None:
+            gauge.watch_nats_connection(self.is_connected)
+
+    def is_connected(self) -> bool:
+        """True while the connection is up; safe to call from another thread."""
+        client = self._client()
+        return client is not None and client.is_connected
+
+    def _client(self) -> NatsClient | None:
+        if self._connection is None:
+            return None
+        try:
+            return self._connection()
+        except Exception:  # FastStream raises until the first connect
+            return None
 
     def subscriptions_refused(self) -> list[str]:
         """The server's permission errors about this client's subscriptions so far
@@ -358,6 +407,18 @@ class ConnectRefusalGuard:
 
     async def _on_disconnected(self) -> None:
         self._was_connected = True
+        client = self._client()
+        if client is None or client.is_closed:
+            return  # closing on purpose (the worker stops): not an outage
+        self._down_since = time.monotonic()
+        _log.warning("nats_disconnected", component=self._component,
+                     url=server_url(client))
 
     async def _on_reconnected(self) -> None:
         self._reported.clear()
+        client = self._client()
+        if client is None:
+            return
+        down, self._down_since = self._down_since, None
+        _log.info("nats_reconnected", component=self._component, url=server_url(client),
+                  down_seconds=None if down is None else round(time.monotonic() - down, 3))

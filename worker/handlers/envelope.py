@@ -36,6 +36,7 @@ from worker.audit.unauthenticated import UnauthenticatedAuditBudget
 from worker.config import Settings
 from worker.errors import RateLimited, ServiceError
 from worker.services.auth import Authenticator
+from worker.services.batch_items import BatchOutcome
 from worker.services.context import Caller
 from worker.services.rate_limit import RateLimiter
 from worker.services.request_record import (
@@ -73,6 +74,7 @@ _MAX_REQUEST_ID = 128
 _MAX_INPUT_ERROR = 512
 # Room a reply's headers take at most (request id, Retry-After): a shorter body fits.
 _REPLY_HEADER_ROOM = 1024
+_NO_FIELDS: Mapping[str, int] = {}
 _AUDIT_FAILING_MESSAGE = (
     "The audit trail cannot be written at the moment, so this change was not made; retry "
     "later"
@@ -131,7 +133,8 @@ def _field(request: BaseModel | None, result: object, name: str) -> Any:
 
 
 def _with_outcome(record: RequestRecord, outcome: str) -> RequestRecord:
-    return dataclasses.replace(record, outcome=outcome)
+    # A failed reply carries no item results: none of its items is counted as failed.
+    return dataclasses.replace(record, outcome=outcome, item_errors=())
 
 
 class EnvelopeHandler:
@@ -260,6 +263,10 @@ class EnvelopeHandler:
                 envelope = error_envelope(ErrorCode.INTERNAL, request_id)
         if deadline is not None:
             end_write_deadline(deadline)
+        # A batch's failed items, known from its one pass over the results (batch.py);
+        # only when its reply carries them (a reply too large to send is a 400).
+        item_errors = (result.error_codes if code == "OK" and type(result) is BatchOutcome
+                       else ())
         record = RequestRecord(
             operation=operation.subject.value,
             request_id=request_id,
@@ -269,6 +276,7 @@ class EnvelopeHandler:
             outcome=code,
             duration_seconds=time.perf_counter() - started,
             items=cost,
+            item_errors=item_errors,
         )
         try:
             if tenant_id is not None or self.unauthenticated_audit.take():
@@ -287,6 +295,10 @@ class EnvelopeHandler:
             reply_headers.pop(HEADER_RETRY_AFTER, None)
         observed = record if code == record.outcome else _with_outcome(record, code)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        # Batch lines say how many items failed: the outcome is the envelope's, and a
+        # batch whose every item failed is still OK (docs/audit.md).
+        batch_fields = (_NO_FIELDS if operation.cost is None
+                        else {"items_failed": observed.items_failed})
 
         def finish() -> None:
             self._metrics.observe(observed)
@@ -297,6 +309,7 @@ class EnvelopeHandler:
                 tenant_id=tenant_id,
                 outcome=code,
                 duration_ms=duration_ms,
+                **batch_fields,
             )
 
         reply = encoded if encoded is not None and code == "OK" else orjson.dumps(envelope)

@@ -7,6 +7,7 @@ dicts have exactly the shape ``schemas.batch.BatchResult`` documents (tests comp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,10 @@ class BatchOutcome:
 
     results: list[JsonObject]
     failed: int
+    # The error code of each failed item, in item order ("ERR_KEM_004", …): what the
+    # request's metrics count item failures by (``RequestRecord.item_errors``). Empty
+    # where a caller did not collect them (a job chunk refused as a whole).
+    error_codes: Sequence[str] = ()
 
     @property
     def total(self) -> int:

@@ -7,6 +7,7 @@ The envelope handler builds one :class:`RequestRecord` per request and hands it 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +26,15 @@ class RequestRecord:
     outcome: str  # "OK" or an error code such as "ERR_RATE_001"
     duration_seconds: float
     items: int = 1  # batch items (rate-limit cost); 1 for single requests
+    # A batch answered OK may still hold failed items (HTTP 200, ``failed`` > 0): the
+    # error code of each, for metrics and the log line. Empty for every other request,
+    # and for a batch whose reply did not carry its items' results.
+    item_errors: Sequence[str] = ()
+
+    @property
+    def items_failed(self) -> int:
+        """How many of the batch's items failed (0 for single requests)."""
+        return len(self.item_errors)
 
 
 class AuditSink(Protocol):
