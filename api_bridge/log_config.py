@@ -1,4 +1,5 @@
-"""structlog set-up for the bridge process: JSON off a terminal, no locals in tracebacks."""
+"""structlog set-up for the bridge process: JSON off a terminal; exceptions by type and
+frames only, as the worker logs them (worker.logging_setup)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import orjson
 import structlog
 
 from worker.log_sink import BufferedLineLoggerFactory
-from worker.logging_setup import utc_timestamper
+from worker.log_throttle import ExceptionThrottle
+from worker.logging_setup import render_exception, utc_timestamper
 
 __all__ = ["configure_logging"]
 
@@ -25,12 +27,13 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     structlog.configure(
         # No contextvars merge: the bridge binds none (≈ 1.5 µs a line).
         processors=[
+            # First: a dropped repeat costs neither a timestamp nor a traceback walk.
+            ExceptionThrottle(),
             structlog.processors.add_log_level,
             utc_timestamper,  # TimeStamper(fmt="iso", utc=True) for less
-            # No locals: they could hold request data or the API key.
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            ) if use_json else structlog.processors.StackInfoRenderer(),
+            # Types and frames, as the worker logs them: no message, no locals (they
+            # could hold request data or the API key).
+            render_exception,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_bridge.errors import error_answer
-from schemas.envelope import new_request_id
+from schemas.envelope import is_sane_request_id, new_request_id
 from schemas.errors import ErrorCode
 from worker.logging_setup import exception_fields
 
@@ -32,7 +32,6 @@ __all__ = [
 
 CONTEXT_KEY = "pqkms.context"  # where a request's RequestContext sits in its ASGI scope
 _REQUEST_ID_HEADER = b"x-request-id"
-_MAX_REQUEST_ID_LENGTH = 128
 _MAX_LOGGED_PATH = 200
 
 log = structlog.get_logger("api_bridge")
@@ -44,13 +43,6 @@ class RequestContext:
 
     request_id: str
     error_code: str | None = None
-
-
-def is_sane_request_id(value: str) -> bool:
-    """1-128 visible ASCII characters: safe in an HTTP header, a NATS header and a log."""
-    # Printable ASCII is " " to "~"; without the space, "!" to "~" (str methods: no loop).
-    return (0 < len(value) <= _MAX_REQUEST_ID_LENGTH and value.isascii()
-            and value.isprintable() and " " not in value)
 
 
 def request_id_from_header(value: bytes | None) -> str:

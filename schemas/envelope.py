@@ -17,6 +17,7 @@ __all__ = [
     "ErrorEnvelope",
     "SuccessEnvelope",
     "error_envelope",
+    "is_sane_request_id",
     "new_request_id",
     "success_envelope",
     "utc_timestamp",
@@ -56,6 +57,7 @@ class ErrorEnvelope(BaseModel):
 # formatting the same second over and over is most of its cost.
 _second_text: tuple[int, str] = (-1, "")
 # Version 4 and the RFC 4122 variant, set on 128 random bits.
+_MAX_REQUEST_ID_LENGTH = 128
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
@@ -73,6 +75,14 @@ def utc_timestamp(moment: datetime | None = None) -> str:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
         _second_text = (second, prefix)
     return f"{prefix}{int((now - second) * 1000):03d}Z"
+
+
+def is_sane_request_id(value: str) -> bool:
+    """1-128 visible ASCII characters: safe in an HTTP header, a NATS header and a log.
+    The bridge and the workers both replace any other caller-given id with a fresh one."""
+    # Printable ASCII is " " to "~"; without the space, "!" to "~" (str methods: no loop).
+    return (0 < len(value) <= _MAX_REQUEST_ID_LENGTH and value.isascii()
+            and value.isprintable() and " " not in value)
 
 
 def new_request_id() -> str:

@@ -1,5 +1,6 @@
-"""The worker's log of an exception: types and frames, never its message; a burst of one
-failing event is a few lines with a ``count``, not a traceback per request.
+"""The worker's (and the bridge's) log of an exception: types and frames, never its
+message; a burst of one failing event is a few lines with a ``count``, not a traceback
+per request.
 
 Logging is configured as the worker does it (``configure_logging``, JSON) and written
 to a buffer that stands in for stderr.
@@ -19,6 +20,7 @@ import pytest
 import structlog
 from pydantic import BaseModel
 
+from api_bridge.log_config import configure_logging as configure_bridge_logging
 from worker.logging_setup import configure_logging
 
 MARKER = "ZQXMARKER7f3a9c"
@@ -36,15 +38,21 @@ class _Stderr(io.TextIOWrapper):
         return False
 
 
-@pytest.fixture
-def log_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Stderr]:
-    """The worker's logging set-up writing to a buffer; everything restored after."""
+@pytest.fixture(params=["worker", "bridge"])
+def log_output(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[_Stderr]:
+    """The worker's (or the bridge's) logging set-up writing to a buffer; everything
+    restored after."""
     saved = structlog.get_config()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     fake = _Stderr()
     monkeypatch.setattr(sys, "stderr", fake)
-    configure_logging("INFO", json=True)
+    if request.param == "worker":
+        configure_logging("INFO", json=True)
+    else:
+        configure_bridge_logging("INFO", json=True)
     # Loggers of other modules must not keep this configuration after the test.
     structlog.configure(cache_logger_on_first_use=False)
     try:

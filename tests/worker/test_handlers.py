@@ -72,6 +72,18 @@ async def test_generate_then_encrypt_through_handlers(harness: tuple[NatsBroker,
     assert decrypted["data"]["plaintext"] == "aGVsbG8="
 
 
+async def test_a_request_id_the_bridge_would_replace_is_replaced_over_nats_too(
+    harness: tuple[NatsBroker, str],
+) -> None:
+    broker, api_key = harness
+    for odd in ("two words", "caf\u00e9", "x" * 129):
+        listed, headers = await request(broker, Subject.KEYS_LIST, {}, api_key, odd)
+        assert listed["request_id"] != odd and headers["X-Request-ID"] == listed["request_id"]
+        assert len(listed["request_id"]) == 36  # a fresh UUID
+    listed, _ = await request(broker, Subject.KEYS_LIST, {}, api_key, "trace-7f:0001")
+    assert listed["request_id"] == "trace-7f:0001"
+
+
 async def test_missing_key_is_401(harness: tuple[NatsBroker, str]) -> None:
     broker, _ = harness
     body, _ = await request(broker, Subject.KEYS_LIST, {}, None)

@@ -21,7 +21,12 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from schemas.algorithms import Plan
-from schemas.envelope import error_envelope, new_request_id, success_envelope
+from schemas.envelope import (
+    error_envelope,
+    is_sane_request_id,
+    new_request_id,
+    success_envelope,
+)
 from schemas.errors import ErrorCode
 from schemas.nats_message import counted_size
 from schemas.operations import Operation
@@ -70,7 +75,6 @@ LeanCall = Callable[[Caller, dict[str, Any]], Awaitable[JsonResult | None]]
 Reply = tuple[bytes, dict[str, str]]
 
 _log = structlog.get_logger("pqkms.worker")
-_MAX_REQUEST_ID = 128
 _MAX_INPUT_ERROR = 512
 # Room a reply's headers take at most (request id, Retry-After): a shorter body fits.
 _REPLY_HEADER_ROOM = 1024
@@ -97,7 +101,7 @@ def header_value(headers: Mapping[str, str] | None, name: str) -> str | None:
 
 def _request_id(headers: Mapping[str, str] | None) -> str:
     given = header_value(headers, HEADER_REQUEST_ID)
-    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable():
+    if given and is_sane_request_id(given):  # as the bridge takes them
         return given
     return new_request_id()
 
