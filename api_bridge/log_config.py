@@ -11,7 +11,7 @@ import structlog
 
 from worker.log_sink import BufferedLineLoggerFactory
 from worker.log_throttle import ExceptionThrottle
-from worker.logging_setup import render_exception, utc_timestamper
+from worker.logging_setup import render_exception, route_stdlib_logging, utc_timestamper
 
 __all__ = ["configure_logging"]
 
@@ -24,6 +24,8 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         if use_json
         else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
+    # uvicorn's own lines (start, stop, errors) in the same form (log_config=None).
+    route_stdlib_logging(level, use_json)
     structlog.configure(
         # No contextvars merge: the bridge binds none (≈ 1.5 µs a line).
         processors=[

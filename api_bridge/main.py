@@ -54,6 +54,7 @@ def create_server(settings: Settings) -> uvicorn.Server:
         # api_bridge/connection_limits.py), then its connection closes
         limit_concurrency=settings.http_max_connections,
         access_log=False,  # the bridge logs its own line per request
+        log_config=None,  # uvicorn's loggers go to the root's JSON (api_bridge.log_config)
         log_level=settings.log_level.lower(),
         server_header=False,
         # Nothing in the bridge reads the client address or scheme that X-Forwarded-*

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from worker.handlers.rotation_policy import rotation_policy_router
 from worker.handlers.routing import subscribe_message
 from worker.handlers.signatures import signature_router
 from worker.jobs import JobRunner, JobService, JobStreams
+from worker.logging_setup import FASTSTREAM_LOGGER
 from worker.metrics import NO_JOB_METRICS, WorkerMetrics, request_observer
 from worker.nats_security import ConnectRefusalGuard, nats_security
 from worker.readiness import ReadinessProbe
@@ -156,6 +158,8 @@ def build_broker(
         reconnected_cb=guard.reconnected_cb,
         graceful_timeout=GRACEFUL_STOP_SECONDS,
         log_level=10,  # FastStream's per-message lines at DEBUG; we log one line ourselves
+        # Its lines in the worker's JSON form, not coloured text (worker.logging_setup).
+        logger=logging.getLogger(FASTSTREAM_LOGGER),
     )
     broker.include_router(kem_router(services.handler, services.kem, direct))
     broker.include_router(signature_router(services.handler, services.signatures, direct))

@@ -27,11 +27,13 @@ from worker.log_sink import BufferedLineLoggerFactory
 from worker.log_throttle import ExceptionThrottle
 
 __all__ = [
+    "FASTSTREAM_LOGGER",
     "configure_logging",
     "exception_fields",
     "exception_frames",
     "exception_type_name",
     "render_exception",
+    "route_stdlib_logging",
     "utc_timestamper",
 ]
 
@@ -57,6 +59,9 @@ def utc_timestamper(_logger: object, _method: str,
 
 # A deep stack (SQLAlchemy under a request) keeps its first few and its last frames:
 # where it was caught and where it was raised.
+# The logger FastStream's brokers are given: its records take the root's JSON form
+# instead of FastStream's own coloured text on stdout.
+FASTSTREAM_LOGGER = "pqkms.faststream"
 _MAX_FRAMES = 24
 _OUTER_FRAMES = 4
 _MAX_CHAIN = 5  # exceptions followed along __cause__ / __context__
@@ -162,6 +167,30 @@ def _without_slow_consumer_errors(record: logging.LogRecord) -> bool:
     return not isinstance(error, SlowConsumerError)
 
 
+def route_stdlib_logging(level: str, use_json: bool) -> None:
+    """Records of the standard library's loggers (FastStream's, uvicorn's, asyncio's)
+    as lines of the same form as structlog's: a log shipper reading JSON gets JSON
+    only, with the level, the time, the logger's name, and an exception by type and
+    frames. Replaces the root logger's handlers."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if use_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.processors.add_log_level,
+            structlog.stdlib.add_logger_name,
+            utc_timestamper,
+            render_exception,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger once per process."""
     use_json = (not sys.stderr.isatty()) if json is None else json
@@ -176,12 +205,14 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         if use_json
         else structlog.PrintLoggerFactory(sys.stderr)
     )
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s")
+    route_stdlib_logging(level, use_json)
     # FastStream narrates every task at INFO; our one line per request is enough.
     logging.getLogger("faststream").setLevel(logging.WARNING)
+    logging.getLogger(FASTSTREAM_LOGGER).setLevel(logging.WARNING)
     # ... and a traceback per message nats-py drops as a slow consumer, which the
     # connection guard counts in one line a second (``nats_slow_consumer``).
-    logging.getLogger("faststream.access.nats").addFilter(_without_slow_consumer_errors)
+    for name in ("faststream.access.nats", FASTSTREAM_LOGGER):
+        logging.getLogger(name).addFilter(_without_slow_consumer_errors)
     structlog.configure(
         # No contextvars merge: the worker binds none (≈ 1.5 µs a line).
         processors=[
