@@ -21,6 +21,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import structlog
 from pydantic import ValidationError
 
 from schemas.algorithms import Algorithm, Plan
@@ -804,6 +805,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Everything pqkms writes (database, logs, NATS store and configuration, batch
     # outputs) is for this user alone; children started by ``pqkms up`` inherit it.
     os.umask(0o077)
+    # Warnings of the code the commands share with the worker (structlog, whose default
+    # is stdout) go to stderr: stdout carries what scripts read, such as the one JSON
+    # object of ``tenant create`` with the only copy of a new API key. ``worker`` and
+    # ``bridge`` configure their own logging when they start.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     if args.command in ("up", "db", "tenant", "health"):
         # The worker and the bridge configure logging themselves.
         logging.basicConfig(

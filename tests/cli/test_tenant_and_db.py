@@ -46,6 +46,23 @@ def test_tenant_create_prints_one_json_object_whose_key_authenticates(tmp_path: 
     assert created["api_key"] not in result.stderr
 
 
+def test_a_warning_goes_to_stderr_and_stdout_keeps_its_one_json_object(
+    tmp_path: Path,
+) -> None:
+    # A master key file others may read is a warning (the Compose secret is 0644); it
+    # once went to stdout, so a script reading the JSON lost the only copy of the key.
+    data_dir = tmp_path / "data"
+    assert run_pqkms("db", "init", "--data-dir", str(data_dir)).returncode == 0
+    (data_dir / "master.key").chmod(0o644)
+    result = run_pqkms("tenant", "create", "acme", "--plan", "pro", "--data-dir", str(data_dir))
+
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert created["api_key"].startswith("qph_")
+    assert "master_key_file_permissions" in result.stderr
+    assert "master_key_file_permissions" not in result.stdout
+
+
 def test_first_run_creates_a_private_master_key(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     result = run_pqkms("tenant", "create", "acme", "--plan", "free", "--data-dir", str(data_dir))
