@@ -290,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
         "current", help="print the database's schema revision and whether it is at head"
     )
     _add_store_options(current)
+    backup = db_commands.add_parser(
+        "backup",
+        help="write a consistent, checked copy of the SQLite database while it serves",
+        description="SQLite only (VACUUM INTO, then SQLite's integrity check); PostgreSQL: "
+        "pg_dump -Fc. Never overwrites FILE. The copy needs the master keys whose ids it "
+        "prints: keep the master key file of the same moment with it (docs/deploy.md, "
+        "Backup and restore).",
+    )
+    backup.add_argument("file", metavar="FILE", type=Path, help="the copy to write")
+    _add_store_options(backup)
 
     _add_master_key_commands(commands)
     _add_audit_commands(commands)
@@ -583,6 +593,19 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_db_backup(args: argparse.Namespace) -> int:
+    from pqkms.backup import BackupError, backup_sqlite_database, sqlite_file_of
+
+    settings: Settings = _settings(Settings, args)
+    try:
+        source = sqlite_file_of(settings.resolved_database_url())
+        report = backup_sqlite_database(source, args.file)
+    except BackupError as exc:
+        raise CommandError(str(exc)) from None
+    print(report.describe(), flush=True)
+    return 0
+
+
 def _cmd_db_current(args: argparse.Namespace) -> int:
     from pqkms.admin import read_schema_state
 
@@ -777,7 +800,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _cmd_tenant_api_key(args)
         return _cmd_tenant_create(args)
     if args.command == "db":
-        db_commands = {"init": _cmd_db_init, "upgrade": _cmd_db_upgrade, "current": _cmd_db_current}
+        db_commands = {"init": _cmd_db_init, "upgrade": _cmd_db_upgrade,
+                       "current": _cmd_db_current, "backup": _cmd_db_backup}
         return db_commands[args.db_command](args)
     if args.command == "master-key":
         return _cmd_master_key(args)
