@@ -18,6 +18,7 @@ from worker.config import Settings
 
 if TYPE_CHECKING:
     from worker.store import KeyStore, MasterKey
+    from worker.store.keyring import MasterKeyring
     from worker.store.migrations import SchemaState, SchemaUpgrade
     from worker.store.rotation_policies import RotationPolicyRecord
 
@@ -107,23 +108,29 @@ def describe_database_failure(settings: Settings, exc: BaseException) -> str:
 
 
 def database_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning the database is unreachable or refuses us."""
+    """Exceptions meaning the database is unreachable or refuses us, or its URL names a
+    database this store cannot use (``mysql://``, say)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    return (OSError, SQLAlchemyError)
+    from worker.store.database import UnsupportedDatabaseURL
+
+    return (OSError, SQLAlchemyError, UnsupportedDatabaseURL)
 
 
-def load_master_key(settings: Settings, *, create: bool) -> MasterKey:
-    """The master key from ``PQKMS_MASTER_KEY`` (inline base64) or the key file.
+def load_master_key(settings: Settings, *, create: bool) -> MasterKey | MasterKeyring:
+    """The master key from ``PQKMS_MASTER_KEY`` (inline base64), or the key file's whole
+    keyring: with every key of the file the store can tell a database restored from
+    before a master-key rotation from a wrong key, and say so (``MasterKeyMismatch``).
 
     With ``create`` the file is created (mode 0600, directory 0700) when it does not
     exist yet; that is the first-run path of ``pqkms up`` and ``pqkms db init``.
     """
-    from worker.store import load_or_create_master_key, master_key_from_base64
+    from worker.store import master_key_from_base64
+    from worker.store.keyring import load_keyring
 
     if settings.master_key is not None:
         return master_key_from_base64(settings.master_key.get_secret_value())
-    return load_or_create_master_key(settings.resolved_master_key_file(), create=create)
+    return load_keyring(settings.resolved_master_key_file(), create=create)
 
 
 def _uses_default_sqlite(settings: Settings) -> bool:
@@ -133,12 +140,20 @@ def _uses_default_sqlite(settings: Settings) -> bool:
 async def open_store(
     settings: Settings, *, create_key: bool, create_schema: bool = True
 ) -> KeyStore:
-    """Open the key store named by the settings (checks the master key's check value)."""
-    from worker.store import KeyStore
+    """Open the key store named by the settings (checks the master key's check value).
 
-    if _uses_default_sqlite(settings):
+    Without ``create_schema`` the database must exist already: after the master key (read
+    first, as :meth:`KeyStore.open` does), a SQLite path that does not is refused
+    (``DatabaseNotFound``) before any file or directory is created.
+    """
+    from worker.store import KeyStore
+    from worker.store.database import require_existing_database
+
+    if create_schema and _uses_default_sqlite(settings):
         _make_private_dir(settings.data_dir)
     master = load_master_key(settings, create=create_key)
+    if not create_schema:
+        require_existing_database(settings.resolved_database_url())
     return await KeyStore.open(
         settings.resolved_database_url(), master, create_schema=create_schema
     )
@@ -149,9 +164,13 @@ async def initialise_store(settings: Settings) -> StoreInfo:
 
     Upgrades the schema to head (like :func:`upgrade_schema`), then creates the master
     key if needed and records its check value. Run once before any worker starts: workers
-    never change the schema, and never race on recording the check value.
+    never change the schema, and never race on recording the check value. A database
+    that already records a master key is never given a new one: without its key file
+    this raises ``MasterKeyError`` and leaves no file behind.
     """
     schema = await _upgrade_to_head(settings)
+    if not _master_key_available(settings):
+        await _refuse_new_key_for_keyed_database(settings)
     store = await open_store(settings, create_key=True, create_schema=False)
     try:
         kek_id = store.kek_id
@@ -194,11 +213,11 @@ async def read_schema_state(settings: Settings) -> SchemaState:
 
     Changes nothing: a SQLite file that does not exist is reported as empty, not created.
     """
-    from worker.store.database import create_engine_for, schema_state
+    from worker.store.database import create_engine_for, schema_state, sqlite_database_file
     from worker.store.migrations import SchemaState, head_revision
 
     url = settings.resolved_database_url()
-    sqlite_file = _sqlite_file(url)
+    sqlite_file = sqlite_database_file(url)
     if sqlite_file is not None and not sqlite_file.exists():
         return SchemaState(None, head_revision())
     engine = create_engine_for(url)
@@ -224,17 +243,31 @@ def _master_key_available(settings: Settings) -> bool:
     return settings.master_key is not None or settings.resolved_master_key_file().exists()
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL (``None`` for other backends and in-memory databases)."""
-    from sqlalchemy.engine import make_url
+async def _refuse_new_key_for_keyed_database(settings: Settings) -> None:
+    """Raise ``MasterKeyError`` when the database already records a master key.
 
-    parsed = make_url(url)
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return None
-    if database.startswith("file:"):
-        return None
-    return Path(database).expanduser()
+    A fresh key could never open such a database's rows; created anyway, the file would
+    outlive the failed check and might be kept or copied as "the master key".
+    """
+    from sqlmodel import select
+
+    from worker.store import MasterKeyError
+    from worker.store.database import create_engine_for
+    from worker.store.tables import MasterKeyCheck
+
+    engine = create_engine_for(settings.resolved_database_url())
+    try:
+        async with engine.connect() as conn:
+            kek_ids = sorted((await conn.execute(select(MasterKeyCheck.kek_id))).scalars())
+    finally:
+        await engine.dispose()
+    if kek_ids:
+        raise MasterKeyError(
+            f"this database already has a master key (kek id {', '.join(kek_ids)}) and "
+            f"{settings.resolved_master_key_file()} does not exist; give its key file "
+            "(--master-key-file or PQKMS_MASTER_KEY_FILE) or PQKMS_MASTER_KEY. No new key "
+            "was created: it could not open this database's keys"
+        )
 
 
 async def create_tenant(settings: Settings, name: str, plan: Plan) -> CreatedTenant:
@@ -407,6 +440,7 @@ async def run_master_key_command(
     key; the inline ``PQKMS_MASTER_KEY`` holds one key and is refused.
     """
     from worker.store import MasterKeyError, kek_rotation
+    from worker.store.database import require_existing_database
 
     if settings.master_key is not None:
         raise MasterKeyError(
@@ -416,6 +450,7 @@ async def run_master_key_command(
         )
     path = settings.resolved_master_key_file()
     url = settings.resolved_database_url()
+    require_existing_database(url)
     if action == "status":
         return (await kek_rotation.master_key_status(path, url)).as_json_dict()
     if action == "add":

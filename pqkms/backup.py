@@ -51,16 +51,20 @@ class BackupReport:
 
 def sqlite_file_of(database_url: str) -> Path:
     """The database file of a SQLite URL; raises :class:`BackupError` for any other."""
-    url = make_url(database_url)
-    if not url.drivername.startswith("sqlite"):
-        raise BackupError(
-            f"pqkms db backup copies SQLite databases; for {url.drivername} use its own tool "
-            "(PostgreSQL: pg_dump -Fc; docs/deploy.md, Backup and restore)"
-        )
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    from worker.store.database import UnsupportedDatabaseURL, sqlite_database_file
+
+    try:
+        path = sqlite_database_file(database_url)
+    except UnsupportedDatabaseURL as exc:
+        raise BackupError(str(exc)) from None
+    if path is not None:
+        return path
+    if make_url(database_url).get_backend_name() == "sqlite":
         raise BackupError("this SQLite database is not a file that can be backed up")
-    return Path(database).expanduser()
+    raise BackupError(
+        "pqkms db backup copies SQLite databases; for PostgreSQL use pg_dump -Fc "
+        "(docs/deploy.md, Backup and restore)"
+    )
 
 
 def backup_sqlite_database(source: Path, target: Path) -> BackupReport:

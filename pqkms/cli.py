@@ -70,6 +70,18 @@ def _rotation_period(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _SecretRefusedOnCommandLine(argparse.Action):
+    """An option that would take a secret on the command line, where ``ps`` shows it to
+    every user of the machine: a usage error naming the safe ways (never the value)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None,
+                 ) -> NoReturn:
+        parser.error(f"{option_string} is refused: a command line is visible to every user "
+                     "in `ps`; give the API key in PQKMS_API_KEY, in a file (--api-key-file "
+                     "FILE, '-' for stdin), or type it at the prompt")
+
+
 def _add_client_nats_options(parser: argparse.ArgumentParser) -> None:
     """Where a command that talks to running workers finds NATS (see _client_settings)."""
     parser.add_argument("--nats-url", metavar="URL",
@@ -80,7 +92,9 @@ def _add_client_nats_options(parser: argparse.ArgumentParser) -> None:
                         "default .pqkms)")
 
 
-def _add_store_options(parser: argparse.ArgumentParser) -> None:
+def _add_store_options(parser: argparse.ArgumentParser, *, master_key: bool = True) -> None:
+    """The store options; ``master_key=False`` for a command that never reads the key
+    (offering the option would tell an auditor the master key is needed)."""
     parser.add_argument(
         "--data-dir", metavar="DIR",
         help="SQLite database, master key, logs, NATS store (env PQKMS_DATA_DIR; "
@@ -92,11 +106,12 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
         help="SQLAlchemy URL, e.g. postgresql+asyncpg://… (env PQKMS_DATABASE_URL; "
         "default: SQLite in the data dir)",
     )
-    parser.add_argument(
-        "--master-key-file",
-        metavar="FILE",
-        help="master key file (env PQKMS_MASTER_KEY_FILE; default: DIR/master.key)",
-    )
+    if master_key:
+        parser.add_argument(
+            "--master-key-file",
+            metavar="FILE",
+            help="master key file (env PQKMS_MASTER_KEY_FILE; default: DIR/master.key)",
+        )
     parser.add_argument(
         "--database-password-file",
         metavar="FILE",
@@ -170,11 +185,15 @@ def _add_audit_commands(commands: Any) -> None:
         "(chain, seq, what is wrong) otherwise. The stream cross-check runs when NATS "
         "answers and the stream exists (see docs/audit.md).",
     )
-    _add_store_options(verify)
+    _add_store_options(verify, master_key=False)
     verify.add_argument("--nats-url", metavar="URL",
                         help="comma-separated NATS servers (env PQKMS_NATS_URL)")
     verify.add_argument("--no-stream", action="store_true",
                         help="check the database only, without the stream cross-check")
+    verify.add_argument("--since", metavar="TIME",
+                        help="judge only chains with records from TIME on (ISO 8601, UTC "
+                        "unless it has an offset) and key versions created from then on, "
+                        "after a gap was examined and accepted (docs/audit.md)")
 
 
 def _actions(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
@@ -225,14 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="create a tenant and print its first API key (shown once)",
         description="Create a tenant; prints one JSON object with its API key.",
     )
-    create.add_argument("name", metavar="NAME")
+    create.add_argument("name", metavar="NAME", help="tenant name (unique)")
     create.add_argument(
         "--plan", required=True, choices=[plan.value for plan in Plan], help="tenant plan"
     )
     _add_store_options(create)
     api_key_commands = _actions(
         tenant_commands, "api-key", "api_key_command",
-        help="issue another API key of a tenant, or revoke one",
+        help="a tenant's API keys: add another, list them, revoke one or all",
         description="Rotate a tenant's API key: add a new one, move the callers to it, "
         "then revoke the old one. Workers stop accepting a revoked key within 10 s.",
     )
@@ -289,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     current = db_commands.add_parser(
         "current", help="print the database's schema revision and whether it is at head"
     )
-    _add_store_options(current)
+    _add_store_options(current, master_key=False)
     backup = db_commands.add_parser(
         "backup",
         help="write a consistent, checked copy of the SQLite database while it serves",
@@ -299,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Backup and restore).",
     )
     backup.add_argument("file", metavar="FILE", type=Path, help="the copy to write")
-    _add_store_options(backup)
+    _add_store_options(backup, master_key=False)
 
     _add_master_key_commands(commands)
     _add_audit_commands(commands)
@@ -359,7 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--key-version", type=_positive_int, required=True, metavar="N")
     batch.add_argument("--algorithm", metavar="A", help="default algorithm for items")
     _add_client_nats_options(batch)
-    batch.add_argument("--api-key", metavar="KEY", help="API key (env PQKMS_API_KEY)")
+    batch.add_argument("--api-key-file", metavar="FILE",
+                       help="read the API key from FILE's first line ('-': stdin; env "
+                       "PQKMS_API_KEY_FILE); else PQKMS_API_KEY; else it is asked for at a "
+                       "terminal. Never on the command line, where ps shows it")
+    batch.add_argument("--api-key", action=_SecretRefusedOnCommandLine, help=argparse.SUPPRESS)
     batch.add_argument("--chunk-size", type=_positive_int, default=500, metavar="N",
                        help="items per job chunk (default 500, at most 1000)")
     batch.add_argument("--job-id", metavar="ID", help="job id (default: a random one)")
@@ -449,9 +472,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _store_errors() -> tuple[type[Exception], ...]:
     from worker.store import MasterKeyError, MasterKeyMismatch
+    from worker.store.database import DatabaseNotFound, UnsupportedDatabaseURL
     from worker.store.migrations import SchemaError
 
-    return (MasterKeyError, MasterKeyMismatch, SchemaError)
+    return (MasterKeyError, MasterKeyMismatch, SchemaError, DatabaseNotFound,
+            UnsupportedDatabaseURL)
 
 
 def _run_on_store(settings: Settings, work: Coroutine[Any, Any, T], *,
@@ -530,13 +555,13 @@ def _revoke_keys_by_prefix(settings: Settings, name: str, prefix: str | None) ->
     return {"name": name, "revoked": revoked}
 
 
-def _api_key_from_stdin() -> str:
+def _api_key_from_stdin(prompt: str = "API key to revoke: ") -> str:
     """The API key to revoke: typed without echo at a terminal, else stdin's first line
     (a command line would show it to every user of the machine in ``ps``)."""
     if sys.stdin.isatty():
         import getpass
 
-        typed = getpass.getpass("API key to revoke: ")
+        typed = getpass.getpass(prompt)
     else:
         typed = sys.stdin.readline()
     api_key = typed.strip()
@@ -641,8 +666,27 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         from worker.main import run
     except ImportError as exc:
         raise CommandError(f"the worker is not installed: {exc}") from None
-    run(_settings(Settings, args))
+    settings: Settings = _settings(Settings, args)
+    _worker_needs_its_database(settings)
+    run(settings)
     return 0
+
+
+def _worker_needs_its_database(settings: Settings) -> None:
+    """Exit with the worker's one ``worker_failed`` line on a database URL it cannot use
+    or a SQLite file that does not exist: opening the store would first create an empty
+    database and its ``-keystate`` file at the mistyped path."""
+    from worker.store.database import require_existing_database
+
+    try:
+        require_existing_database(settings.resolved_database_url())
+    except Exception as exc:  # any failure to start is that one line, as in worker.main.run
+        from worker.logging_setup import configure_logging
+
+        configure_logging(settings.log_level, settings.log_json)
+        structlog.get_logger("pqkms.worker").error(
+            "worker_failed", error=str(exc), kind=type(exc).__name__)
+        sys.exit(1)
 
 
 def _cmd_bridge(args: argparse.Namespace) -> int:
@@ -723,6 +767,32 @@ async def _say_when_no_worker_answers(nats_url: str, security: dict[str, Any]) -
               "the server)", file=sys.stderr, flush=True)
 
 
+def _batch_api_key(key_file: str | None) -> str:
+    """The API key of ``batch``: ``--api-key-file`` (``PQKMS_API_KEY_FILE``), else
+    ``PQKMS_API_KEY``, else typed without echo at a terminal. Never an argument, as for
+    ``tenant api-key revoke``: ``ps`` shows a command line to every user."""
+    key_file = key_file or os.environ.get("PQKMS_API_KEY_FILE")
+    if key_file == "-":
+        return _api_key_from_stdin("API key: ")
+    if key_file:
+        try:
+            lines = Path(key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise CommandError(f"cannot read the API key file {key_file}: {reason}") from None
+        api_key = lines[0].strip() if lines else ""
+        if not api_key:
+            raise CommandError(f"the API key file {key_file} is empty")
+        return api_key
+    api_key = os.environ.get("PQKMS_API_KEY", "").strip()
+    if api_key:
+        return api_key
+    if sys.stdin.isatty():
+        return _api_key_from_stdin("API key: ")
+    raise CommandError("an API key is needed: PQKMS_API_KEY, --api-key-file FILE "
+                       "(or PQKMS_API_KEY_FILE), or typed at a terminal")
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     from pqkms.batch_files import (
         ITEMS_FAILED_EXIT_STATUS,
@@ -735,9 +805,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from pqkms.batch_interrupt import BatchInterrupted, sigint_stops_the_run
     from pqkms.client import PqkmsClient, PqkmsError
 
-    api_key = args.api_key or os.environ.get("PQKMS_API_KEY")
-    if not api_key:
-        raise CommandError("an API key is needed: --api-key or PQKMS_API_KEY")
+    api_key = _batch_api_key(args.api_key_file)
     settings: Settings = _client_settings(args)
     nats_url = settings.nats_url
     security = _nats_connect_options(settings)
@@ -782,10 +850,18 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from worker.audit.verify import verify_from_settings
+    from worker.audit.verify import InvalidSince, VerifyReport, verify_from_settings
+    from worker.store.database import require_existing_database
 
     settings: Settings = _client_settings(args)
-    report = _run_on_store(settings, verify_from_settings(settings, use_stream=not args.no_stream))
+
+    async def verify() -> VerifyReport:
+        # An audit of a mistyped path must not create an empty database there.
+        require_existing_database(settings.resolved_database_url())
+        return await verify_from_settings(settings, use_stream=not args.no_stream,
+                                          since=args.since)
+
+    report = _run_on_store(settings, verify(), user_errors=(InvalidSince,))
     print("\n".join(report.lines()), flush=True)
     return 0 if report.intact else 1
 

@@ -326,6 +326,7 @@ def test_concurrent_db_upgrade_processes_all_succeed(tmp_path: Path) -> None:
 def test_worker_refuses_a_database_that_was_not_upgraded(tmp_path: Path) -> None:
     key_file = tmp_path / "master.key"
     load_or_create_master_key(key_file, create=True)
+    (tmp_path / "empty.db").touch()  # a database without tables (a missing one: test_store_paths)
     env = clean_env(PQKMS_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}",
                     PQKMS_MASTER_KEY_FILE=str(key_file), PQKMS_DATA_DIR=str(tmp_path),
                     PQKMS_NATS_URL="nats://127.0.0.1:9", PQKMS_LOG_JSON="true")

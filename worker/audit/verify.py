@@ -13,6 +13,11 @@ the same hash, and every record of the stream must be in the database. That catc
 what the database alone cannot: a deleted tail of an open chain, a whole chain deleted,
 and an edit whose author recomputed every later hash. Database records missing from the
 stream are only counted (the stream's limits may have expired them).
+
+A gap an operator has examined and accepted (a database restored from a backup, key
+versions made by workers older than the audit of key creations) would fail every later
+run; ``since`` judges only chains with a record (in the database or the stream) from
+that time on and key versions created from then on, and the report counts the rest.
 """
 
 from __future__ import annotations
@@ -25,19 +30,57 @@ from enum import StrEnum
 
 from schemas.audit import AUDIT_STREAM, AuditKind
 from schemas.subjects import Subject
-from worker.audit.entry import GENESIS_HASH, AuditEntry
+from worker.audit.entry import GENESIS_HASH, AuditEntry, canonical_time
 from worker.config import Settings
 from worker.store.audit_log import AuditLog, ChainHead, KeyVersionRow
 
 __all__ = [
     "Finding",
+    "InvalidSince",
     "Severity",
     "VerifyReport",
+    "parse_since",
     "verify_audit_log",
     "verify_from_settings",
 ]
 
 _KINDS = frozenset(kind.value for kind in AuditKind)
+_MISSING_FROM_DATABASE = "in the stream but missing from the database"
+_NO_CREATION_RECORD = "has no audit record of its creation"
+# Printed once under the findings they explain (the known causes, and the way on).
+_HINT_MISSING_FROM_DATABASE = (
+    f"records {_MISSING_FROM_DATABASE} were deleted from it, or the database was restored "
+    "from a backup: records written after the backup are in the stream only, for good "
+    "(docs/audit.md, 'After a restore')"
+)
+_HINT_NO_CREATION_RECORD = (
+    f"a key version that {_NO_CREATION_RECORD}: a worker stopped between the change and "
+    "its record; a worker older than the audit of key creations made it (a rolling "
+    "upgrade, or a database upgraded from a release whose scheduler did not audit its "
+    "rotations); or the database was restored from a backup (records after the backup are "
+    "in the stream only); see docs/audit.md, 'After a restore'"
+)
+_HINT_SINCE = (
+    "once such a gap is examined and accepted, 'pqkms audit verify --since TIME' judges "
+    "only chains with records from TIME on and key versions created from then on"
+)
+
+
+class InvalidSince(ValueError):
+    """``--since`` is not an ISO 8601 time, or lies in the future."""
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO 8601 time (``2026-01-02T03:04:05Z``, an offset, or a date) in UTC; one
+    without an offset is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidSince(f"--since: not an ISO 8601 time: {text!r} "
+                           "(e.g. 2026-01-02T03:04:05Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 class Severity(StrEnum):
@@ -65,7 +108,8 @@ class Finding:
 
 @dataclass(slots=True)
 class VerifyReport:
-    """What ``pqkms audit verify`` prints."""
+    """What ``pqkms audit verify`` prints. With ``since``, ``chains`` and ``records``
+    count what was judged; ``skipped_*`` what was left out for being older."""
 
     chains: int = 0
     records: int = 0
@@ -73,6 +117,11 @@ class VerifyReport:
     stream: str = "not checked"
     stream_records: int = 0
     findings: list[Finding] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+    since: datetime | None = None
+    skipped_chains: int = 0
+    skipped_records: int = 0
+    skipped_key_versions: int = 0
 
     @property
     def errors(self) -> list[Finding]:
@@ -85,14 +134,30 @@ class VerifyReport:
         return not self.errors
 
     def lines(self) -> list[str]:
-        """The full report: findings, then a summary."""
+        """The full report: findings, hints, what ``since`` skipped, then a summary."""
         lines = [finding.line() for finding in self.findings]
+        lines += [f"hint: {hint}" for hint in self.hints]
+        window = ""
+        if self.since is not None:
+            since = canonical_time(self.since)
+            window = f"; judged from {since} on"
+            lines.append(
+                f"skipped (before --since {since}): {self.skipped_chains} chain(s) whose "
+                f"last record is older ({self.skipped_records} record(s) in the database), "
+                f"{self.skipped_key_versions} key version(s) created before it"
+            )
         verdict = "intact" if self.intact else f"NOT intact: {len(self.errors)} error(s)"
         lines.append(
             f"audit log {verdict}: {self.chains} chain(s), {self.records} record(s), "
-            f"{self.open_chains} open; stream: {self.stream}"
+            f"{self.open_chains} open; stream: {self.stream}{window}"
         )
         return lines
+
+
+def _later(first: datetime | None, second: datetime | None) -> datetime | None:
+    if first is None or second is None:
+        return first or second
+    return max(first, second)
 
 
 def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
@@ -111,10 +176,16 @@ def _span(first: int, last: int) -> str:
 
 
 class _StreamCopy:
-    """Hashes of the stream's records, by chain and seq; checks each copy's own hash."""
+    """Hashes of the stream's records, by chain and seq; checks each copy's own hash.
+
+    Findings about a chain's copies, and its latest record time, are kept by chain: they
+    count only when that chain is judged (see ``since``).
+    """
 
     def __init__(self, bodies: list[bytes], findings: list[Finding]) -> None:
         self.hashes: dict[str, dict[int, str]] = defaultdict(dict)
+        self.findings: dict[str, list[Finding]] = defaultdict(list)
+        self.latest: dict[str, datetime] = {}
         self.count = 0
         for body in bodies:
             try:
@@ -124,34 +195,42 @@ class _StreamCopy:
                                         Severity.NOTE))
                 continue
             self.count += 1
+            chain = self.findings[entry.chain_id]
             if entry.computed_hash() != entry.record_hash:
-                findings.append(Finding(entry.chain_id, entry.seq,
-                                        "stream copy does not match its own hash"))
+                chain.append(Finding(entry.chain_id, entry.seq,
+                                     "stream copy does not match its own hash"))
             known = self.hashes[entry.chain_id].get(entry.seq)
             if known is not None and known != entry.record_hash:
-                findings.append(Finding(entry.chain_id, entry.seq,
-                                        "two different stream copies of the same record"))
+                chain.append(Finding(entry.chain_id, entry.seq,
+                                     "two different stream copies of the same record"))
             self.hashes[entry.chain_id][entry.seq] = entry.record_hash
+            latest = _later(self.latest.get(entry.chain_id), entry.recorded_at)
+            assert latest is not None
+            self.latest[entry.chain_id] = latest
 
 
 class _ChainCheck:
-    """Walks one chain's records in seq order."""
+    """Walks one chain's records in seq order; its findings are its own until the chain
+    is judged or skipped."""
 
-    def __init__(self, chain_id: str, stream: dict[int, str] | None,
-                 findings: list[Finding]) -> None:
+    def __init__(self, chain_id: str, stream: dict[int, str] | None) -> None:
         self.chain_id = chain_id
         self.stream = stream
-        self.findings = findings
+        self.findings: list[Finding] = []
         self.expected_seq = 1
         self.prev_hash: str | None = GENESIS_HASH
         self.last: AuditEntry | None = None
         self.not_in_stream = 0
+        self.records = 0
+        self.latest: datetime | None = None  # its latest record or chain-row time
 
     def error(self, seq: int | None, problem: str) -> None:
         self.findings.append(Finding(self.chain_id, seq, problem))
 
     def add(self, entry: AuditEntry) -> None:
         seq = entry.seq
+        self.records += 1
+        self.latest = _later(self.latest, entry.recorded_at)
         if seq != self.expected_seq:
             self.error(self.expected_seq, f"{_span(self.expected_seq, seq - 1)} missing")
             self.prev_hash = None  # the link over a gap cannot be checked
@@ -184,6 +263,8 @@ class _ChainCheck:
         last = self.last
         last_seq = 0 if last is None else last.seq
         closed_record = last is not None and last.kind == AuditKind.CLOSE
+        if head is not None:
+            self.latest = _later(_later(self.latest, head.opened_at), head.closed_at)
         if head is None:
             self.error(None, "no pqkms_audit_chain row for this chain (deleted)")
         elif head.last_seq is not None:  # the chain row says it closed at head.last_seq
@@ -197,8 +278,7 @@ class _ChainCheck:
             self.error(last_seq, "close record present but the chain row says open")
         if self.stream:
             for first, end in _ranges(list(self.stream)):
-                self.error(first, f"{_span(first, end)} in the stream but missing from the "
-                           "database")
+                self.error(first, f"{_span(first, end)} {_MISSING_FROM_DATABASE}")
         is_open = not closed_record and (head is None or head.last_seq is None)
         if is_open and last is not None:
             self.findings.append(Finding(
@@ -237,39 +317,66 @@ class _Creations:
         if entry.operation in _CREATING and entry.outcome == "OK":
             self._recorded.add((entry.tenant_id, entry.algorithm, entry.key_version))
 
-    def unrecorded(self, versions: list[KeyVersionRow], now: datetime) -> list[Finding]:
+    def unrecorded(self, versions: list[KeyVersionRow], now: datetime,
+                   since: datetime | None) -> list[Finding]:
+        """Versions created since the log's first record (and ``since``) and before the
+        grace period, without a creation record."""
         if self._first is None:
             return []  # no audit at all: nothing to hold the versions against
+        start = self._first if since is None else max(self._first, since)
         settled = now - CREATION_GRACE
         return [
             Finding(f"{row.tenant_id}/{row.algorithm}", None,
-                    f"version {row.version} (created {row.created_at.isoformat()}) has no "
-                    "audit record of its creation (a worker stopped between the change and "
-                    "its record?)", scope="key")
+                    f"version {row.version} (created {row.created_at.isoformat()}) "
+                    f"{_NO_CREATION_RECORD} (a worker stopped before its record, a worker "
+                    "older than creation records, or a restored database? see the hint)",
+                    scope="key")
             for row in versions
-            if self._first <= row.created_at <= settled
+            if start <= row.created_at <= settled
             and (row.tenant_id, row.algorithm, row.version) not in self._recorded
         ]
 
 
 async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
-                           now: datetime | None = None) -> VerifyReport:
+                           now: datetime | None = None,
+                           since: datetime | None = None) -> VerifyReport:
     """Check every chain of ``log``; cross-check against ``stream_bodies`` (the stream's
     messages, read *before* calling this) unless it is ``None``, and the key versions
-    against the records of their creation (``now``: the time they are judged at)."""
-    report = VerifyReport()
+    against the records of their creation (``now``: the time they are judged at).
+
+    With ``since`` (aware), only chains with a record or chain-row time (database or
+    stream copy) at or after it, and key versions created at or after it, are judged; a
+    chain that is judged is judged whole, from its first record. The stream copies' times
+    count too, so editing times in the database alone cannot move a chain out of view.
+    """
+    report = VerifyReport(since=since)
     findings = report.findings
     stream = None if stream_bodies is None else _StreamCopy(stream_bodies, findings)
     if stream is not None:
         report.stream_records = stream.count
+
+    def judged(latest: datetime | None) -> bool:
+        return since is None or latest is None or latest >= since
+
     async with log.snapshot() as snapshot:
         heads = {head.chain_id: head for head in await snapshot.chains()}
         check: _ChainCheck | None = None
         seen: set[str] = set()
 
         def finish(chain: _ChainCheck) -> None:
+            is_open = chain.finish(heads.get(chain.chain_id))
+            copies = [] if stream is None else stream.findings.pop(chain.chain_id, [])
+            latest = chain.latest if stream is None else _later(
+                chain.latest, stream.latest.pop(chain.chain_id, None))
+            if not judged(latest):
+                report.skipped_chains += 1
+                report.skipped_records += chain.records
+                return
             report.chains += 1
-            report.open_chains += chain.finish(heads.get(chain.chain_id))
+            report.records += chain.records
+            report.open_chains += is_open
+            findings.extend(copies)
+            findings.extend(chain.findings)
 
         creations = _Creations()
         async for entry in snapshot.entries():
@@ -280,25 +387,41 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
                 seen.add(entry.chain_id)
                 check = _ChainCheck(entry.chain_id,
                                     None if stream is None else stream.hashes.pop(
-                                        entry.chain_id, {}), findings)
-            report.records += 1
+                                        entry.chain_id, {}))
             check.add(entry)
         if check is not None:
             finish(check)
-        findings.extend(creations.unrecorded(await snapshot.key_versions(),
-                                             now or datetime.now(UTC)))
+        versions = await snapshot.key_versions()
+        findings.extend(creations.unrecorded(versions, now or datetime.now(UTC), since))
+        if since is not None:
+            report.skipped_key_versions = sum(row.created_at < since for row in versions)
     for chain_id in sorted(set(heads) - seen):
-        empty = _ChainCheck(chain_id, None if stream is None else stream.hashes.pop(chain_id, {}),
-                            findings)
+        empty = _ChainCheck(chain_id, None if stream is None else stream.hashes.pop(chain_id, {}))
         empty.error(None, "the chain row exists but every record of the chain is missing")
         finish(empty)
     if stream is not None:
         for chain_id, copies in sorted(stream.hashes.items()):
+            if not judged(stream.latest.get(chain_id)):
+                report.skipped_chains += 1
+                continue
+            findings.extend(stream.findings.pop(chain_id, []))
             for first, end in _ranges(list(copies)):
-                findings.append(Finding(chain_id, first, f"{_span(first, end)} in the stream "
-                                        "but missing from the database (whole chain)"))
+                findings.append(Finding(chain_id, first, f"{_span(first, end)} "
+                                        f"{_MISSING_FROM_DATABASE} (whole chain)"))
     findings.sort(key=lambda f: (f.severity is Severity.NOTE, f.chain_id, f.seq or 0))
+    _add_hints(report)
     return report
+
+
+def _add_hints(report: VerifyReport) -> None:
+    """One line per known kind of gap found, naming its causes and the way on."""
+    problems = [finding.problem for finding in report.errors]
+    if any(_MISSING_FROM_DATABASE in problem for problem in problems):
+        report.hints.append(_HINT_MISSING_FROM_DATABASE)
+    if any(_NO_CREATION_RECORD in problem for problem in problems):
+        report.hints.append(_HINT_NO_CREATION_RECORD)
+    if report.hints:
+        report.hints.append(_HINT_SINCE)
 
 
 async def _stream_bodies(settings: Settings) -> tuple[list[bytes] | None, str]:
@@ -333,15 +456,21 @@ async def _stream_bodies(settings: Settings) -> tuple[list[bytes] | None, str]:
     return bodies, f"{AUDIT_STREAM} at {redacted_urls(settings.nats_url)}, {len(bodies)} record(s)"
 
 
-async def verify_from_settings(settings: Settings, *, use_stream: bool = True) -> VerifyReport:
+async def verify_from_settings(settings: Settings, *, use_stream: bool = True,
+                               since: str | None = None) -> VerifyReport:
     """What ``pqkms audit verify`` runs: the stream first (if asked and reachable), then
-    the database named by ``settings``."""
+    the database named by ``settings``; ``since``: ``--since`` as given (a bad or future
+    time raises :class:`InvalidSince` before anything is read)."""
+    start = None if since is None else parse_since(since)
+    if start is not None and start > datetime.now(UTC):
+        raise InvalidSince(f"--since {canonical_time(start)} is in the future: "
+                           "nothing would be judged")
     bodies, stream_status = None, "not checked (--no-stream)"
     if use_stream:
         bodies, stream_status = await _stream_bodies(settings)
     log = AuditLog.connect(settings.resolved_database_url())
     try:
-        report = await verify_audit_log(log, bodies)
+        report = await verify_audit_log(log, bodies, since=start)
     finally:
         await log.close()
     report.stream = stream_status

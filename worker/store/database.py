@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -38,11 +38,16 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "STATUS_POOL_OPTIONS",
     "WRITE_TRANSACTION",
+    "DatabaseNotFound",
+    "UnsupportedDatabaseURL",
+    "async_database_url",
     "create_engine_for",
     "create_schema",
     "is_sqlite",
     "require_current_schema",
+    "require_existing_database",
     "schema_state",
+    "sqlite_database_file",
 ]
 
 # Execution option naming a write transaction; see the module docstring.
@@ -62,6 +67,64 @@ STATUS_POOL_OPTIONS: dict[str, Any] = {
 }
 # Any constant: serialises concurrent schema upgrades on PostgreSQL.
 _PG_SCHEMA_LOCK_ID = 0x70716B6D73
+# URL scheme → the async driver it means; the store speaks only these two drivers.
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+class UnsupportedDatabaseURL(ValueError):
+    """A database URL whose scheme (backend or driver) the key store does not speak."""
+
+
+class DatabaseNotFound(Exception):
+    """A SQLite database that should exist does not (a mistyped path, say)."""
+
+
+def async_database_url(url: str) -> URL:
+    """``url`` parsed, with the async driver its scheme stands for.
+
+    ``sqlite://`` means ``sqlite+aiosqlite://``; ``postgresql://`` and ``postgres://``
+    mean ``postgresql+asyncpg://``. Any other scheme raises
+    :class:`UnsupportedDatabaseURL` with a one-line message naming the accepted ones
+    (and nothing else of the URL, which may hold a password).
+    """
+    parsed = make_url(url)
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise UnsupportedDatabaseURL(
+            f"unsupported database URL scheme {parsed.drivername!r}: use "
+            "sqlite+aiosqlite:///PATH (or sqlite:///PATH) or "
+            "postgresql+asyncpg://USER@HOST/DB (or postgresql://, postgres://)"
+        )
+    return parsed.set(drivername=driver)
+
+
+def sqlite_database_file(url: str) -> Path | None:
+    """The file of a SQLite URL; ``None`` for PostgreSQL, in-memory and ``file:`` URI
+    databases. Raises :class:`UnsupportedDatabaseURL` like :func:`async_database_url`."""
+    parsed = async_database_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def require_existing_database(url: str) -> None:
+    """Refuse, before anything is created, a URL this store cannot use or a SQLite file
+    that does not exist: connecting would create an empty database (and the worker its
+    ``-keystate`` file) at a mistyped path. For commands that read an existing store."""
+    path = sqlite_database_file(url)
+    if path is not None and not path.is_file():
+        raise DatabaseNotFound(
+            f"no SQLite database at {path} (a mistyped path? `pqkms db init` creates one)"
+        )
 
 
 def create_engine_for(
@@ -72,19 +135,17 @@ def create_engine_for(
 ) -> AsyncEngine:
     """An async engine for ``url``, configured for the key store.
 
-    ``sqlite:///path`` and ``postgresql://`` URLs without a driver get the async driver
-    (aiosqlite, asyncpg). ``connect_args`` go to the DBAPI ``connect()`` (for asyncpg
+    ``sqlite:///path``, ``postgresql://`` and ``postgres://`` URLs get the async driver
+    (aiosqlite, asyncpg); other schemes raise :class:`UnsupportedDatabaseURL` (see
+    :func:`async_database_url`). ``connect_args`` go to the DBAPI ``connect()`` (for asyncpg
     e.g. ``{"server_settings": {"search_path": "myschema"}}``); ``engine_kwargs`` go
     to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
     """
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
+    parsed = async_database_url(url)
     args = dict(connect_args or {})
     # Bound parameters (wrapped seeds, key hashes) must never appear in error text or logs.
     engine_kwargs.setdefault("hide_parameters", True)
-    if backend == "sqlite":
-        if parsed.drivername == "sqlite":
-            parsed = parsed.set(drivername="sqlite+aiosqlite")
+    if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -96,14 +157,10 @@ def create_engine_for(
         engine = create_async_engine(parsed, connect_args=args, **engine_kwargs)
         _configure_sqlite(engine)
         return engine
-    if backend == "postgresql":
-        if parsed.drivername in ("postgresql", "postgres"):
-            parsed = parsed.set(drivername="postgresql+asyncpg")
-        engine_kwargs.setdefault("pool_pre_ping", True)
-        engine_kwargs.setdefault("pool_size", POOL_SIZE)
-        engine_kwargs.setdefault("max_overflow", 0)
-        return create_async_engine(parsed, connect_args=args, **engine_kwargs)
-    raise ValueError(f"Unsupported database backend {backend!r}; use SQLite or PostgreSQL")
+    engine_kwargs.setdefault("pool_pre_ping", True)
+    engine_kwargs.setdefault("pool_size", POOL_SIZE)
+    engine_kwargs.setdefault("max_overflow", 0)
+    return create_async_engine(parsed, connect_args=args, **engine_kwargs)
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

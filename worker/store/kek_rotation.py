@@ -55,7 +55,7 @@ from worker.store.master_key import (
     unwrap_seed,
     wrap_seed,
 )
-from worker.store.repository import KeyStore
+from worker.store.repository import KeyStore, UnrecordedPrimary
 from worker.store.tables import (
     ROW_SCHEMA_VERSION,
     KeyVersion,
@@ -403,12 +403,18 @@ async def _opened(
     connect_args: Mapping[str, Any] | None,
     *,
     lock: bool = True,
+    unrecorded_primary: UnrecordedPrimary = UnrecordedPrimary.REFUSE,
 ) -> AsyncIterator[tuple[MasterKeyring, KeyStore]]:
-    """The keyring (under the keyring-file lock) and a store that accepted it."""
+    """The keyring (under the keyring-file lock) and a store that accepted it.
+
+    ``unrecorded_primary``: whether a database that predates the keyring's primary is
+    opened (see :class:`~worker.store.repository.UnrecordedPrimary`).
+    """
     with keyring_file_lock(keyring_file) if lock else contextlib.nullcontext():
         keyring = load_keyring(keyring_file)
         store = await KeyStore.open(
-            database_url, keyring, create_schema=False, connect_args=connect_args
+            database_url, keyring, create_schema=False, connect_args=connect_args,
+            unrecorded_primary=unrecorded_primary,
         )
         try:
             yield keyring, store
@@ -449,9 +455,14 @@ async def rotate_master_key(
     already primary, this only re-wraps), else the one staged ``next`` key, else a fresh
     key; with ``rewrap_only`` it is the current primary (finishing a rotation). With
     ``retire_old``, keys no row uses any more are then pruned.
+
+    A database that predates the keyring's primary (restored from a backup taken before
+    a rotation) is accepted when the keyring also holds keys of that database and every
+    key its rows use: the primary's check value is recorded first, as for a new key.
     """
     keyring_file = Path(keyring_file)
-    async with _opened(keyring_file, database_url, connect_args) as (keyring, store):
+    async with _opened(keyring_file, database_url, connect_args,
+                       unrecorded_primary=UnrecordedPrimary.RECORD) as (keyring, store):
         if rewrap_only:
             target, generated = keyring.primary, False
         else:
@@ -554,10 +565,15 @@ def _still_used_message(kek_ids: Sequence[str], usage: Mapping[str, int]) -> str
 async def master_key_status(
     keyring_file: Path, database_url: str, *, connect_args: Mapping[str, Any] | None = None
 ) -> KeyringStatus:
-    """The keyring's keys, their roles and how many key versions each wraps."""
+    """The keyring's keys, their roles and how many key versions each wraps.
+
+    Also for a database that predates the keyring's primary (its check value then shows
+    as not recorded); nothing is written.
+    """
     keyring_file = Path(keyring_file)
     # Read-only: no lock, so status works while a rotation runs.
-    async with _opened(keyring_file, database_url, connect_args, lock=False) as (keyring, store):
+    async with _opened(keyring_file, database_url, connect_args, lock=False,
+                       unrecorded_primary=UnrecordedPrimary.ACCEPT) as (keyring, store):
         usage = await kek_usage(store.engine)
         async with store.engine.connect() as conn:
             recorded = (await conn.execute(select(MasterKeyCheck.kek_id))).scalars().all()

@@ -14,14 +14,16 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import structlog
+from sqlalchemy import func
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
@@ -67,6 +69,7 @@ __all__ = [
     "StatusChange",
     "TenantExists",
     "TenantRecord",
+    "UnrecordedPrimary",
 ]
 
 # Stored status text → enum member without EnumMeta.__call__ (the per-request read).
@@ -77,10 +80,7 @@ _MAX_API_KEY_LENGTH = 256
 _WRITE_ATTEMPTS = 8
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})  # serialization, deadlock, unique
 _DUMMY_HASH = hashlib.sha256(b"pqkms dummy api key").hexdigest()
-_MISMATCH_MESSAGE = (
-    "The master key does not match this database (key-check value differs). "
-    "Use the master key this database was created with."
-)
+_MISMATCH_MESSAGE = "The master key does not match this database"
 
 T = TypeVar("T")
 _log = structlog.get_logger("pqkms.store")
@@ -98,6 +98,16 @@ _PG_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
 )
+
+
+class UnrecordedPrimary(StrEnum):
+    """What opening a store does when the keyring's primary has no check value in the
+    database but other keys of the same keyring match recorded ones: a database that
+    predates a master-key rotation (restored from a backup, say) with a newer keyring."""
+
+    REFUSE = "refuse"  # workers and most commands: the operator decides, not a start
+    RECORD = "record"  # master-key rotate/rewrap: record the primary's check value
+    ACCEPT = "accept"  # master-key status: open it, change nothing, wrap nothing
 
 
 class TenantExists(ValueError):
@@ -202,6 +212,89 @@ def _not_found(algorithm: Algorithm, version: int) -> ServiceError:
     )
 
 
+async def _rows_under_keys_not_in(session: AsyncSession, keyring: MasterKeyring) -> dict[str, int]:
+    """Key versions per KEK id the keyring lacks (read only when a keyring is refused
+    or its primary recorded: it scans the key versions)."""
+    query = (
+        select(KeyVersion.kek_id, func.count())
+        .where(col(KeyVersion.kek_id).not_in(keyring.kek_ids))
+        .group_by(col(KeyVersion.kek_id))
+    )
+    return {str(kek_id): int(count) for kek_id, count in (await session.exec(query)).all()}
+
+
+# KEK ids are the first 8 bytes of SHA-256("pqkms-kek-id" ‖ key): one-way, and written
+# beside each key in the keyring file, so messages may name them; never check values.
+def _id_list(kek_ids: Iterable[str]) -> str:
+    return ", ".join(sorted(kek_ids)) or "none"
+
+
+def _facts(keyring: MasterKeyring, recorded: Mapping[str, bytes]) -> str:
+    held = ", ".join(f"{kek_id} ({keyring.role_of(kek_id)})" for kek_id in keyring.kek_ids)
+    return (f"the database has check values for KEK ids {_id_list(recorded)}; "
+            f"this keyring holds {held}")
+
+
+def _altered_check_value(
+    keyring: MasterKeyring, recorded: Mapping[str, bytes], kek_id: str
+) -> MasterKeyMismatch:
+    # The id is derived from the key, so the same id with another check value means the
+    # database's row changed, not that the operator holds another key.
+    return MasterKeyMismatch(
+        f"{_MISMATCH_MESSAGE}: the check value recorded for key {kek_id} is not that "
+        f"key's (the database's row was altered?); {_facts(keyring, recorded)}"
+    )
+
+
+def _mismatch(
+    keyring: MasterKeyring,
+    recorded: Mapping[str, bytes],
+    known: Sequence[str],
+    lacking: Mapping[str, int],
+) -> MasterKeyMismatch:
+    """The refusal of a keyring whose primary the database does not know, saying which
+    keyring would do (ids only: operators keep keyring backups with ``# kek <id>``)."""
+    primary = keyring.primary.kek_id
+    facts = _facts(keyring, recorded)
+    if not known and len(keyring.keys) == 1:
+        # Commands may be given a keyring file's primary alone: what else the file holds
+        # is unknown here, so both ways out are named.
+        return MasterKeyMismatch(
+            f"{_MISMATCH_MESSAGE}: the database has check values for KEK ids "
+            f"{_id_list(recorded)}; the master key given is {primary}. Use the keyring "
+            "this database was last used with (a backup from the same time): its primary "
+            "must be one of the database's ids, which a keyring file shows as "
+            f"'# kek <id>' after each key. If the keyring file whose primary is {primary} "
+            "also holds one of them, the database predates a master-key rotation: "
+            "'pqkms master-key status' shows it, and 'pqkms master-key rewrap' with that "
+            "file records its primary's check value and re-wraps every stored key under it."
+        )
+    if not known:
+        return MasterKeyMismatch(
+            f"{_MISMATCH_MESSAGE}: none of this keyring's keys is one of its keys; {facts}. "
+            "Use the keyring this database was last used with (a backup from the same "
+            "time): its primary must be one of the database's ids, which a keyring file "
+            "shows as '# kek <id>' after each key."
+        )
+    if lacking:
+        under = ", ".join(f"{count} key version(s) under {kek_id}"
+                          for kek_id, count in sorted(lacking.items()))
+        return MasterKeyMismatch(
+            f"{_MISMATCH_MESSAGE}: this keyring holds some of its keys "
+            f"({_id_list(known)}), but its primary {primary} is newer than the database "
+            f"and it lacks keys the database uses ({under}); {facts}. Use a keyring that "
+            f"holds {_id_list(lacking)} (the one backed up with this database)."
+        )
+    return MasterKeyMismatch(
+        f"{_MISMATCH_MESSAGE}: this database predates a master-key rotation: its keys are "
+        f"in this keyring ({_id_list(known)}), but its primary {primary} is newer than the "
+        f"database; {facts}. To go on with this keyring, run 'pqkms master-key rewrap' "
+        "with it (same database and key-file options): it records the primary's check "
+        "value and re-wraps every stored key under it; then start the workers. Or use a "
+        "keyring whose primary is one of the database's ids."
+    )
+
+
 class KeyStore:
     """Persistence of tenants, API keys and wrapped key versions."""
 
@@ -243,17 +336,24 @@ class KeyStore:
         create_schema: bool = True,
         connect_args: Mapping[str, Any] | None = None,
         pool_size: int = database.POOL_SIZE,
+        unrecorded_primary: UnrecordedPrimary = UnrecordedPrimary.REFUSE,
     ) -> KeyStore:
         """Connect, upgrade the schema to head if asked (else require it at head:
         ``SchemaOutOfDate``, ``SchemaTooNew``), and refuse a master key that is not this
-        database's (:class:`MasterKeyMismatch`).
+        database's (:class:`MasterKeyMismatch`, naming the KEK ids on both sides).
 
         ``master_key`` is one key, a keyring, or a :class:`~worker.store.keyring.KeyringFile`
         the store follows as it is replaced (key rotation while running). ``pool_size``
         bounds each of its connection pools (on PostgreSQL: two, so twice this many).
+        ``unrecorded_primary``: see :class:`UnrecordedPrimary` (only the
+        ``pqkms master-key`` commands ask for anything but ``REFUSE``).
         """
         # Read the keyring first: a missing or malformed file fails before connecting.
         keyring = master_key if isinstance(master_key, LiveKeyring) else LiveKeyring(master_key)
+        if not create_schema:
+            # Connecting would create an empty SQLite file (and the worker its key-state
+            # file) at a mistyped path; the schema check would then fail on it.
+            database.require_existing_database(database_url)
         engine = create_engine_for(database_url, connect_args=connect_args, pool_size=pool_size)
         status_engine = None
         if not database.is_sqlite(engine):
@@ -267,7 +367,7 @@ class KeyStore:
                 await database.create_schema(engine)
             else:
                 await database.require_current_schema(engine)
-            await store._check_schema_and_master_key()
+            await store._check_schema_and_master_key(unrecorded_primary)
         except BaseException:
             await store.close()
             raise
@@ -323,10 +423,13 @@ class KeyStore:
             await asyncio.sleep(secrets.randbelow(20 * attempt) / 1000)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _check_schema_and_master_key(self) -> None:
+    async def _check_schema_and_master_key(self, unrecorded_primary: UnrecordedPrimary) -> None:
         keyring = self._keyring.current
 
-        async def operation(session: AsyncSession) -> None:
+        async def operation(session: AsyncSession) -> bool:
+            """Check (or, on a new database, record) the keyring; ``True`` when the
+            primary's check value is in the database."""
+            adopted.clear()  # a retried attempt starts over
             info = await session.get(SchemaInfo, 1)
             if info is None:
                 session.add(SchemaInfo(id=1, schema_version=ROW_SCHEMA_VERSION))
@@ -342,20 +445,37 @@ class KeyStore:
             if not recorded:
                 for key in keyring.keys:
                     session.add(MasterKeyCheck(kek_id=key.kek_id, check_value=key_check_value(key)))
-                return
-            # The primary must be a key of this database; other keys must match when the
-            # database knows them (a pruned one no longer has a check value).
-            if keyring.primary.kek_id not in recorded:
-                raise MasterKeyMismatch(_MISMATCH_MESSAGE)
+                return True
+            # Keys the database knows must match (a pruned one no longer has a check
+            # value, a staged one may not have one yet); the primary must be one of them.
             for key in keyring.keys:
                 check_value = recorded.get(key.kek_id)
                 if check_value is not None and not hmac.compare_digest(
                     check_value, key_check_value(key)
                 ):
-                    raise MasterKeyMismatch(_MISMATCH_MESSAGE)
+                    raise _altered_check_value(keyring, recorded, key.kek_id)
+            primary = keyring.primary
+            if primary.kek_id in recorded:
+                return True
+            known = [kek_id for kek_id in keyring.kek_ids if kek_id in recorded]
+            lacking = await _rows_under_keys_not_in(session, keyring) if known else {}
+            if not known or lacking or unrecorded_primary is UnrecordedPrimary.REFUSE:
+                raise _mismatch(keyring, recorded, known, lacking)
+            # The same file holds keys of this database, so it is the operator's keyring
+            # with a primary made after the database was (docs/decisions.md).
+            if unrecorded_primary is UnrecordedPrimary.ACCEPT:
+                return False
+            session.add(MasterKeyCheck(kek_id=primary.kek_id, check_value=key_check_value(primary)))
+            adopted[:] = known
+            return True
 
-        await self._write(operation)
-        self._keyring.mark_verified(keyring.primary.kek_id)
+        adopted: list[str] = []  # set when the primary's check value is recorded now
+        if await self._write(operation):
+            self._keyring.mark_verified(keyring.primary.kek_id)
+        if adopted:
+            _log.warning("master_key_primary_recorded", kek_id=keyring.primary.kek_id,
+                         database_keys_in_keyring=adopted,
+                         reason="the database predates this keyring's primary")
 
     async def _wrapping_key(self, session: AsyncSession) -> MasterKey:
         """The key to wrap a new seed under, inside the inserting write transaction.
