@@ -132,10 +132,14 @@ def log_crash(exc: Exception, context: RequestContext, scope: Scope) -> None:
 def log_request(scope: Scope, status: int, context: RequestContext,
                 started_at: float) -> None:
     """The one line per request (``started_at``: its ``time.perf_counter()``)."""
+    client = scope.get("client")
     log.info(
         "http_request",
         method=scope.get("method"),
         path=_logged_path(scope),
+        # Who sent it (a failed API key included): the peer's address, a proxy's when
+        # one is in front (its own log then says whose).
+        client=client[0] if client else None,
         status=status,
         error_code=context.error_code,
         request_id=context.request_id,

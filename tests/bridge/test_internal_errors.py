@@ -57,6 +57,7 @@ async def test_one_log_line_per_request_without_key_or_body(
     assert first["status"] == 200 and first["error_code"] is None
     assert second["status"] == 403 and second["error_code"] == "ERR_FORBIDDEN_001"
     assert isinstance(first["latency_ms"], float)
+    assert first["client"] == "127.0.0.1"  # whose request it was (a failed key included)
     everything = repr(logs)
     assert API_KEY not in everything
     assert "c2VjcmV0LXBsYWludGV4dA==" not in everything
