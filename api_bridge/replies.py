@@ -12,12 +12,14 @@ from api_bridge.nats_gateway import Reply
 from api_bridge.request_context import RequestContext, is_sane_request_id
 from schemas.errors import ErrorCode, http_status_for
 from schemas.subjects import HEADER_RETRY_AFTER
+from worker.log_throttle import ThrottledWarning
 
-__all__ = ["answer_from_reply"]
+__all__ = ["INVALID_REPLY_WARNING", "answer_from_reply"]
 
 _DEFAULT_RETRY_AFTER = 1
 _MAX_RETRY_AFTER = 86_400
 _BAD_REPLY = "A worker sent a reply that is not a valid envelope"
+INVALID_REPLY_WARNING = ThrottledWarning("api_bridge", "worker_reply_invalid")
 
 
 def _is_text(value: Any) -> bool:
@@ -68,9 +70,13 @@ def answer_from_reply(reply: Reply, success_status: int, context: RequestContext
     """
     try:
         envelope = orjson.loads(reply.body)
-    except orjson.JSONDecodeError:
+        error = _check_envelope(envelope)
+    except (orjson.JSONDecodeError, BridgeError):
+        # A worker of another version, or something else answering in the queue group
+        # (a bus without accounts lets any client join it): worth an operator's look.
+        # Never the bytes themselves; one line a second however many come.
+        INVALID_REPLY_WARNING.note(reply_bytes=len(reply.body))
         raise BridgeError(ErrorCode.BAD_GATEWAY, _BAD_REPLY) from None
-    error = _check_envelope(envelope)
     request_id = envelope["request_id"]
     context.request_id = request_id
     headers = envelope_headers(request_id)

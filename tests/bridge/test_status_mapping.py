@@ -5,8 +5,11 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
+import structlog
 
+from api_bridge import replies
 from schemas import ErrorCode, http_status_for
+from worker.log_throttle import ThrottledWarning
 
 from .fake_worker import FakeWorker
 
@@ -95,6 +98,21 @@ async def test_reply_that_is_not_an_envelope_is_a_502(
     assert body["error"]["code"] == body["error"]["error_code"] == "ERR_BAD_GATEWAY_001"
     assert body["request_id"] == response.headers["X-Request-ID"] == "rid-502"
     assert "not json" not in response.text
+
+
+async def test_a_reply_that_is_not_an_envelope_is_a_warning_without_its_bytes(
+    client: httpx.AsyncClient, worker: FakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (a throttle of its own: the 502 tests above may have used the shared one's second)
+    monkeypatch.setattr(replies, "INVALID_REPLY_WARNING",
+                        ThrottledWarning("api_bridge", "worker_reply_invalid"))
+    worker.raw_reply = b"rogue responder text"
+    with structlog.testing.capture_logs() as logs:
+        response = await client.post("/api/v1/kem/encrypt", json={"key_version": 1})
+    assert response.status_code == 502
+    [warning] = [line for line in logs if line["event"] == "worker_reply_invalid"]
+    assert warning["log_level"] == "warning" and warning["reply_bytes"] == 20
+    assert "rogue" not in repr(logs)
 
 
 async def test_success_reply_request_id_is_the_header(
