@@ -431,6 +431,7 @@ async def run_master_key_command(
     kek_ids: Sequence[str] = (),
     batch_size: int = 100,
     retire_old: bool = False,
+    adopt_primary: str | None = None,
 ) -> dict[str, Any]:
     """Run ``pqkms master-key ACTION`` (``status``, ``add``, ``rotate``, ``rewrap``,
     ``prune``) and
@@ -463,6 +464,7 @@ async def run_master_key_command(
             rewrap_only=action == "rewrap",
             batch_size=batch_size,
             retire_old=retire_old,
+            adopt_primary=adopt_primary,
         )
         return report.as_json_dict()
     if action == "prune":

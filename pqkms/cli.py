@@ -164,6 +164,10 @@ def _add_master_key_commands(commands: Any) -> None:
     for action in (rotate, rewrap):
         action.add_argument("--batch-size", type=_positive_int, default=100, metavar="N",
                             help="key versions re-wrapped per transaction (default 100)")
+        action.add_argument(
+            "--adopt-primary", metavar="ID",
+            help="a database restored from before a rotation: take this keyring's primary "
+            "ID for it (the refusal names it; docs/deploy.md, Master key rotation)")
         action.add_argument("--retire-old", action="store_true",
                             help="then drop the keys no key version uses from the keyring")
     prune = actions.add_parser(
@@ -651,7 +655,8 @@ def _cmd_master_key(args: argparse.Namespace) -> int:
     result = _run_on_store(settings, run_master_key_command(
         settings, args.master_key_command, kek_ids=kek_ids,
         batch_size=getattr(args, "batch_size", 100),
-        retire_old=getattr(args, "retire_old", False)), user_errors=(KekRotationError,))
+        retire_old=getattr(args, "retire_old", False),
+        adopt_primary=getattr(args, "adopt_primary", None)), user_errors=(KekRotationError,))
     print(json.dumps(result), flush=True)
     if result.get("remaining_under_old_keys"):
         raise CommandError(

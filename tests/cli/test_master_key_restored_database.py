@@ -50,7 +50,11 @@ def test_a_restored_database_is_explained_and_rewrap_brings_it_back(tmp_path: Pa
     assert (keys[new_kek]["role"], keys[new_kek]["check_value_recorded"]) == ("primary", False)
     assert (keys[old_kek]["role"], keys[old_kek]["check_value_recorded"]) == ("previous", True)
 
-    rewrapped = run_pqkms("master-key", "rewrap", *options)
+    # Only with the primary named: the same file rotated elsewhere would look alike.
+    unnamed = run_pqkms("master-key", "rewrap", *options)
+    assert unnamed.returncode == 1
+    assert f"--adopt-primary {new_kek}" in unnamed.stderr
+    rewrapped = run_pqkms("master-key", "rewrap", "--adopt-primary", new_kek, *options)
     assert rewrapped.returncode == 0, rewrapped.stderr
     assert json.loads(rewrapped.stdout)["remaining_under_old_keys"] == 0
 

@@ -26,6 +26,7 @@ from worker.store import (
     load_keyring,
 )
 from worker.store.kek_rotation import (
+    KekRotationError,
     add_master_key,
     kek_usage,
     master_key_status,
@@ -146,10 +147,20 @@ async def test_a_database_older_than_its_keyrings_primary_is_named_and_rewrap_ad
     with pytest.raises(MasterKeyMismatch):
         await backend.open(newer, create_schema=False)
 
+    # Never without the operator naming the primary: a copy of the keyring rotated
+    # elsewhere (a staging machine's) would pass every other test.
+    with pytest.raises(MasterKeyMismatch, match=f"--adopt-primary {b.kek_id}"):
+        await rotate_master_key(key_file, backend.url, rewrap_only=True,
+                                connect_args=backend.connect_args)
+    with pytest.raises(KekRotationError, match="nothing was changed"):
+        await rotate_master_key(key_file, backend.url, rewrap_only=True,
+                                connect_args=backend.connect_args, adopt_primary=a.kek_id)
+    assert await _recorded(backend, newer) == {a.kek_id}
     # The way out: rewrap records the primary and moves every row under it.
     with capture_logs() as logs:
         report = await rotate_master_key(key_file, backend.url, rewrap_only=True,
-                                         connect_args=backend.connect_args)
+                                         connect_args=backend.connect_args,
+                                         adopt_primary=b.kek_id)
     assert (report.kek_id, report.rewrap.rewrapped, report.rewrap.remaining) == (b.kek_id, 3, 0)
     recorded_lines = [entry for entry in logs if entry["event"] == "master_key_primary_recorded"]
     assert [(e["kek_id"], e["database_keys_in_keyring"]) for e in recorded_lines] == [
@@ -172,15 +183,19 @@ async def _usage(backend: Backend) -> dict[str, int]:
         await engine.dispose()
 
 
-async def test_a_rotation_from_a_newer_keyring_records_its_primary_too(
+async def test_a_rotation_from_a_newer_keyring_records_its_primary_when_named(
     backend: Backend, tmp_path: Path, new_material: Material,
 ) -> None:
     a, b = _new_key(), _new_key()
     seeds = await _database_of(backend, MasterKeyring(a), new_material)
     key_file = tmp_path / "master.key"
     write_keyring_file(key_file, MasterKeyring(b, (a,)))
+    with pytest.raises(MasterKeyMismatch):
+        await rotate_master_key(key_file, backend.url, connect_args=backend.connect_args)
+    assert load_keyring(key_file) == MasterKeyring(b, (a,))  # nothing was rotated
 
-    report = await rotate_master_key(key_file, backend.url, connect_args=backend.connect_args)
+    report = await rotate_master_key(key_file, backend.url, connect_args=backend.connect_args,
+                                     adopt_primary=b.kek_id)
 
     assert report.generated and report.previous_kek_id == b.kek_id
     assert report.rewrap.remaining == 0
@@ -252,7 +267,7 @@ async def test_a_newer_keyring_lacking_a_key_the_rows_use_is_not_adopted(
 
     with pytest.raises(MasterKeyMismatch) as refused:
         await rotate_master_key(key_file, backend.url, rewrap_only=True,
-                                connect_args=backend.connect_args)
+                                connect_args=backend.connect_args, adopt_primary=b.kek_id)
     message = str(refused.value)
     assert f"it lacks keys the database uses (3 key version(s) under {c.kek_id})" in message
     assert f"Use a keyring that holds {c.kek_id}" in message

@@ -448,6 +448,7 @@ async def rotate_master_key(
     retire_old: bool = False,
     max_passes: int = DEFAULT_MAX_PASSES,
     connect_args: Mapping[str, Any] | None = None,
+    adopt_primary: str | None = None,
 ) -> RotationReport:
     """Make a new key primary and re-wrap every seed under it (see the module docstring).
 
@@ -457,12 +458,25 @@ async def rotate_master_key(
     ``retire_old``, keys no row uses any more are then pruned.
 
     A database that predates the keyring's primary (restored from a backup taken before
-    a rotation) is accepted when the keyring also holds keys of that database and every
-    key its rows use: the primary's check value is recorded first, as for a new key.
+    a rotation) is taken only when ``adopt_primary`` names that primary, and the keyring
+    also holds keys of that database and every key its rows use: the primary's check
+    value is recorded first, as for a new key. Never without the operator naming it: a
+    copy of this keyring rotated elsewhere (a staging machine's) would pass the same
+    test, and re-wrapping under its primary would leave the database unreadable with
+    its own keyring.
     """
     keyring_file = Path(keyring_file)
+    unrecorded = UnrecordedPrimary.REFUSE
+    if adopt_primary is not None:
+        primary = load_keyring(keyring_file).primary.kek_id
+        if adopt_primary != primary:
+            raise KekRotationError(
+                f"--adopt-primary names {adopt_primary}, but the keyring's primary is "
+                f"{primary}: nothing was changed"
+            )
+        unrecorded = UnrecordedPrimary.RECORD
     async with _opened(keyring_file, database_url, connect_args,
-                       unrecorded_primary=UnrecordedPrimary.RECORD) as (keyring, store):
+                       unrecorded_primary=unrecorded) as (keyring, store):
         if rewrap_only:
             target, generated = keyring.primary, False
         else:

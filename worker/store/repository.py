@@ -106,7 +106,7 @@ class UnrecordedPrimary(StrEnum):
     predates a master-key rotation (restored from a backup, say) with a newer keyring."""
 
     REFUSE = "refuse"  # workers and most commands: the operator decides, not a start
-    RECORD = "record"  # master-key rotate/rewrap: record the primary's check value
+    RECORD = "record"  # master-key rotate/rewrap --adopt-primary: record its check value
     ACCEPT = "accept"  # master-key status: open it, change nothing, wrap nothing
 
 
@@ -266,8 +266,9 @@ def _mismatch(
             "must be one of the database's ids, which a keyring file shows as "
             f"'# kek <id>' after each key. If the keyring file whose primary is {primary} "
             "also holds one of them, the database predates a master-key rotation: "
-            "'pqkms master-key status' shows it, and 'pqkms master-key rewrap' with that "
-            "file records its primary's check value and re-wraps every stored key under it."
+            "'pqkms master-key status' shows it, and 'pqkms master-key rewrap "
+            f"--adopt-primary {primary}' with that file records its primary's check value "
+            "and re-wraps every stored key under it."
         )
     if not known:
         return MasterKeyMismatch(
@@ -288,10 +289,11 @@ def _mismatch(
     return MasterKeyMismatch(
         f"{_MISMATCH_MESSAGE}: this database predates a master-key rotation: its keys are "
         f"in this keyring ({_id_list(known)}), but its primary {primary} is newer than the "
-        f"database; {facts}. To go on with this keyring, run 'pqkms master-key rewrap' "
-        "with it (same database and key-file options): it records the primary's check "
-        "value and re-wraps every stored key under it; then start the workers. Or use a "
-        "keyring whose primary is one of the database's ids."
+        f"database; {facts}. If this is the keyring this database belongs with (not a "
+        "copy rotated elsewhere), run 'pqkms master-key rewrap --adopt-primary "
+        f"{primary}' with it (same database and key-file options): it records the "
+        "primary's check value and re-wraps every stored key under it; then start the "
+        "workers. Or use a keyring whose primary is one of the database's ids."
     )
 
 
