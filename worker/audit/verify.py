@@ -346,8 +346,10 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
 
     With ``since`` (aware), only chains with a record or chain-row time (database or
     stream copy) at or after it, and key versions created at or after it, are judged; a
-    chain that is judged is judged whole, from its first record. The stream copies' times
-    count too, so editing times in the database alone cannot move a chain out of view.
+    chain that is judged is judged whole, from its first record. ``since`` passes over
+    gaps only: a chain with any finding but records missing from the database (an edit,
+    a broken link, a conflicting copy) is judged whatever its times, which a writer of
+    the database could set back without recomputing a hash.
     """
     report = VerifyReport(since=since)
     findings = report.findings
@@ -355,8 +357,14 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
     if stream is not None:
         report.stream_records = stream.count
 
-    def judged(latest: datetime | None) -> bool:
-        return since is None or latest is None or latest >= since
+    def judged(latest: datetime | None, findings: list[Finding]) -> bool:
+        # ``since`` accepts gaps (records the database lacks), never edits: a chain with
+        # any other finding is judged whatever its times say. Its times come from the
+        # rows being judged, which a writer could set back without recomputing a hash.
+        if since is None or latest is None or latest >= since:
+            return True
+        return any(finding.severity is not Severity.NOTE
+                   and _MISSING_FROM_DATABASE not in finding.problem for finding in findings)
 
     async with log.snapshot() as snapshot:
         heads = {head.chain_id: head for head in await snapshot.chains()}
@@ -368,7 +376,7 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
             copies = [] if stream is None else stream.findings.pop(chain.chain_id, [])
             latest = chain.latest if stream is None else _later(
                 chain.latest, stream.latest.pop(chain.chain_id, None))
-            if not judged(latest):
+            if not judged(latest, copies + chain.findings):
                 report.skipped_chains += 1
                 report.skipped_records += chain.records
                 return
@@ -401,7 +409,7 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
         finish(empty)
     if stream is not None:
         for chain_id, copies in sorted(stream.hashes.items()):
-            if not judged(stream.latest.get(chain_id)):
+            if not judged(stream.latest.get(chain_id), stream.findings.get(chain_id, [])):
                 report.skipped_chains += 1
                 continue
             findings.extend(stream.findings.pop(chain_id, []))
