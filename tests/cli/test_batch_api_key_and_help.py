@@ -22,7 +22,7 @@ def _batch(tmp_path: Path, *extra: str, env: dict[str, str] | None = None,
     API key first, then stops at the input before connecting anywhere."""
     result = run_pqkms("batch", "encrypt", "--in", str(tmp_path / "missing.jsonl"),
                        "--out", str(tmp_path / "out.jsonl"), "--key-version", "1",
-                       "--nats-url", "nats://127.0.0.1:47533", *extra,
+                       "--nats-url", "nats://127.0.0.1:9", *extra,
                        env=env, stdin=stdin, timeout=30)
     assert _KEY not in result.stdout + result.stderr
     return result.returncode, result.stderr

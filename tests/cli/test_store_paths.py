@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from pqkms.nats_embedded import find_free_port
 from tests.cli.processes import clean_env, run_pqkms
 
 # Nothing listens here (the port range these tests may use): a worker that got as far
 # as connecting would fail there, after the files it must not create.
-_NATS_URL = "nats://127.0.0.1:47531"
+_NATS_URL = "nats://127.0.0.1:9"  # no server below port 1024 here, nor ephemeral
 _SUPPORTED = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 
@@ -156,13 +157,15 @@ def test_python_m_worker_refuses_a_missing_sqlite_file_too(tmp_path: Path) -> No
     ["tenant", "api-key", "list", "acme"],
     ["audit", "verify", "--no-stream"],
     ["master-key", "status"],
-    ["up", "--nats-port", "47534", "--http-port", "47535"],  # (refused before starting)
+    ["up", "--nats-port", "{free}", "--http-port", "{free}"],  # (refused before starting)
 ])
 def test_an_unsupported_database_url_is_one_line_naming_the_supported_ones(
     tmp_path: Path, command: list[str],
 ) -> None:
     data_dir = tmp_path / "data"
     _init(data_dir)  # the master key is there: the URL is what is wrong
+    # Ports that are free now (a fixed one may be some connection's ephemeral port).
+    command = [str(find_free_port()) if part == "{free}" else part for part in command]
 
     result = run_pqkms(*command, "--data-dir", str(data_dir),
                        "--database-url", "mysql://pqkms:s3cret@db.example/pqkms")
@@ -195,7 +198,7 @@ def test_a_worker_on_an_unsupported_database_url_logs_one_worker_failed_line(
 def test_the_postgres_shorthand_is_taken_for_postgresql_asyncpg(tmp_path: Path) -> None:
     # Nothing answers on this port: the point is that the URL is tried, not refused.
     result = run_pqkms("db", "current", "--data-dir", str(tmp_path / "data"),
-                       "--database-url", "postgres://pqkms@127.0.0.1:47532/pqkms")
+                       "--database-url", "postgres://pqkms@127.0.0.1:9/pqkms")
 
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
