@@ -17,10 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api_bridge.errors import error_answer
 from schemas.envelope import is_sane_request_id, new_request_id
 from schemas.errors import ErrorCode
+from worker.log_throttle import ThrottleWindow
 from worker.logging_setup import exception_fields
 
 __all__ = [
     "CONTEXT_KEY",
+    "CRASH_LINES",
     "RequestContext",
     "RequestLogMiddleware",
     "context_of",
@@ -35,6 +37,7 @@ _REQUEST_ID_HEADER = b"x-request-id"
 _MAX_LOGGED_PATH = 200
 
 log = structlog.get_logger("api_bridge")
+CRASH_LINES = ThrottleWindow()  # unhandled_exception lines: see log_crash
 
 
 @dataclass(slots=True)
@@ -121,9 +124,15 @@ def log_crash(exc: Exception, context: RequestContext, scope: Scope) -> None:
     raised (types and frames only, as the worker logs them: messages and locals may
     hold request data)."""
     context.error_code = ErrorCode.INTERNAL.value
+    # A bug on a route fails every request that takes it: one line a second, with how
+    # many it stands for (``count``), as the worker's exception lines.
+    count = CRASH_LINES.note(time.monotonic())
+    if count is None:
+        return
     log.error(
         "unhandled_exception",
         **exception_fields(exc),
+        count=count,
         request_id=context.request_id,
         path=_logged_path(scope),
     )

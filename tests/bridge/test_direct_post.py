@@ -19,6 +19,7 @@ import structlog
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from api_bridge import replies, request_context
 from api_bridge.app import create_app
 from api_bridge.direct_routes import BridgeApp
 from api_bridge.errors import BridgeError
@@ -26,6 +27,7 @@ from api_bridge.nats_gateway import BUS_DOWN, Reply
 from schemas.envelope import error_envelope, success_envelope
 from schemas.errors import ErrorCode
 from worker.config import Settings
+from worker.log_throttle import ThrottledWarning, ThrottleWindow
 
 ENCRYPT = "/api/v1/kem/encrypt"
 BODY = orjson.dumps({"key_version": 1, "plaintext": "aGVsbG8="})
@@ -143,6 +145,9 @@ def _normalized(response: httpx.Response) -> Any:
 
 
 async def _send(app: Any, case: Case) -> Sent:
+    # Each way writes its first warning and crash line (they are one a second).
+    request_context.CRASH_LINES = ThrottleWindow()
+    replies.INVALID_REPLY_WARNING = ThrottledWarning("api_bridge", "worker_reply_invalid")
     content = _stream(case.content) if isinstance(case.content, list) else case.content
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as http:

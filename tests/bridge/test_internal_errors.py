@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
+import pytest
 import structlog
 
+from api_bridge import request_context
 from api_bridge.app import create_app
 from api_bridge.nats_gateway import Reply
 from worker.config import Settings
+from worker.log_throttle import ThrottleWindow
 
 from .conftest import API_KEY
 from .fake_worker import FakeWorker
 
 
-async def test_unexpected_exception_is_a_generic_500() -> None:
+def _exploding_app() -> Any:
     app = create_app(Settings(nats_url="nats://127.0.0.1:1"))
 
     async def explode(subject: str, payload: bytes, headers: Mapping[str, str],
@@ -23,7 +27,12 @@ async def test_unexpected_exception_is_a_generic_500() -> None:
         raise RuntimeError("internal detail qph_secret")
 
     app.state.gateway.request = explode
-    transport = httpx.ASGITransport(app=app)
+    return app
+
+
+async def test_unexpected_exception_is_a_generic_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(request_context, "CRASH_LINES", ThrottleWindow())
+    transport = httpx.ASGITransport(app=_exploding_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as http:
         with structlog.testing.capture_logs() as logs:
             response = await http.post("/api/v1/kem/encrypt", json={"key_version": 1},
@@ -38,6 +47,21 @@ async def test_unexpected_exception_is_a_generic_500() -> None:
     assert crash and crash[0]["exception_type"] == "RuntimeError"
     assert "test_internal_errors.py:" in crash[0]["where"]  # where it was raised
     assert "qph_secret" not in repr(logs)
+
+
+async def test_a_crash_on_every_request_is_one_line_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(request_context, "CRASH_LINES", ThrottleWindow())
+    transport = httpx.ASGITransport(app=_exploding_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as http:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(50):
+                response = await http.post("/api/v1/kem/encrypt", json={"key_version": 1})
+                assert response.status_code == 500
+    crashes = [entry for entry in logs if entry["event"] == "unhandled_exception"]
+    assert len(crashes) == 1 and crashes[0]["count"] == 1
+    assert len([entry for entry in logs if entry["event"] == "http_request"]) == 50
 
 
 async def test_one_log_line_per_request_without_key_or_body(
