@@ -93,7 +93,7 @@ class StackSettings(Settings):
     )
     start_timeout_seconds: float = Field(default=60.0, gt=0)
     worker_hang_seconds: float = Field(
-        default=15.0, gt=0,
+        default=15.0, ge=3,  # the heartbeat comes every second: room for a busy loop
         description="restart a worker whose event loop has not run for this long "
                     "(its heartbeat file, worker.heartbeat)",
     )
@@ -299,12 +299,17 @@ class SupervisedProcess:
     process: asyncio.subprocess.Process | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
     restarts: int = field(default=0, init=False)
+    # The heartbeat file's time as last seen, and when (monotonic) it was seen to change:
+    # silence is measured on the supervisor's own clock, so a step of the wall clock
+    # (NTP, a resumed VM) does not make every worker look stuck at once.
+    _heartbeat_seen: tuple[float, float] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         """Start the process, appending its output to the log file."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.heartbeat_file is not None:  # the last run's must not speak for this one
             self.heartbeat_file.unlink(missing_ok=True)
+            self._heartbeat_seen = None
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -330,16 +335,24 @@ class SupervisedProcess:
         return self.process is not None and self.process.returncode is None
 
     def silent_for(self) -> float | None:
-        """Seconds since the running child last renewed its heartbeat file; ``None`` when
-        it is not running, has no such file, or has not renewed it yet (still starting,
-        or a child that keeps none)."""
+        """Seconds since the running child was last seen renewing its heartbeat file;
+        ``None`` when it is not running, has no such file, or has not renewed it yet
+        (still starting, or a child that keeps none)."""
         if self.heartbeat_file is None or not self.running:
             return None
         try:
             renewed = self.heartbeat_file.stat().st_mtime
         except FileNotFoundError:
             return None
-        return time.time() - renewed
+        now = time.monotonic()
+        if self._heartbeat_seen is None or self._heartbeat_seen[0] != renewed:
+            self._heartbeat_seen = (renewed, now)
+        return now - self._heartbeat_seen[1]
+
+    def forget_silence(self) -> None:
+        """Count silence from now on (after the supervisor itself was held up)."""
+        if self._heartbeat_seen is not None:
+            self._heartbeat_seen = (self._heartbeat_seen[0], time.monotonic())
 
     async def wait(self) -> int:
         """Wait for the process to exit; its return code."""
@@ -576,12 +589,22 @@ class _Supervisor:
         A stopped or stuck worker does not exit, and until it does its share of the
         requests waits for its callers' timeouts and its health answers are missing."""
         limit = self.settings.worker_hang_seconds
+        interval = min(1.0, limit / 4)
         while not self.stopping:
+            woke = time.monotonic()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_requested.wait(), min(1.0, limit / 4))
+                await asyncio.wait_for(self.stop_requested.wait(), interval)
             if self.stop_requested.is_set():
                 return  # (stopping: the shutdown stops every child)
-            silent = child.silent_for()
+            if time.monotonic() - woke > interval + limit / 2:
+                # The supervisor itself was held up (the host paused): so was everyone.
+                child.forget_silence()
+                continue
+            try:
+                silent = child.silent_for()
+            except OSError as exc:  # the data directory unreadable: say so, keep watching
+                _log.warning("cannot read %s's heartbeat file: %s", child.name, exc)
+                continue
             if silent is not None and silent > limit:
                 _log.warning(
                     "%s has not run for %.0fs (stopped or stuck); killing it to restart it "
@@ -747,6 +770,7 @@ async def _run(settings: StackSettings, out: IO[str], commands: ChildCommands) -
     supervisor.install_signal_handlers()
     # Restarts and stops in a file too: stderr is lost when pqkms up runs detached.
     own_log = _log_to_file(layout.logs_dir / "up.log")
+    failure: str | None = None
     try:
         await supervisor.start_nats()
         supervisor.start_workers_and_bridge()
@@ -755,16 +779,21 @@ async def _run(settings: StackSettings, out: IO[str], commands: ChildCommands) -
             for line in supervisor.ready_lines():
                 print(line, file=out, flush=True)
             await supervisor.stop_requested.wait()
+    except StackError as exc:
+        failure = str(exc)
+        raise
     finally:
         forget_nats_url(layout.data_dir)
         _log.info("stopping: %s", "bridge, workers, nats-server" if with_bridge
                   else "workers, nats-server")
         await supervisor.shutdown()
         supervisor.remove_signal_handlers()
-        if supervisor.failure is not None:
-            _log.error("%s", supervisor.failure)
-        else:
+        failure = failure or supervisor.failure
+        if failure is None:
             _log.info("stopped")
+        else:  # (the caller prints it on stderr: into the file only here)
+            own_log.handle(_log.makeRecord(_log.name, logging.ERROR, __file__, 0,
+                                           "stopped: %s", (failure,), None))
         _log.removeHandler(own_log)
         own_log.close()
     if supervisor.failure is not None:

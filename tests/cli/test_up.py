@@ -213,17 +213,17 @@ def test_supervisor_keeps_nats_on_the_default_policy_when_told(tmp_path: Path) -
 def test_supervisor_restarts_a_worker_that_stopped_running(tmp_path: Path) -> None:
     # A stopped (not dead) worker answers nothing and never exits: its heartbeat file
     # goes stale, and the supervisor kills and restarts it.
-    driver, _, _ = _start_driver(tmp_path, PQKMS_WORKER_HANG_SECONDS="2")
+    driver, _, _ = _start_driver(tmp_path, PQKMS_WORKER_HANG_SECONDS="3")
     try:
         driver.wait_for_stdout("pqkms ready:", timeout=30)
         _wait(lambda: len(_worker_pids(tmp_path)) == 2, 10, "two workers")
         heartbeats = tmp_path / "data" / "heartbeats"
         _wait(lambda: len(list(heartbeats.glob("worker-*"))) == 2, 10, "two heartbeats")
-        time.sleep(3)  # longer than the limit: running workers are left alone
+        time.sleep(4)  # longer than the limit: running workers are left alone
         assert len(_worker_pids(tmp_path)) == 2
         victim = _worker_pids(tmp_path)[0]
         os.kill(victim, signal.SIGSTOP)
-        _wait(lambda: len(_worker_pids(tmp_path)) == 3, 15, "the stopped worker's successor")
+        _wait(lambda: len(_worker_pids(tmp_path)) == 3, 20, "the stopped worker's successor")
         assert not alive(victim)
         assert driver.stop(signal.SIGTERM, timeout=30) == 0
     finally:
@@ -245,6 +245,10 @@ def test_supervisor_gives_up_when_workers_never_get_ready(tmp_path: Path) -> Non
     assert "fatal: cannot open the key store" in driver.stderr
     assert driver.drain_stdout() == []  # never claimed to be ready
     assert not descendants(driver.pid)
+    # Why it stopped is in DIR/logs/up.log too (once on stderr: the caller prints it).
+    last = (tmp_path / "data" / "logs" / "up.log").read_text().splitlines()[-1]
+    assert "ERROR stopped: not ready after 4s" in last
+    assert driver.stderr.count("not ready after 4s") == 1
 
 
 def test_ctrl_c_during_start_stops_cleanly(tmp_path: Path) -> None:
