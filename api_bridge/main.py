@@ -57,8 +57,9 @@ def create_server(settings: Settings) -> uvicorn.Server:
         log_config=None,  # uvicorn's loggers go to the root's JSON (api_bridge.log_config)
         log_level=settings.log_level.lower(),
         server_header=False,
-        # Nothing in the bridge reads the client address or scheme that X-Forwarded-*
-        # would rewrite: skip the middleware that parses them on every request.
+        # The request line logs the TCP peer's address (a proxy's, when one is in front,
+        # docs/http-api.md); X-Forwarded-* is not trusted to rewrite it, and the
+        # middleware that parses it on every request is skipped.
         proxy_headers=False,
         lifespan="on",
         ssl_context_factory=None if context is None else _serving(context),

@@ -239,6 +239,14 @@ async def _upgrade_to_head(settings: Settings) -> SchemaUpgrade:
         await engine.dispose()
 
 
+def sqlite_database_exists(settings: Settings) -> bool:
+    """Whether the settings name a SQLite file that exists (False for PostgreSQL)."""
+    from worker.store.database import sqlite_database_file
+
+    path = sqlite_database_file(settings.resolved_database_url())
+    return path is not None and path.is_file()
+
+
 def _master_key_available(settings: Settings) -> bool:
     return settings.master_key is not None or settings.resolved_master_key_file().exists()
 
@@ -249,6 +257,7 @@ async def _refuse_new_key_for_keyed_database(settings: Settings) -> None:
     A fresh key could never open such a database's rows; created anyway, the file would
     outlive the failed check and might be kept or copied as "the master key".
     """
+    from sqlalchemy.exc import OperationalError, ProgrammingError
     from sqlmodel import select
 
     from worker.store import MasterKeyError
@@ -259,6 +268,8 @@ async def _refuse_new_key_for_keyed_database(settings: Settings) -> None:
     try:
         async with engine.connect() as conn:
             kek_ids = sorted((await conn.execute(select(MasterKeyCheck.kek_id))).scalars())
+    except (OperationalError, ProgrammingError):
+        return  # no schema yet (an empty file): nothing recorded; opening creates it
     finally:
         await engine.dispose()
     if kek_ids:
@@ -280,6 +291,11 @@ async def create_tenant(settings: Settings, name: str, plan: Plan) -> CreatedTen
     must be at head: upgrades there are the operator's explicit ``pqkms db upgrade``.
     """
     local = _uses_default_sqlite(settings)
+    existing = sqlite_database_exists(settings)
+    if local and existing and not _master_key_available(settings):
+        # A keyed database without its key file: a fresh key could open none of its
+        # rows, and the file left behind would pass for "the master key" (as db init).
+        await _refuse_new_key_for_keyed_database(settings)
     store = await open_store(settings, create_key=local, create_schema=local)
     try:
         record, api_key = await store.create_tenant(name, plan)

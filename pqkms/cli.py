@@ -560,8 +560,9 @@ def _revoke_keys_by_prefix(settings: Settings, name: str, prefix: str | None) ->
 
 
 def _api_key_from_stdin(prompt: str = "API key to revoke: ") -> str:
-    """The API key to revoke: typed without echo at a terminal, else stdin's first line
-    (a command line would show it to every user of the machine in ``ps``)."""
+    """An API key (to revoke, or for ``batch``): typed without echo at a terminal, else
+    stdin's first line (a command line would show it to every user of the machine in
+    ``ps``)."""
     if sys.stdin.isatty():
         import getpass
 
@@ -720,7 +721,8 @@ def _nats_connect_options(settings: Settings) -> dict[str, Any]:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    from pqkms.health import bridge_is_healthy, ping_workers
+    from pqkms.health import bridge_is_healthy, describe_worker_state, worker_state
+    from worker.nats_security import redacted_urls
 
     if args.http_url:
         from pqkms.health import pinned_certificate
@@ -732,16 +734,16 @@ def _cmd_health(args: argparse.Namespace) -> int:
                                                     pinned=pinned))
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        target = args.http_url
-    else:
-        settings: Settings = _client_settings(args)
-        healthy = asyncio.run(ping_workers(settings.nats_url, time_limit=args.timeout,
-                                           connect_options=_nats_connect_options(settings)))
-        from worker.nats_security import redacted_urls
-
-        target = f"a worker via {redacted_urls(settings.nats_url)}"
-    if not healthy:
-        raise CommandError(f"unhealthy: no healthy answer from {target}")
+        if not healthy:
+            raise CommandError(f"unhealthy: no healthy answer from {args.http_url}")
+        return 0
+    settings: Settings = _client_settings(args)
+    state = asyncio.run(worker_state(settings.nats_url, time_limit=args.timeout,
+                                     connect_options=_nats_connect_options(settings)))
+    if state is None or state.get("status") != "ok":
+        # Which it was: nobody answered, or a worker that cannot serve said why.
+        raise CommandError(f"unhealthy: {describe_worker_state(state)} via "
+                           f"{redacted_urls(settings.nats_url)}")
     return 0
 
 
@@ -763,13 +765,18 @@ def _client_settings(args: argparse.Namespace) -> Settings:
 async def _say_when_no_worker_answers(nats_url: str, security: dict[str, Any]) -> None:
     """One line on stderr when no worker answers a health ping at once: the run then
     waits (and retries) for workers, which would otherwise look like a hang."""
-    from pqkms.health import ping_workers
+    from pqkms.health import describe_worker_state, worker_state
     from worker.nats_security import redacted_urls
 
-    if not await ping_workers(nats_url, time_limit=3.0, connect_options=security):
+    state = await worker_state(nats_url, time_limit=3.0, connect_options=security)
+    if state is None:
         print(f"{_PROG} batch: no pqkms worker answers on {redacted_urls(nats_url)} yet; "
               "waiting for one (Ctrl-C to stop; --nats-url or PQKMS_NATS_URL to choose "
               "the server)", file=sys.stderr, flush=True)
+    elif state.get("status") != "ok":
+        print(f"{_PROG} batch: {describe_worker_state(state)} on "
+              f"{redacted_urls(nats_url)}; items may fail and be retried until it "
+              "recovers (pqkms health)", file=sys.stderr, flush=True)
 
 
 def _batch_api_key(key_file: str | None) -> str:

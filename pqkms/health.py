@@ -24,7 +24,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from schemas.subjects import Subject
 
-__all__ = ["bridge_is_healthy", "nats_servers", "ping_workers", "pinned_certificate"]
+__all__ = [
+    "bridge_is_healthy",
+    "describe_worker_state",
+    "nats_servers",
+    "ping_workers",
+    "pinned_certificate",
+    "worker_state",
+]
 
 
 def nats_servers(nats_url: str) -> list[str]:
@@ -41,6 +48,28 @@ async def ping_workers(nats_url: str, *, time_limit: float = 2.0,
     extra ``nats.connect`` arguments: credentials and TLS from
     ``worker.nats_security.nats_security(settings).nats_py_options()``.
     """
+    state = await worker_state(nats_url, time_limit=time_limit,
+                               connect_options=connect_options)
+    return state is not None and state.get("status") == "ok"
+
+
+def describe_worker_state(state: Mapping[str, Any] | None) -> str:
+    """What a health ping's answer says, for a one-line message."""
+    if state is None:
+        return "no worker answered"
+    if state.get("status") == "ok":
+        return "a worker answered ok"
+    parts = [f"{name} {state[name]}" for name in ("database", "audit")
+             if isinstance(state.get(name), str) and str(state[name]).isalpha()]
+    return "a worker answered degraded" + (f" ({', '.join(parts)})" if parts else "")
+
+
+async def worker_state(nats_url: str, *, time_limit: float = 2.0,
+                       connect_options: Mapping[str, Any] | None = None
+                       ) -> dict[str, Any] | None:
+    """A worker's answer to ``pqkms.v1.health.ping`` (its ``data``: ``status``, and from
+    current workers ``database`` and ``audit``), or ``None`` when none answers an
+    envelope in ``time_limit`` (see :func:`ping_workers`)."""
     import nats
     from nats.errors import Error as NatsError
 
@@ -60,28 +89,28 @@ async def ping_workers(nats_url: str, *, time_limit: float = 2.0,
             time_limit * 2,
         )
     except (TimeoutError, OSError, NatsError):
-        return False
+        return None
     try:
         reply = await connection.request(Subject.HEALTH_PING.value, b"{}", timeout=time_limit)
     except (TimeoutError, OSError, NatsError):
-        return False
+        return None
     finally:
         with contextlib.suppress(TimeoutError, OSError, NatsError):
             await connection.close()
-    return _reply_is_ok(reply.data)
+    return _reply_data(reply.data)
 
 
 async def _ignore_error(_exc: Exception) -> None:
     return None
 
 
-def _reply_is_ok(body: bytes) -> bool:
+def _reply_data(body: bytes) -> dict[str, Any] | None:
     try:
         envelope = json.loads(body)
     except ValueError:
-        return False
+        return None
     data = envelope.get("data") if isinstance(envelope, dict) else None
-    return isinstance(data, dict) and data.get("status") == "ok"
+    return data if isinstance(data, dict) else None
 
 
 def _get_status(url: str, timeout: float) -> int:

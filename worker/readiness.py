@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 import structlog
 
-__all__ = ["AuditState", "Readiness", "ReadinessProbe"]
+__all__ = ["AuditState", "AuditStateName", "DatabaseState", "Readiness", "ReadinessProbe"]
 
 _log = structlog.get_logger("pqkms.worker")
 
@@ -76,6 +76,7 @@ class ReadinessProbe:
         self._database: DatabaseState = "ok"
         self._read_at = -fresh_for  # monotonic time of the last read's end
         self._reading: asyncio.Task[DatabaseState] | None = None
+        self._slow_reported = False
 
     async def check(self) -> Readiness:
         """The worker's state now (the database's as read within ``fresh_for``)."""
@@ -100,6 +101,9 @@ class ReadinessProbe:
         try:
             return await asyncio.wait_for(asyncio.shield(self._reading), self._read_timeout)
         except TimeoutError:
+            if not self._slow_reported:  # once per slow spell (a hung read logs nothing)
+                self._slow_reported = True
+                _log.warning("database_read_slow", timeout_seconds=self._read_timeout)
             return "unavailable"
 
     async def _read(self) -> DatabaseState:
@@ -111,8 +115,9 @@ class ReadinessProbe:
                 _log.warning("database_unavailable", reason=type(exc).__name__)
         else:
             state = "ok"
-            if self._database != "ok":
+            if self._database != "ok" or self._slow_reported:
                 _log.info("database_available")
+            self._slow_reported = False
         self._database = state
         self._read_at = time.monotonic()
         return state

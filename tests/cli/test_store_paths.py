@@ -44,12 +44,15 @@ def test_db_init_without_the_key_file_of_a_keyed_database_creates_no_key(
     same_dir = run_pqkms("db", "init", "--data-dir", str(data_dir))
     by_url = run_pqkms("db", "init", "--database-url", f"sqlite:///{data_dir / 'pqkms.db'}",
                        "--master-key-file", str(elsewhere))
+    # tenant create makes a key on the default layout too: not for a keyed database.
+    tenant = run_pqkms("tenant", "create", "acme", "--plan", "pro", "--data-dir", str(data_dir))
 
-    for result in (same_dir, by_url):
+    for result, command in ((same_dir, "db"), (by_url, "db"), (tenant, "tenant")):
         assert result.returncode == 1
         assert result.stdout == ""
         [line] = result.stderr.splitlines()
-        assert line.startswith("pqkms db: this database already has a master key (kek id ")
+        assert line.startswith(
+            f"pqkms {command}: this database already has a master key (kek id ")
         assert "No new key was created" in line
     assert not (data_dir / "master.key").exists()
     assert not elsewhere.parent.exists()

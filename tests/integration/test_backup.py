@@ -84,9 +84,10 @@ async def test_a_backup_under_load_restores_to_a_stack_that_decrypts_old_ciphert
         restored.stop()
 
 
-def test_postgresql_is_pointed_to_pg_dump() -> None:
-    result = run_pqkms("db", "backup", "/tmp/never-written.db",
+def test_postgresql_is_pointed_to_pg_dump(tmp_path: Path) -> None:
+    target = tmp_path / "never-written.db"
+    result = run_pqkms("db", "backup", str(target),
                        "--database-url", "postgresql+asyncpg://postgres@127.0.0.1:1/none")
     assert result.returncode == 1
     assert "pg_dump" in result.stderr
-    assert not Path("/tmp/never-written.db").exists()
+    assert not target.exists()

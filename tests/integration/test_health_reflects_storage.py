@@ -23,6 +23,7 @@ import pytest
 from pqkms.health import ping_workers
 from schemas.algorithms import Plan
 from schemas.subjects import Subject
+from tests.cli.processes import run_pqkms
 from tests.support.stack import LocalStack, NatsCaller
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,10 @@ async def test_a_database_without_its_tables_makes_health_fail_until_repaired(
         assert response.json()["workers"] == "degraded"
         assert response.json()["database"] == "unavailable"
         assert not await ping_workers(stack.nats_url, time_limit=3)
+        told = await asyncio.to_thread(run_pqkms, "health", "--nats-url", stack.nats_url)
+        assert told.returncode == 1
+        assert "unhealthy: a worker answered degraded (database unavailable, audit ok)" \
+            in told.stderr
 
         _sql(database, "ALTER TABLE pqkms_api_key_moved RENAME TO pqkms_api_key")
 

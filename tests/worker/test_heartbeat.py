@@ -28,6 +28,8 @@ async def test_a_file_that_cannot_be_written_does_not_stop_the_loop(tmp_path: Pa
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     beating = asyncio.create_task(beat(blocker / "worker-1", interval=0.01))
-    await asyncio.sleep(0.05)
-    assert not beating.done()
-    beating.cancel()
+    try:
+        await asyncio.sleep(0.05)
+        assert not beating.done()
+    finally:
+        beating.cancel()

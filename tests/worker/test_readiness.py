@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from structlog.testing import capture_logs
+
 from worker.readiness import ReadinessProbe
 
 
@@ -56,9 +58,16 @@ async def test_a_read_slower_than_its_limit_is_unavailable() -> None:
     database = _Database()
     database.delay = 1.0
     probe = ReadinessProbe(database.read, _Audit(), stalled_after=5.0, read_timeout=0.05)
-    assert (await probe.check()).database == "unavailable"
-    assert (await probe.check()).database == "unavailable"
+    with capture_logs() as logs:
+        assert (await probe.check()).database == "unavailable"
+        assert (await probe.check()).database == "unavailable"
     assert database.reads == 1  # the slow read is waited for again, not started again
+    assert [line["event"] for line in logs] == ["database_read_slow"]  # once, not per ping
+    database.delay = 0.0
+    await asyncio.sleep(1.0)  # the slow read ends (and is not left pending after the test)
+    with capture_logs() as logs:
+        assert (await probe.check()).database == "ok"
+    assert [line["event"] for line in logs] == []  # (its end already said so)
 
 
 async def test_the_audit_trail_failing_or_stalled_makes_the_worker_degraded() -> None:
