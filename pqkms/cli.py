@@ -112,6 +112,12 @@ def _add_store_options(parser: argparse.ArgumentParser, *, master_key: bool = Tr
             metavar="FILE",
             help="master key file (env PQKMS_MASTER_KEY_FILE; default: DIR/master.key)",
         )
+    else:
+        # Offered once, never read: still accepted (with a warning, see main), so a cron
+        # line or monitor written for it does not turn into a usage error that reads
+        # like a failed check.
+        parser.add_argument("--master-key-file", dest="unused_master_key_file",
+                            help=argparse.SUPPRESS)
     parser.add_argument(
         "--database-password-file",
         metavar="FILE",
@@ -922,6 +928,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # object of ``tenant create`` with the only copy of a new API key. ``worker`` and
     # ``bridge`` configure their own logging when they start.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    if getattr(args, "unused_master_key_file", None):
+        print(f"{_PROG}: warning: --master-key-file is not used by this command (it never "
+              "reads the master key) and will be refused by a later version",
+              file=sys.stderr, flush=True)
     if args.command in ("up", "db", "tenant", "health"):
         # The worker and the bridge configure logging themselves.
         logging.basicConfig(

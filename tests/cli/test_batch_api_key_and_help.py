@@ -116,5 +116,6 @@ def test_commands_that_never_read_the_master_key_do_not_offer_it(command: list[s
 
     assert help_text.returncode == 0
     assert "--master-key-file" not in help_text.stdout
-    assert given.returncode == 2
-    assert "unrecognized arguments: --master-key-file" in given.stderr
+    # Scripts that pass it still run (no usage error), with a warning.
+    assert given.returncode != 2
+    assert "--master-key-file is not used by this command" in given.stderr
