@@ -4,7 +4,6 @@ Qpher contract), but its request record, its ``request`` log line and
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -21,16 +20,16 @@ from schemas.algorithms import Algorithm, Plan
 from schemas.errors import ErrorCode
 from schemas.operations import operation_for
 from schemas.subjects import HEADER_API_KEY, Subject
+from tests.support.kem_batch import VersionOneKeys as _Keys
+from tests.support.kem_batch import b64, batch_service
 from worker.config import Settings
-from worker.crypto import KemKey, Mode, kem_algorithm, seal
+from worker.crypto import Mode, seal
 from worker.errors import ServiceError
 from worker.handlers.envelope import EnvelopeHandler, ServiceCall
 from worker.metrics import WorkerMetrics
 from worker.services.auth import Authenticator
 from worker.services.batch import BatchService
 from worker.services.context import Caller
-from worker.services.crypto_runner import CryptoRunner
-from worker.services.key_access import KeyAccess, Usage
 from worker.services.rate_limit import InMemoryRateLimiter
 from worker.services.request_record import RequestRecord
 from worker.store import KeyStore, TenantRecord
@@ -39,20 +38,6 @@ CALLER = Caller(tenant_id="t-1", plan=Plan.ENTERPRISE, request_id="r-1")
 DECRYPT_BATCH = Subject.KEM_DECRYPT_BATCH.value
 ERRORS = "pqkms_batch_item_errors_total"
 _API_KEY = "qph_" + "k" * 43
-
-
-class _Keys(KeyAccess):
-    """Kyber768 version 1 exists; every other version is not found."""
-
-    def __init__(self) -> None:  # no store: the batch only asks for keys
-        self.key = kem_algorithm(Algorithm.KYBER768).load(secrets.token_bytes(64))
-
-    async def kem_key(self, caller: Caller, algorithm: Algorithm, version: int,
-                      usage: Usage) -> KemKey:
-        if version != 1:
-            raise ServiceError(ErrorCode.KEM_KEY_NOT_FOUND,
-                               f"Key version {version} not found for {algorithm.value}")
-        return self.key
 
 
 class _OneTenant:
@@ -71,10 +56,6 @@ class _FailingTrail:
         return False
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 @pytest.fixture
 def keys() -> _Keys:
     return _Keys()
@@ -82,21 +63,20 @@ def keys() -> _Keys:
 
 @pytest.fixture
 def service(keys: _Keys) -> BatchService:
-    return BatchService(keys, CryptoRunner(1), max_message_bytes=4096, max_items=1000,
-                        message_limit=8 * 1024 * 1024)
+    return batch_service(keys)
 
 
 def _ciphertext(keys: _Keys, plaintext: bytes) -> str:
-    return _b64(seal(keys.key, Algorithm.KYBER768, 1, Mode.STANDARD, plaintext))
+    return b64(seal(keys.key, Algorithm.KYBER768, 1, Mode.STANDARD, plaintext))
 
 
 def _mixed_items(keys: _Keys) -> list[Any]:
     """One good ciphertext, then three items that fail, with two different codes."""
     return [
         {"ciphertext": _ciphertext(keys, b"fine")},
-        {"ciphertext": _b64(secrets.token_bytes(1200)), "reference": "garbage"},
+        {"ciphertext": b64(secrets.token_bytes(1200)), "reference": "garbage"},
         {"ciphertext": _ciphertext(keys, b"other"), "key_version": 9},  # not found
-        {"ciphertext": _b64(secrets.token_bytes(1200))},
+        {"ciphertext": b64(secrets.token_bytes(1200))},
     ]
 
 
@@ -184,7 +164,7 @@ async def test_a_batch_without_failures_logs_zero_and_single_requests_no_field(
         raise ServiceError(ErrorCode.KEM_KEY_NOT_FOUND, "no such key")
 
     _, [single] = await _respond(tmp_path, Subject.KEM_DECRYPT, fails,
-                                 {"ciphertext": _b64(b"x"), "key_version": 1}, metrics)
+                                 {"ciphertext": b64(b"x"), "key_version": 1}, metrics)
     assert single["outcome"] == ErrorCode.KEM_KEY_NOT_FOUND.value
     assert "items_failed" not in single
     assert _item_errors(metrics) == {}

@@ -5,44 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import secrets
 from typing import Any
 
 import pytest
 
-from schemas.algorithms import Algorithm, Plan
+from schemas.algorithms import Plan
 from schemas.errors import ErrorCode
 from schemas.subjects import Subject
-from worker.crypto import KemKey, kem_algorithm, seal
-from worker.errors import ServiceError
+from tests.support.kem_batch import VersionOneKeys as _Keys
+from tests.support.kem_batch import b64, batch_service
+from worker.crypto import seal
 from worker.services import batch as batch_module
 from worker.services import batch_inline
 from worker.services.batch import BatchService
 from worker.services.context import Caller
-from worker.services.crypto_runner import CryptoRunner
-from worker.services.key_access import KeyAccess, Usage
 
 CALLER = Caller(tenant_id="t-1", plan=Plan.ENTERPRISE, request_id="r-1")
-
-
-class _Keys(KeyAccess):
-    """Version 1 exists; every other version is not found."""
-
-    def __init__(self) -> None:  # no store: the batch only asks for keys
-        self.key = kem_algorithm(Algorithm.KYBER768).load(secrets.token_bytes(64))
-        self.lookups = 0
-
-    async def kem_key(self, caller: Caller, algorithm: Algorithm, version: int,
-                      usage: Usage) -> KemKey:
-        self.lookups += 1
-        if version != 1:
-            raise ServiceError(ErrorCode.KEM_KEY_NOT_FOUND,
-                               f"Key version {version} not found for {algorithm.value}")
-        return self.key
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture
@@ -52,18 +30,17 @@ def keys() -> _Keys:
 
 @pytest.fixture
 def service(keys: _Keys) -> BatchService:
-    return BatchService(keys, CryptoRunner(1), max_message_bytes=4096, max_items=1000,
-                        message_limit=8 * 1024 * 1024)
+    return batch_service(keys)
 
 
 async def test_lean_and_model_items_answer_alike(service: BatchService, keys: _Keys) -> None:
     items: list[Any] = [
-        {"plaintext": _b64(b"one"), "reference": "a"},                  # lean
-        {"plaintext": _b64(b"two"), "mode": "standard"},                 # lean
-        {"plaintext": _b64(b"three"), "key_version": 1, "extra": 1},     # model: refused
+        {"plaintext": b64(b"one"), "reference": "a"},                  # lean
+        {"plaintext": b64(b"two"), "mode": "standard"},                 # lean
+        {"plaintext": b64(b"three"), "key_version": 1, "extra": 1},     # model: refused
         {"plaintext": "not base64!"},                                    # model: refused
-        {"plaintext": _b64(b"four"), "key_version": 9, "reference": "b"},  # not found
-        {"plaintext": _b64(b"x" * 5000)},                                # over the limit
+        {"plaintext": b64(b"four"), "key_version": 9, "reference": "b"},  # not found
+        {"plaintext": b64(b"x" * 5000)},                                # over the limit
     ]
     outcome = await service.run(Subject.KEM_ENCRYPT, CALLER, items, key_version=1)
     results = outcome.results
@@ -77,11 +54,11 @@ async def test_lean_and_model_items_answer_alike(service: BatchService, keys: _K
 
     sealed = [{"ciphertext": r["data"]["ciphertext"], "reference": str(i)}
               for i, r in enumerate(results[:2])]
-    sealed.append({"ciphertext": _b64(b"garbage" * 10)})
+    sealed.append({"ciphertext": b64(b"garbage" * 10)})
     opened = await service.run(Subject.KEM_DECRYPT, CALLER, sealed, key_version=1)
     assert [base64.b64decode(r["data"]["plaintext"]) for r in opened.results[:2]] == [
         b"one", b"two"]
-    assert opened.results[1]["data"] == {"plaintext": _b64(b"two"), "key_version": 1,
+    assert opened.results[1]["data"] == {"plaintext": b64(b"two"), "key_version": 1,
                                          "algorithm": "Kyber768"}
     assert opened.results[2]["error"]["message"].startswith("Decryption failed")
 
@@ -99,7 +76,7 @@ async def test_a_crashing_item_fails_alone(service: BatchService,
         return real_seal(*args)
 
     monkeypatch.setattr(batch_inline, "seal", flaky_seal)
-    items = [{"plaintext": _b64(bytes([i])), "reference": str(i)} for i in range(3)]
+    items = [{"plaintext": b64(bytes([i])), "reference": str(i)} for i in range(3)]
     outcome = await service.run(Subject.KEM_ENCRYPT, CALLER, items, key_version=1)
     assert ["data" in r for r in outcome.results] == [True, False, True]
     assert outcome.results[1] == {"reference": "1", "error": {
@@ -110,7 +87,7 @@ async def test_a_crashing_item_fails_alone(service: BatchService,
 async def test_a_long_batch_lets_other_requests_run_between_its_slices(
     service: BatchService,
 ) -> None:
-    items = [{"plaintext": _b64(b"x" * 64)} for _ in range(batch_module._ITEMS_PER_SLICE * 4)]
+    items = [{"plaintext": b64(b"x" * 64)} for _ in range(batch_module._ITEMS_PER_SLICE * 4)]
     events: list[str] = []
 
     async def other_request() -> None:
@@ -131,8 +108,8 @@ async def test_inline_batches_take_turns_and_each_gets_its_own_results(
     service: BatchService, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     count = batch_module._ITEMS_PER_SLICE * 3
-    first = [{"plaintext": _b64(b"a" * 32), "reference": f"a{n}"} for n in range(count)]
-    second = [{"plaintext": _b64(b"b" * 32), "reference": f"b{n}"} for n in range(count)]
+    first = [{"plaintext": b64(b"a" * 32), "reference": f"a{n}"} for n in range(count)]
+    second = [{"plaintext": b64(b"b" * 32), "reference": f"b{n}"} for n in range(count)]
     order: list[str] = []
     real_seal = seal
 
