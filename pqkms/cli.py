@@ -186,7 +186,8 @@ def _add_master_key_commands(commands: Any) -> None:
 
 
 def _add_audit_commands(commands: Any) -> None:
-    audit = commands.add_parser("audit", help="the audit log: verify its hash chains")
+    audit = commands.add_parser("audit", help="the audit log: verify its hash chains, "
+                                "archive a past period")
     actions = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = actions.add_parser(
         "verify",
@@ -204,6 +205,39 @@ def _add_audit_commands(commands: Any) -> None:
                         help="judge only chains with records from TIME on (ISO 8601, UTC "
                         "unless it has an offset) and key versions created from then on, "
                         "after a gap was examined and accepted (docs/audit.md)")
+    archive = actions.add_parser(
+        "archive",
+        help="move the records of a past period to a file, after verifying the log",
+        description="Verify the audit log against the PQKMS_AUDIT stream (as verify "
+        "does), then move every record recorded before TIME to FILE (JSON Lines, gzip if "
+        "FILE ends in .gz), record the run in the log and the stream, and delete the "
+        "records from the database; each chain keeps an anchor, so verify goes on judging "
+        "what remains. Nothing is archived when verify finds an error or the stream cannot "
+        "be reached (exit 1). An open chain keeps its last record. See docs/audit.md, "
+        "'Archiving'.",
+    )
+    archive.add_argument("--before", metavar="TIME", required=True,
+                         help="archive records recorded before TIME (ISO 8601, UTC unless "
+                         "it has an offset)")
+    archive.add_argument("--out", metavar="FILE", required=True, type=Path,
+                         help="the archive file to create (never overwritten)")
+    _add_store_options(archive, master_key=False)
+    archive.add_argument("--nats-url", metavar="URL",
+                         help="comma-separated NATS servers (env PQKMS_NATS_URL)")
+    archive.add_argument("--since", metavar="TIME",
+                         help="as for verify: a gap before TIME was examined and accepted")
+    check = actions.add_parser(
+        "verify-archive",
+        help="check archive files (oldest first), and against the database",
+        description="Exit 0 when every record of the files hashes and links, and each "
+        "chain's anchor in the database is the record of the files it names; 1 with one "
+        "line per problem otherwise.",
+    )
+    check.add_argument("files", metavar="FILE", nargs="+", type=Path,
+                       help="archive files, oldest first")
+    _add_store_options(check, master_key=False)
+    check.add_argument("--no-database", action="store_true",
+                       help="check the files alone")
 
 
 def _actions(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
@@ -884,6 +918,52 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if report.intact else 1
 
 
+def _cmd_audit_archive(args: argparse.Namespace) -> int:
+    from worker.audit.archive import ArchiveNeedsStream, ArchiveRefused, archive_from_settings
+    from worker.audit.archive_file import ArchiveFileError
+    from worker.audit.archive_record import ArchiveNotAttested
+    from worker.audit.verify import InvalidSince
+    from worker.store.audit_archive_rows import ArchiveConflict
+    from worker.store.database import require_existing_database
+
+    settings: Settings = _client_settings(args)
+
+    async def archive() -> Any:
+        require_existing_database(settings.resolved_database_url())
+        return await archive_from_settings(settings, args.out, args.before, since=args.since)
+
+    outcome = _run_on_store(settings, archive(), user_errors=(
+        InvalidSince, ArchiveFileError, ArchiveRefused, ArchiveConflict, ArchiveNeedsStream,
+        ArchiveNotAttested))
+    print("\n".join(outcome.lines()), flush=True)
+    return 0 if outcome.check.intact else 1
+
+
+def _cmd_audit_verify_archive(args: argparse.Namespace) -> int:
+    from worker.audit.archive_check import verify_archive_files
+    from worker.store.audit_log import AuditLog
+    from worker.store.database import require_existing_database
+
+    settings: Settings = _settings(Settings, args)
+    missing = [str(path) for path in args.files if not path.is_file()]
+    if missing:
+        raise CommandError(f"no such archive file: {', '.join(missing)}")
+
+    async def check() -> Any:
+        if args.no_database:
+            return await verify_archive_files(args.files, None)
+        require_existing_database(settings.resolved_database_url())
+        log = AuditLog.connect(settings.resolved_database_url())
+        try:
+            return await verify_archive_files(args.files, log)
+        finally:
+            await log.close()
+
+    result = _run_on_store(settings, check())
+    print("\n".join(result.lines()), flush=True)
+    return 0 if result.intact else 1
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
         return _cmd_up(args)
@@ -900,7 +980,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "master-key":
         return _cmd_master_key(args)
     if args.command == "audit":
-        return _cmd_audit_verify(args)
+        audit_commands = {"verify": _cmd_audit_verify, "archive": _cmd_audit_archive,
+                          "verify-archive": _cmd_audit_verify_archive}
+        return audit_commands[args.audit_command](args)
     if args.command == "worker":
         return _cmd_worker(args)
     if args.command == "bridge":

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.subjects import SUBJECT_PREFIX
 
 __all__ = [
+    "AUDIT_ARCHIVE_OPERATION",
     "AUDIT_STREAM",
     "AUDIT_SUBJECT_PREFIX",
     "HEADER_AUDIT_RECORDS",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 AUDIT_STREAM = "PQKMS_AUDIT"
+# The operation of the record ``pqkms audit archive`` writes of each run (its own chain).
+AUDIT_ARCHIVE_OPERATION = f"{SUBJECT_PREFIX}.audit.archive"
 AUDIT_SUBJECT_PREFIX = f"{SUBJECT_PREFIX}.audit"
 HEADER_AUDIT_RECORDS = "Pqkms-Audit-Records"
 

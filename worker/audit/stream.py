@@ -80,9 +80,13 @@ class AuditStream:
     """Publishes audit entries on the worker's NATS connection."""
 
     def __init__(self, settings: StreamSettings | None = None,
-                 connection: Callable[[], Client | None] | None = None) -> None:
+                 connection: Callable[[], Client | None] | None = None, *,
+                 manage_stream: bool = True) -> None:
+        """``manage_stream=False``: publish to the stream as it is, never create or
+        reconfigure it (an operator's command, whose settings may not be the workers')."""
         self._connection = connection
         self._settings = settings or StreamSettings()
+        self._manage_stream = manage_stream
         self._js: JetStreamContext | None = None
         self._acks: AckInbox | None = None  # on the connection last used
 
@@ -104,7 +108,8 @@ class AuditStream:
             self._acks, self._js = acks, None
         if self._js is None:
             js = client.jetstream(timeout=self._settings.ack_timeout_seconds)
-            await _add_or_update(js, stream_config(self._settings))
+            if self._manage_stream:
+                await _add_or_update(js, stream_config(self._settings))
             self._js = js
         return self._acks
 

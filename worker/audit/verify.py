@@ -24,15 +24,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from schemas.audit import AUDIT_STREAM, AuditKind
 from schemas.subjects import Subject
+from worker.audit.archive_record import ArchiveAttestation, attestation_of
 from worker.audit.entry import GENESIS_HASH, AuditEntry, canonical_time
 from worker.config import Settings
 from worker.store.audit_log import AuditLog, ChainHead, KeyVersionRow
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 __all__ = [
     "Finding",
@@ -40,6 +47,8 @@ __all__ = [
     "Severity",
     "VerifyReport",
     "parse_since",
+    "audit_connection",
+    "read_stream_bodies",
     "verify_audit_log",
     "verify_from_settings",
 ]
@@ -70,13 +79,13 @@ class InvalidSince(ValueError):
     """``--since`` is not an ISO 8601 time, or lies in the future."""
 
 
-def parse_since(text: str) -> datetime:
+def parse_since(text: str, *, option: str = "--since") -> datetime:
     """An ISO 8601 time (``2026-01-02T03:04:05Z``, an offset, or a date) in UTC; one
-    without an offset is taken as UTC."""
+    without an offset is taken as UTC. ``option`` names it in the error."""
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidSince(f"--since: not an ISO 8601 time: {text!r} "
+        raise InvalidSince(f"{option}: not an ISO 8601 time: {text!r} "
                            "(e.g. 2026-01-02T03:04:05Z)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -122,6 +131,8 @@ class VerifyReport:
     skipped_chains: int = 0
     skipped_records: int = 0
     skipped_key_versions: int = 0
+    archive_runs: int = 0
+    archived_records: int = 0
 
     @property
     def errors(self) -> list[Finding]:
@@ -146,6 +157,10 @@ class VerifyReport:
                 f"last record is older ({self.skipped_records} record(s) in the database), "
                 f"{self.skipped_key_versions} key version(s) created before it"
             )
+        if self.archive_runs:
+            lines.append(f"archived: {self.archived_records} record(s) moved to files by "
+                         f"{self.archive_runs} archive run(s) (pqkms audit verify-archive "
+                         "checks the files)")
         verdict = "intact" if self.intact else f"NOT intact: {len(self.errors)} error(s)"
         lines.append(
             f"audit log {verdict}: {self.chains} chain(s), {self.records} record(s), "
@@ -182,10 +197,14 @@ class _StreamCopy:
     count only when that chain is judged (see ``since``).
     """
 
-    def __init__(self, bodies: list[bytes], findings: list[Finding]) -> None:
+    def __init__(self, bodies: list[bytes], findings: list[Finding],
+                 anchors: Mapping[str, int]) -> None:
+        """``anchors``: the seq each chain is archived up to, whose copy's time is kept."""
         self.hashes: dict[str, dict[int, str]] = defaultdict(dict)
         self.findings: dict[str, list[Finding]] = defaultdict(list)
         self.latest: dict[str, datetime] = {}
+        self.anchor_times: dict[str, datetime] = {}
+        self.archives = _Archives()
         self.count = 0
         for body in bodies:
             try:
@@ -199,6 +218,10 @@ class _StreamCopy:
             if entry.computed_hash() != entry.record_hash:
                 chain.append(Finding(entry.chain_id, entry.seq,
                                      "stream copy does not match its own hash"))
+            else:
+                self.archives.add(entry)
+            if anchors.get(entry.chain_id) == entry.seq:
+                self.anchor_times[entry.chain_id] = entry.recorded_at
             known = self.hashes[entry.chain_id].get(entry.seq)
             if known is not None and known != entry.record_hash:
                 chain.append(Finding(entry.chain_id, entry.seq,
@@ -213,16 +236,46 @@ class _ChainCheck:
     """Walks one chain's records in seq order; its findings are its own until the chain
     is judged or skipped."""
 
-    def __init__(self, chain_id: str, stream: dict[int, str] | None) -> None:
+    def __init__(self, chain_id: str, stream: _StreamCopy | None,
+                 head: ChainHead | None) -> None:
         self.chain_id = chain_id
-        self.stream = stream
+        self.stream = None if stream is None else stream.hashes.pop(chain_id, {})
         self.findings: list[Finding] = []
-        self.expected_seq = 1
+        # Records 1..archived are in archive files: the chain goes on from its anchor.
+        self.archived = 0 if head is None else head.archived_seq
+        self.expected_seq = self.archived + 1
         self.prev_hash: str | None = GENESIS_HASH
         self.last: AuditEntry | None = None
         self.not_in_stream = 0
         self.records = 0
         self.latest: datetime | None = None  # its latest record or chain-row time
+        if head is not None and self.archived:
+            self.prev_hash = head.archived_hash
+            if head.archived_hash is None:
+                self.error(self.archived, "archived up to here, but the anchor has no hash")
+            if stream is not None:
+                self._take_archived_copies(head, stream)
+
+    def _take_archived_copies(self, head: ChainHead, stream: _StreamCopy) -> None:
+        """Stream copies of archived records are in an archive file, not missing. The
+        anchor must be the stream's copy of the last archived record, and an archive
+        the stream attests must have taken it: one whose cut-off is later."""
+        assert self.stream is not None
+        anchor_copy = self.stream.get(self.archived)
+        if anchor_copy is not None and anchor_copy != head.archived_hash:
+            self.error(self.archived, "the archive anchor differs from the stream's copy of "
+                                      "this record (anchor or database edited)")
+        recorded = stream.anchor_times.get(self.chain_id)
+        attested = stream.archives.latest_before
+        if recorded is not None and (attested is None or recorded >= attested):
+            covered = "no archive run" if attested is None else \
+                f"no archive run later than {canonical_time(attested)}"
+            self.error(self.archived, f"archived up to here (a record of "
+                                      f"{canonical_time(recorded)}), but {covered} is "
+                                      "attested in the stream (records deleted and the "
+                                      "anchor moved by hand?)")
+        for seq in [seq for seq in self.stream if seq <= self.archived]:
+            del self.stream[seq]
 
     def error(self, seq: int | None, problem: str) -> None:
         self.findings.append(Finding(self.chain_id, seq, problem))
@@ -239,7 +292,11 @@ class _ChainCheck:
         if entry.computed_hash() != entry.record_hash:
             self.error(seq, "content does not match its record_hash (record edited)")
         if self.prev_hash is not None and entry.prev_hash != self.prev_hash:
-            if seq == 1:
+            if seq == self.archived + 1 and self.archived:
+                self.error(seq, f"prev_hash does not match the archive anchor (record "
+                                f"{self.archived}, archived): record {seq} or the anchor "
+                                "altered")
+            elif seq == 1:
                 self.error(seq, "prev_hash is not the genesis hash (record altered)")
             else:
                 self.error(seq, f"prev_hash does not match the hash of record {seq - 1} "
@@ -261,7 +318,7 @@ class _ChainCheck:
     def finish(self, head: ChainHead | None) -> bool:
         """Checks at the end of the chain; ``True`` when the chain is still open."""
         last = self.last
-        last_seq = 0 if last is None else last.seq
+        last_seq = self.archived if last is None else last.seq
         closed_record = last is not None and last.kind == AuditKind.CLOSE
         if head is not None:
             self.latest = _later(_later(self.latest, head.opened_at), head.closed_at)
@@ -274,6 +331,9 @@ class _ChainCheck:
             elif last is not None and last.seq == head.last_seq and \
                     last.record_hash != head.last_hash:
                 self.error(last.seq, "close record differs from the one recorded at close")
+            elif last is None and head.archived_hash != head.last_hash:
+                self.error(head.last_seq, "archived whole, but its anchor differs from the "
+                                          "close record recorded at close")
         elif closed_record:
             self.error(last_seq, "close record present but the chain row says open")
         if self.stream:
@@ -291,6 +351,29 @@ class _ChainCheck:
                 f"{self.not_in_stream} record(s) not in the stream (expired by the stream's "
                 "limits, or published after the stream was read)", Severity.NOTE))
         return is_open
+
+
+class _Archives:
+    """The archive runs that records attest (``pqkms audit archive``'s own records), by
+    the chain that records each."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, ArchiveAttestation] = {}
+
+    def add(self, entry: AuditEntry) -> None:
+        attestation = attestation_of(entry)
+        if attestation is not None:
+            self.runs[attestation.chain_id] = attestation
+
+    @property
+    def latest_before(self) -> datetime | None:
+        """The latest cut-off: every record before it may be in an archive file."""
+        return max((run.recorded_before for run in self.runs.values()), default=None)
+
+    @property
+    def records(self) -> int:
+        """Records the runs archived, together."""
+        return sum(run.records for run in self.runs.values())
 
 
 # A version younger than this may still have its record in a worker's group commit.
@@ -318,12 +401,14 @@ class _Creations:
             self._recorded.add((entry.tenant_id, entry.algorithm, entry.key_version))
 
     def unrecorded(self, versions: list[KeyVersionRow], now: datetime,
-                   since: datetime | None) -> list[Finding]:
-        """Versions created since the log's first record (and ``since``) and before the
+                   since: datetime | None, archived_before: datetime | None) -> list[Finding]:
+        """Versions created since the log's first record (and ``since``, and the latest
+        archive's cut-off: older creation records are in archive files) and before the
         grace period, without a creation record."""
-        if self._first is None:
+        if self._first is None and archived_before is None:
             return []  # no audit at all: nothing to hold the versions against
-        start = self._first if since is None else max(self._first, since)
+        start = max(moment for moment in (self._first, since, archived_before)
+                    if moment is not None)
         settled = now - CREATION_GRACE
         return [
             Finding(f"{row.tenant_id}/{row.algorithm}", None,
@@ -353,9 +438,7 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
     """
     report = VerifyReport(since=since)
     findings = report.findings
-    stream = None if stream_bodies is None else _StreamCopy(stream_bodies, findings)
-    if stream is not None:
-        report.stream_records = stream.count
+    stream: _StreamCopy | None = None
 
     def judged(latest: datetime | None, findings: list[Finding]) -> bool:
         # ``since`` accepts gaps (records the database lacks), never edits: a chain with
@@ -368,6 +451,11 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
 
     async with log.snapshot() as snapshot:
         heads = {head.chain_id: head for head in await snapshot.chains()}
+        if stream_bodies is not None:
+            anchors = {head.chain_id: head.archived_seq for head in heads.values()
+                       if head.archived_seq}
+            stream = _StreamCopy(stream_bodies, findings, anchors)
+            report.stream_records = stream.count
         check: _ChainCheck | None = None
         seen: set[str] = set()
 
@@ -387,25 +475,34 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
             findings.extend(chain.findings)
 
         creations = _Creations()
+        archives = _Archives()
         async for entry in snapshot.entries():
             creations.add(entry)
+            archives.add(entry)
             if check is None or entry.chain_id != check.chain_id:
                 if check is not None:
                     finish(check)
                 seen.add(entry.chain_id)
-                check = _ChainCheck(entry.chain_id,
-                                    None if stream is None else stream.hashes.pop(
-                                        entry.chain_id, {}))
+                check = _ChainCheck(entry.chain_id, stream, heads.get(entry.chain_id))
             check.add(entry)
         if check is not None:
             finish(check)
         versions = await snapshot.key_versions()
-        findings.extend(creations.unrecorded(versions, now or datetime.now(UTC), since))
+        if stream is not None:
+            archives.runs.update(stream.archives.runs)
+        report.archive_runs, report.archived_records = len(archives.runs), archives.records
+        findings.extend(creations.unrecorded(versions, now or datetime.now(UTC), since,
+                                             archives.latest_before))
         if since is not None:
             report.skipped_key_versions = sum(row.created_at < since for row in versions)
     for chain_id in sorted(set(heads) - seen):
-        empty = _ChainCheck(chain_id, None if stream is None else stream.hashes.pop(chain_id, {}))
-        empty.error(None, "the chain row exists but every record of the chain is missing")
+        head = heads[chain_id]
+        empty = _ChainCheck(chain_id, stream, head)
+        if not empty.archived:
+            empty.error(None, "the chain row exists but every record of the chain is missing")
+        elif head.last_seq is None:  # an archive keeps an open chain's last record
+            empty.error(empty.archived + 1, f"every record after the archived ones (seq > "
+                                            f"{empty.archived}) is missing")
         finish(empty)
     if stream is not None:
         for chain_id, copies in sorted(stream.hashes.items()):
@@ -432,16 +529,15 @@ def _add_hints(report: VerifyReport) -> None:
         report.hints.append(_HINT_SINCE)
 
 
-async def _stream_bodies(settings: Settings) -> tuple[list[bytes] | None, str]:
-    """The stream's messages, or ``None`` and why the cross-check is skipped."""
+@asynccontextmanager
+async def audit_connection(settings: Settings) -> AsyncIterator[tuple[Client | None, str]]:
+    """A connection to the NATS servers of ``settings``, or ``None`` and why not."""
     import nats
 
-    from worker.audit.stream import read_stream
+    from worker.nats_security import nats_security, redacted_urls
 
     async def quiet(_error: Exception) -> None:
         return None
-
-    from worker.nats_security import nats_security, redacted_urls
 
     servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
     try:
@@ -451,17 +547,29 @@ async def _stream_bodies(settings: Settings) -> tuple[list[bytes] | None, str]:
             error_cb=quiet, **nats_security(settings).nats_py_options(),
         ), timeout=10)
     except Exception as exc:
-        return None, f"not checked (NATS at {redacted_urls(settings.nats_url)} not reachable: " \
-                     f"{type(exc).__name__})"
+        yield None, (f"NATS at {redacted_urls(settings.nats_url)} not reachable: "
+                     f"{type(exc).__name__}")
+        return
+    try:
+        yield client, redacted_urls(settings.nats_url)
+    finally:
+        await client.close()
+
+
+async def read_stream_bodies(client: Client | None, where: str) -> tuple[list[bytes] | None, str]:
+    """The stream's messages on ``client``, or ``None`` and why the cross-check is
+    skipped (``where``: the servers, or why there is no connection)."""
+    from worker.audit.stream import read_stream
+
+    if client is None:
+        return None, f"not checked ({where})"
     try:
         bodies = await read_stream(client)
     except Exception as exc:  # e.g. a server without JetStream
         return None, f"not checked (reading {AUDIT_STREAM} failed: {type(exc).__name__})"
-    finally:
-        await client.close()
     if bodies is None:
-        return None, f"not checked (no {AUDIT_STREAM} stream at {redacted_urls(settings.nats_url)})"
-    return bodies, f"{AUDIT_STREAM} at {redacted_urls(settings.nats_url)}, {len(bodies)} record(s)"
+        return None, f"not checked (no {AUDIT_STREAM} stream at {where})"
+    return bodies, f"{AUDIT_STREAM} at {where}, {len(bodies)} record(s)"
 
 
 async def verify_from_settings(settings: Settings, *, use_stream: bool = True,
@@ -475,7 +583,8 @@ async def verify_from_settings(settings: Settings, *, use_stream: bool = True,
                            "nothing would be judged")
     bodies, stream_status = None, "not checked (--no-stream)"
     if use_stream:
-        bodies, stream_status = await _stream_bodies(settings)
+        async with audit_connection(settings) as (client, where):
+            bodies, stream_status = await read_stream_bodies(client, where)
     log = AuditLog.connect(settings.resolved_database_url())
     try:
         report = await verify_audit_log(log, bodies, since=start)

@@ -46,6 +46,9 @@ class ChainHead:
     closed_at: datetime | None
     last_seq: int | None
     last_hash: str | None
+    # Records 1..archived_seq are in archive files; archived_hash is the last one's hash.
+    archived_seq: int = 0
+    archived_hash: str | None = None
 
 
 def _record_row(entry: AuditEntry) -> dict[str, Any]:
@@ -111,7 +114,7 @@ class AuditSnapshot:
         result = await self._connection.execute(select(_CHAINS).order_by(_CHAINS.c.chain_id))
         return [
             ChainHead(row.chain_id, row.worker_id, row.opened_at, row.closed_at,
-                      row.last_seq, row.last_hash)
+                      row.last_seq, row.last_hash, row.archived_seq, row.archived_hash)
             for row in result
         ]
 
@@ -121,6 +124,12 @@ class AuditSnapshot:
                        _KEY_VERSIONS.c.version, _KEY_VERSIONS.c.created_at)
         return [KeyVersionRow(row.tenant_id, row.algorithm, row.version, row.created_at)
                 for row in await self._connection.execute(query)]
+
+    async def entries_of(self, operation: str) -> list[AuditEntry]:
+        """The records of one operation (a scan: for rare operations only)."""
+        query = select(_RECORDS).where(_RECORDS.c.operation == operation) \
+            .order_by(_RECORDS.c.chain_id, _RECORDS.c.seq)
+        return [_entry(row) for row in await self._connection.execute(query)]
 
     async def entries(self) -> AsyncIterator[AuditEntry]:
         """Every record, ordered by chain and sequence number (streamed, not all in memory)."""
@@ -154,6 +163,11 @@ class AuditLog:
         """A log on its own small engine (for the ``pqkms audit`` commands and tests)."""
         engine = create_engine_for(database_url, connect_args=connect_args)
         return cls(engine, owns_engine=True)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine the log reads and writes through."""
+        return self._engine
 
     async def close(self) -> None:
         """Return the append connection (and dispose of an engine of our own)."""

@@ -209,4 +209,10 @@ class AuditChain(SQLModel, table=True):
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_seq: int | None = Field(default=None, sa_type=BigInteger)
     last_hash: str | None = Field(default=None, max_length=64)
+    # Records 1..archived_seq were moved to an archive file (``pqkms audit archive``);
+    # archived_hash is the last one's hash, the link the first remaining record makes.
+    archived_seq: int = Field(default=0, sa_type=BigInteger,
+                              sa_column_kwargs={"server_default": text("0")})
+    archived_hash: str | None = Field(default=None, max_length=64)
     schema_version: int = Field(default=ROW_SCHEMA_VERSION)
+

@@ -1,0 +1,402 @@
+"""``pqkms audit archive`` and ``verify-archive`` on each backend: a past period leaves the
+database for a file, what remains still verifies (with and without the stream), and
+the files verify alone and against the database's anchors."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from schemas.algorithms import Algorithm
+from schemas.audit import AuditKind
+from schemas.subjects import Subject
+from tests.support.audit_fakes import FakeStream
+from worker.audit import archive as archive_module
+from worker.audit.archive import ArchiveOutcome, archive_audit_log
+from worker.audit.archive_check import verify_archive_files
+from worker.audit.archive_file import ArchiveFileError, read_archive
+from worker.audit.entry import GENESIS_HASH, AuditEntry
+from worker.audit.verify import VerifyReport, verify_audit_log
+from worker.services.request_record import RequestRecord
+from worker.store import KeyStore, NewKeyMaterial, TenantRecord
+from worker.store.audit_log import AuditLog
+
+WORKER = "test-host:1"
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+CUT = T0 + timedelta(days=30)
+
+
+def _record(n: int, **fields: object) -> RequestRecord:
+    values: dict[str, object] = {
+        "operation": Subject.KEM_ENCRYPT.value, "request_id": f"req-{n}",
+        "tenant_id": str(uuid.uuid4()), "algorithm": "Kyber768", "key_version": 1,
+        "outcome": "OK", "duration_seconds": 0.001}
+    values.update(fields)
+    return RequestRecord(**values)  # type: ignore[arg-type]
+
+
+class Chain:
+    """A chain built record by record, one day apart by default."""
+
+    def __init__(self) -> None:
+        self.chain_id = str(uuid.uuid4())
+        self.entries: list[AuditEntry] = []
+
+    def add(self, kind: AuditKind, at: datetime,
+            record: RequestRecord | None = None) -> AuditEntry:
+        prev = self.entries[-1].record_hash if self.entries else GENESIS_HASH
+        entry = AuditEntry.seal(chain_id=self.chain_id, seq=len(self.entries) + 1, kind=kind,
+                                worker_id=WORKER, recorded_at=at, prev_hash=prev,
+                                record=record)
+        self.entries.append(entry)
+        return entry
+
+    def requests(self, times: Sequence[datetime]) -> list[AuditEntry]:
+        return [self.add(AuditKind.REQUEST, at, _record(n)) for n, at in enumerate(times)]
+
+
+def _days(*days: int) -> list[datetime]:
+    return [T0 + timedelta(days=day) for day in days]
+
+
+def _opened(at: datetime) -> Chain:
+    chain = Chain()
+    chain.add(AuditKind.OPEN, at)
+    return chain
+
+
+def _messages(*chains: Chain) -> list[bytes]:
+    return [entry.to_message() for chain in chains for entry in chain.entries]
+
+
+def _errors(report: VerifyReport) -> list[tuple[str, int | None, str]]:
+    return [(f.chain_id, f.seq, f.problem) for f in report.errors]
+
+
+async def _seqs(store: KeyStore, chain: Chain) -> list[int]:
+    async with store.engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT seq FROM pqkms_audit_record WHERE chain_id = :chain ORDER BY seq"),
+            {"chain": chain.chain_id})
+        return [int(row[0]) for row in rows]
+
+
+async def _sql(store: KeyStore, statement: str, **params: object) -> None:
+    async with store.engine.begin() as connection:
+        await connection.execute(text(statement), params)
+
+
+def _archived(path: Path) -> list[tuple[str, int]]:
+    return [(entry.chain_id, entry.seq) for _, entry in read_archive(path)]
+
+
+class Log:
+    """Three chains across the cut-off: ``done`` closed before it, ``spanning`` open
+    across it, ``idle`` open with every record before it; and the stream that holds
+    them and what archives publish."""
+
+    def __init__(self) -> None:
+        self.published = FakeStream()
+        self.done = _opened(T0)
+        self.done.requests(_days(1, 2))
+        self.done.add(AuditKind.CLOSE, T0 + timedelta(days=3))
+        self.spanning = _opened(T0 + timedelta(days=10))
+        self.spanning.requests(_days(11, 12, 31, 32))
+        self.idle = _opened(T0 + timedelta(days=20))
+        self.idle.requests(_days(21, 22))
+
+    @property
+    def chains(self) -> tuple[Chain, Chain, Chain]:
+        return self.done, self.spanning, self.idle
+
+    async def write(self, log: AuditLog) -> None:
+        for chain in self.chains:
+            await log.append(chain.entries)
+
+    def stream(self) -> list[bytes]:
+        return _messages(*self.chains) + list(self.published.published.values())
+
+
+async def _archive(log: AuditLog, chains: Log, path: Path,
+                   before: datetime = CUT) -> ArchiveOutcome:
+    return await archive_audit_log(log, chains.published, path, before, chains.stream(),
+                                   now=datetime.now(UTC) + timedelta(minutes=5))
+
+
+def _leftovers(directory: Path) -> list[Path]:
+    return sorted(directory.glob("audit*"))
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+async def test_a_past_period_leaves_for_a_file_and_the_rest_still_verifies(
+    log: AuditLog, store: KeyStore, tmp_path: Path,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+    path = tmp_path / "audit-2025-01.jsonl"
+
+    outcome = await _archive(log, chains, path)
+
+    assert outcome.check.intact, outcome.check.lines()
+    # done: all 4; spanning: open and days 11-12 (seq 1-3); idle: all but its last (1-2).
+    assert (outcome.records, outcome.chains, outcome.whole_chains, outcome.deleted) == \
+        (9, 3, 1, 9)
+    assert _archived(path) == sorted(
+        [(chains.done.chain_id, seq) for seq in (1, 2, 3, 4)]
+        + [(chains.spanning.chain_id, seq) for seq in (1, 2, 3)]
+        + [(chains.idle.chain_id, seq) for seq in (1, 2)])
+    assert _mode(path) == 0o600
+    assert _leftovers(tmp_path) == [path]
+    assert outcome.lines() == [
+        f"archived 9 record(s) of 3 chain(s) (1 whole) recorded before "
+        f"2025-01-31T00:00:00.000000Z to {path} (sha256 {outcome.sha256}); 9 deleted from "
+        "the database"]
+    assert await _seqs(store, chains.done) == []
+    assert await _seqs(store, chains.spanning) == [4, 5]
+    assert await _seqs(store, chains.idle) == [3]
+
+    for stream in (chains.stream(), None):
+        report = await verify_audit_log(log, stream)
+        assert report.intact, report.lines()
+        # (and the archive's own chain: open, its record, close)
+        assert (report.chains, report.records, report.open_chains) == (4, 6, 2)
+        assert "archived: 9 record(s) moved to files by 1 archive run(s) (pqkms audit " \
+            "verify-archive checks the files)" in report.lines()
+
+    # The idle chain's worker goes on: its next record links to the one it kept.
+    chains.idle.requests(_days(40))
+    await log.append(chains.idle.entries[-1:])
+    report = await verify_audit_log(log, chains.stream())
+    assert report.intact, report.lines()
+
+    check = await verify_archive_files([path], log)
+    assert check.intact, check.lines()
+    assert check.lines()[-1] == ("archive intact: 1 file(s), 9 record(s), 3 chain(s); "
+                                 "database: 4 chain(s), 1 archive run(s) recorded")
+
+
+async def test_nothing_is_archived_from_a_log_that_is_not_intact(
+    log: AuditLog, store: KeyStore, tmp_path: Path,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+    await _sql(store, "UPDATE pqkms_audit_record SET outcome = 'ERR_AUTH_001' "
+               "WHERE chain_id = :chain AND seq = 2", chain=chains.done.chain_id)
+    path = tmp_path / "audit.jsonl"
+
+    outcome = await _archive(log, chains, path)
+
+    assert not outcome.archived
+    assert (chains.done.chain_id, 2, "content does not match its record_hash "
+            "(record edited)") in _errors(outcome.check)
+    assert outcome.lines()[-1].startswith("nothing archived: the audit log is not intact")
+    assert _leftovers(tmp_path) == []
+    assert await _seqs(store, chains.done) == [1, 2, 3, 4]
+
+
+async def test_nothing_old_enough_writes_no_file(log: AuditLog, tmp_path: Path) -> None:
+    chains = Log()
+    await chains.write(log)
+    path = tmp_path / "audit.jsonl"
+
+    outcome = await _archive(log, chains, path, before=T0)
+
+    assert outcome.check.intact and not outcome.archived
+    assert outcome.lines() == ["nothing archived: no record recorded before "
+                               "2025-01-01T00:00:00.000000Z can leave the database (an open "
+                               "chain keeps its last record)"]
+    assert _leftovers(tmp_path) == []
+
+
+def _write(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def test_an_existing_file_is_never_overwritten(log: AuditLog, tmp_path: Path) -> None:
+    chains = Log()
+    await chains.write(log)
+    path = tmp_path / "audit.jsonl"
+    _write(path, b"keep me\n")
+
+    with pytest.raises(ArchiveFileError, match="exists: an archive file is never overwritten"):
+        await _archive(log, chains, path)
+
+    assert _read(path) == b"keep me\n"
+    assert chains.published.published == {}  # nothing attested either
+
+
+async def test_the_anchor_ties_what_remains_to_what_was_archived(
+    log: AuditLog, store: KeyStore, tmp_path: Path,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+    path = tmp_path / "audit.jsonl"
+    await _archive(log, chains, path)
+    spanning = chains.spanning.chain_id
+    forged = chains.spanning.entries[0].record_hash  # a real hash, the wrong record
+    await _sql(store, "UPDATE pqkms_audit_chain SET archived_hash = :forged "
+               "WHERE chain_id = :chain", forged=forged, chain=spanning)
+
+    alone = await verify_audit_log(log, None)
+    assert (spanning, 4, "prev_hash does not match the archive anchor (record 3, archived): "
+            "record 4 or the anchor altered") in _errors(alone)
+    streamed = await verify_audit_log(log, chains.stream())
+    assert (spanning, 3, "the archive anchor differs from the stream's copy of this record "
+            "(anchor or database edited)") in _errors(streamed)
+    check = await verify_archive_files([path], log)
+    assert not check.intact
+    assert [(f.chain_id, f.seq, f.problem) for f in check.findings if f.severity == "error"] \
+        == [(spanning, 3, "the database's archive anchor differs from this record in the file")]
+
+
+async def test_records_deleted_behind_a_moved_anchor_are_found_by_the_stream(
+    log: AuditLog, store: KeyStore, tmp_path: Path,
+) -> None:
+    # Someone deletes records 1..4 of an open chain and moves its anchor past them, as
+    # if an archive had: the database alone cannot tell, the stream can.
+    chains = Log()
+    await chains.write(log)
+    spanning = chains.spanning
+    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain AND seq <= 4",
+               chain=spanning.chain_id)
+    await _sql(store, "UPDATE pqkms_audit_chain SET archived_seq = 4, archived_hash = :hash "
+               "WHERE chain_id = :chain", hash=spanning.entries[3].record_hash,
+               chain=spanning.chain_id)
+    database_only = await verify_audit_log(log, None)
+    assert database_only.intact  # the database alone trusts its anchors
+    assert database_only.archive_runs == 0  # but counts no archive run
+    streamed = await verify_audit_log(log, chains.stream())
+    assert _errors(streamed) == [(
+        spanning.chain_id, 4, "archived up to here (a record of 2025-02-01T00:00:00.000000Z), "
+        "but no archive run is attested in the stream (records deleted and the anchor moved "
+        "by hand?)")]
+    # Nor does an archive run go ahead on such a log.
+    refused = await _archive(log, chains, tmp_path / "audit.jsonl", before=T0 + timedelta(days=5))
+    assert not refused.archived and not refused.check.intact
+    assert chains.published.published == {}
+
+    # Every remaining record of the chain deleted: an archive never does that.
+    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain",
+               chain=spanning.chain_id)
+    emptied = await verify_audit_log(log, None)
+    assert (spanning.chain_id, 5, "every record after the archived ones (seq > 4) is "
+            "missing") in _errors(emptied)
+    streamed = await verify_audit_log(log, chains.stream())
+    assert (spanning.chain_id, 5, "record 5 in the stream but missing from the database") \
+        in _errors(streamed)
+
+
+async def test_archives_follow_one_another_and_their_files_verify_together(
+    log: AuditLog, store: KeyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(archive_module, "ARCHIVE_STEP", 2)  # several steps per chain
+    chains = Log()
+    await chains.write(log)
+    first, second = tmp_path / "audit-1.jsonl.gz", tmp_path / "audit-2.jsonl.gz"
+    await _archive(log, chains, first)
+    chains.spanning.requests(_days(33))
+    await log.append(chains.spanning.entries[-1:])
+
+    outcome = await _archive(log, chains, second, before=T0 + timedelta(days=33))
+
+    assert outcome.check.intact, outcome.check.lines()
+    assert _archived(second) == [(chains.spanning.chain_id, 4), (chains.spanning.chain_id, 5)]
+    assert gzip.decompress(_read(second)).count(b"\n") == 2
+    assert await _seqs(store, chains.spanning) == [6]
+    report = await verify_audit_log(log, chains.stream())
+    assert report.intact, report.lines()
+    assert report.archived_records == 11 and report.archive_runs == 2
+
+    together = await verify_archive_files([first, second], log)
+    assert together.intact, together.lines()
+    assert not [f for f in together.findings if f.severity == "note"], together.lines()
+    later_alone = await verify_archive_files([second], None)
+    assert later_alone.intact
+    assert [f.problem for f in later_alone.findings] == [
+        "audit-2.jsonl.gz: the chain starts at seq 4 here: records 1..3 are in an archive "
+        "not given (link unchecked)"]
+    swapped = await verify_archive_files([second, first], None)
+    assert not swapped.intact
+
+
+async def test_an_edited_archive_file_is_found(log: AuditLog, tmp_path: Path) -> None:
+    chains = Log()
+    await chains.write(log)
+    path = tmp_path / "audit.jsonl"
+    await _archive(log, chains, path)
+    lines = _read(path).splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"outcome":"OK"', b'"outcome":"ERR_AUTH_001"')
+    _write(path, b"".join(lines))
+
+    check = await verify_archive_files([path], log)
+
+    assert not check.intact
+    problems = [f.problem for f in check.findings]
+    assert "audit.jsonl: content does not match its record_hash (record edited)" in problems
+    assert "no archive run recorded in this database or these files wrote this file " \
+        "(another database's, or edited)" in problems
+    _write(path, b"not json\n")
+    broken = await verify_archive_files([path], None)
+    assert [f.line() for f in broken.findings] == [
+        f"error: file {path.name}: {path}, line 1: not an audit record"]
+
+
+async def test_key_versions_whose_creation_records_were_archived_are_not_flagged(
+    log: AuditLog, store: KeyStore, tenant: TenantRecord, tmp_path: Path,
+    new_material: Callable[[], NewKeyMaterial],
+) -> None:
+    await store.generate_first(tenant.tenant_id, Algorithm.KYBER768, new_material(), None)
+    now = datetime.now(UTC)
+    recorded = now - timedelta(microseconds=1)
+    chain = _opened(recorded)
+    chain.add(AuditKind.REQUEST, recorded, _record(
+        0, operation=Subject.KEYS_GENERATE.value, tenant_id=tenant.tenant_id,
+        algorithm=Algorithm.KYBER768.value, key_version=1))
+    chain.add(AuditKind.CLOSE, recorded)
+    await log.append(chain.entries)
+    later = now + timedelta(minutes=5)
+
+    await archive_audit_log(log, FakeStream(), tmp_path / "audit.jsonl", now,
+                            _messages(chain), now=later)
+
+    assert await _seqs(store, chain) == []
+    report = await verify_audit_log(log, None, now=later)
+    assert report.intact, report.lines()
+    # A version created after the cut-off without its record is still found.
+    await store.rotate(tenant.tenant_id, Algorithm.KYBER768, new_material(), None)
+    rotated = await verify_audit_log(log, None, now=datetime.now(UTC) + timedelta(minutes=5))
+    assert [f.problem.split(" (created")[0] for f in rotated.errors] == ["version 2"]
+
+
+async def test_an_attested_archive_covers_only_records_before_its_cut_off(
+    log: AuditLog, store: KeyStore, tmp_path: Path,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+    await _archive(log, chains, tmp_path / "audit.jsonl", before=T0 + timedelta(days=5))
+    spanning = chains.spanning
+    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain AND seq <= 4",
+               chain=spanning.chain_id)
+    await _sql(store, "UPDATE pqkms_audit_chain SET archived_seq = 4, archived_hash = :hash "
+               "WHERE chain_id = :chain", hash=spanning.entries[3].record_hash,
+               chain=spanning.chain_id)
+
+    streamed = await verify_audit_log(log, chains.stream())
+
+    assert _errors(streamed) == [(
+        spanning.chain_id, 4, "archived up to here (a record of 2025-02-01T00:00:00.000000Z), "
+        "but no archive run later than 2025-01-06T00:00:00.000000Z is attested in the stream "
+        "(records deleted and the anchor moved by hand?)")]
