@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy import text
 
 from schemas.algorithms import Algorithm
-from schemas.audit import AuditKind
+from schemas.audit import AUDIT_ARCHIVE_OPERATION, AuditKind
 from schemas.subjects import Subject
 from tests.support.audit_fakes import FakeStream
 from worker.audit import archive as archive_module
 from worker.audit.archive import ArchiveOutcome, archive_audit_log
 from worker.audit.archive_check import verify_archive_files
 from worker.audit.archive_file import ArchiveFileError, read_archive
-from worker.audit.entry import GENESIS_HASH, AuditEntry
+from worker.audit.entry import GENESIS_HASH, AuditEntry, canonical_time
 from worker.audit.verify import VerifyReport, verify_audit_log
 from worker.services.request_record import RequestRecord
 from worker.store import KeyStore, NewKeyMaterial, TenantRecord
@@ -369,12 +369,16 @@ async def test_key_versions_whose_creation_records_were_archived_are_not_flagged
     await log.append(chain.entries)
     later = now + timedelta(minutes=5)
 
-    await archive_audit_log(log, FakeStream(), tmp_path / "audit.jsonl", now,
+    published = FakeStream()
+    await archive_audit_log(log, published, tmp_path / "audit.jsonl", now,
                             _messages(chain), now=later)
 
     assert await _seqs(store, chain) == []
     report = await verify_audit_log(log, None, now=later)
     assert report.intact, report.lines()
+    stream = _messages(chain) + list(published.published.values())
+    streamed = await verify_audit_log(log, stream, now=later)
+    assert streamed.intact, streamed.lines()
     # A version created after the cut-off without its record is still found.
     await store.rotate(tenant.tenant_id, Algorithm.KYBER768, new_material(), None)
     rotated = await verify_audit_log(log, None, now=datetime.now(UTC) + timedelta(minutes=5))
@@ -400,3 +404,30 @@ async def test_an_attested_archive_covers_only_records_before_its_cut_off(
         spanning.chain_id, 4, "archived up to here (a record of 2025-02-01T00:00:00.000000Z), "
         "but no archive run later than 2025-01-06T00:00:00.000000Z is attested in the stream "
         "(records deleted and the anchor moved by hand?)")]
+
+
+async def test_an_archive_recorded_in_the_database_alone_does_not_excuse_a_key_version(
+    log: AuditLog, store: KeyStore, tenant: TenantRecord,
+    new_material: Callable[[], NewKeyMaterial],
+) -> None:
+    # A writer of the database adds a key version without its creation record, and a
+    # well-formed archive record of its own, whose cut-off lies after the version.
+    now = datetime.now(UTC)
+    worker = _opened(now - timedelta(hours=1))
+    await log.append(worker.entries)
+    await store.generate_first(tenant.tenant_id, Algorithm.KYBER768, new_material(), None)
+    forged = _opened(now)
+    forged.add(AuditKind.REQUEST, now + timedelta(seconds=2), _record(
+        0, operation=AUDIT_ARCHIVE_OPERATION, tenant_id=None, algorithm=None,
+        key_version=None, request_id=f"before={canonical_time(now + timedelta(seconds=1))} "
+        f"sha256={'0' * 64}"))
+    forged.add(AuditKind.CLOSE, now + timedelta(seconds=2))
+    await log.append(forged.entries)
+    later = now + timedelta(minutes=5)
+
+    # The stream (which the writer cannot add to) attests no archive: the version counts.
+    streamed = await verify_audit_log(log, _messages(worker), now=later)
+    assert [f.problem.split(" (created")[0] for f in streamed.errors] == ["version 1"]
+    assert streamed.archive_runs == 0
+    # Without the stream the database is trusted, as documented.
+    assert (await verify_audit_log(log, None, now=later)).archive_runs == 1

@@ -67,8 +67,8 @@ def attestation_of(entry: AuditEntry) -> ArchiveAttestation | None:
         before = datetime.fromisoformat(match["before"])
     except ValueError:
         return None
-    if before.tzinfo is None:
-        return None
+    if before.tzinfo is None or before > entry.recorded_at:
+        return None  # a run never archives what was not yet recorded
     return ArchiveAttestation(entry.chain_id, entry.seq, before.astimezone(UTC),
                               match["sha256"], entry.items)
 
