@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.subjects import SUBJECT_PREFIX
 
 __all__ = [
+    "AUDIT_ARCHIVE_ANCHOR_OPERATION",
     "AUDIT_ARCHIVE_OPERATION",
     "AUDIT_STREAM",
     "AUDIT_SUBJECT_PREFIX",
@@ -33,6 +34,8 @@ __all__ = [
 AUDIT_STREAM = "PQKMS_AUDIT"
 # The operation of the record ``pqkms audit archive`` writes of each run (its own chain).
 AUDIT_ARCHIVE_OPERATION = f"{SUBJECT_PREFIX}.audit.archive"
+# ...and of each chain anchor the run attests (docs/audit.md, "Archiving").
+AUDIT_ARCHIVE_ANCHOR_OPERATION = f"{SUBJECT_PREFIX}.audit.archive.anchor"
 AUDIT_SUBJECT_PREFIX = f"{SUBJECT_PREFIX}.audit"
 HEADER_AUDIT_RECORDS = "Pqkms-Audit-Records"
 

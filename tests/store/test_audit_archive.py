@@ -21,10 +21,11 @@ from worker.audit import archive as archive_module
 from worker.audit.archive import ArchiveOutcome, archive_audit_log
 from worker.audit.archive_check import verify_archive_files
 from worker.audit.archive_file import ArchiveFileError, read_archive
+from worker.audit.archive_record import ArchiveNotAttested
 from worker.audit.entry import GENESIS_HASH, AuditEntry, canonical_time
 from worker.audit.verify import VerifyReport, verify_audit_log
 from worker.services.request_record import RequestRecord
-from worker.store import KeyStore, NewKeyMaterial, TenantRecord
+from worker.store import KeyStore, NewKeyMaterial, TenantRecord, audit_archive_rows
 from worker.store.audit_log import AuditLog
 
 WORKER = "test-host:1"
@@ -167,8 +168,8 @@ async def test_a_past_period_leaves_for_a_file_and_the_rest_still_verifies(
     for stream in (chains.stream(), None):
         report = await verify_audit_log(log, stream)
         assert report.intact, report.lines()
-        # (and the archive's own chain: open, its record, close)
-        assert (report.chains, report.records, report.open_chains) == (4, 6, 2)
+        # (and the archive's own chain: open, the run, an anchor per chain, close)
+        assert (report.chains, report.records, report.open_chains) == (4, 9, 2)
         assert "archived: 9 record(s) moved to files by 1 archive run(s) (pqkms audit " \
             "verify-archive checks the files)" in report.lines()
 
@@ -181,7 +182,7 @@ async def test_a_past_period_leaves_for_a_file_and_the_rest_still_verifies(
     check = await verify_archive_files([path], log)
     assert check.intact, check.lines()
     assert check.lines()[-1] == ("archive intact: 1 file(s), 9 record(s), 3 chain(s); "
-                                 "database: 4 chain(s), 1 archive run(s) recorded")
+                                 "database: 4 chain(s), 1 archive run(s) known")
 
 
 async def test_nothing_is_archived_from_a_log_that_is_not_intact(
@@ -259,7 +260,7 @@ async def test_the_anchor_ties_what_remains_to_what_was_archived(
     check = await verify_archive_files([path], log)
     assert not check.intact
     assert [(f.chain_id, f.seq, f.problem) for f in check.findings if f.severity == "error"] \
-        == [(spanning, 3, "the database's archive anchor differs from this record in the file")]
+        == [(spanning, 3, "the database's archive anchor differs from this record in the files")]
 
 
 async def test_records_deleted_behind_a_moved_anchor_are_found_by_the_stream(
@@ -275,14 +276,11 @@ async def test_records_deleted_behind_a_moved_anchor_are_found_by_the_stream(
     await _sql(store, "UPDATE pqkms_audit_chain SET archived_seq = 4, archived_hash = :hash "
                "WHERE chain_id = :chain", hash=spanning.entries[3].record_hash,
                chain=spanning.chain_id)
-    database_only = await verify_audit_log(log, None)
-    assert database_only.intact  # the database alone trusts its anchors
-    assert database_only.archive_runs == 0  # but counts no archive run
-    streamed = await verify_audit_log(log, chains.stream())
-    assert _errors(streamed) == [(
-        spanning.chain_id, 4, "archived up to here (a record of 2025-02-01T00:00:00.000000Z), "
-        "but no archive run is attested in the stream (records deleted and the anchor moved "
-        "by hand?)")]
+    for stream, where in ((None, "database"), (chains.stream(), "stream")):
+        report = await verify_audit_log(log, stream)
+        assert _errors(report) == [(
+            spanning.chain_id, 4, f"archived up to here, but no archive run in the {where} "
+            "attests it (records deleted and the anchor moved by hand?)")]
     # Nor does an archive run go ahead on such a log.
     refused = await _archive(log, chains, tmp_path / "audit.jsonl", before=T0 + timedelta(days=5))
     assert not refused.archived and not refused.check.intact
@@ -347,7 +345,7 @@ async def test_an_edited_archive_file_is_found(log: AuditLog, tmp_path: Path) ->
     problems = [f.problem for f in check.findings]
     assert "audit.jsonl: content does not match its record_hash (record edited)" in problems
     assert "no archive run recorded in this database or these files wrote this file " \
-        "(another database's, or edited)" in problems
+        "(another database's, or edited or recompressed)" in problems
     _write(path, b"not json\n")
     broken = await verify_archive_files([path], None)
     assert [f.line() for f in broken.findings] == [
@@ -385,25 +383,109 @@ async def test_key_versions_whose_creation_records_were_archived_are_not_flagged
     assert [f.problem.split(" (created")[0] for f in rotated.errors] == ["version 2"]
 
 
-async def test_an_attested_archive_covers_only_records_before_its_cut_off(
+async def test_a_record_an_archive_left_cannot_be_deleted_as_if_archived(
+    log: AuditLog, store: KeyStore, tmp_path: Path,
+) -> None:
+    # The idle chain keeps its last record (seq 3) out of the archive; its worker goes
+    # on; then a writer deletes seq 3 and moves the anchor onto it.
+    chains = Log()
+    await chains.write(log)
+    path = tmp_path / "audit.jsonl"
+    await _archive(log, chains, path)
+    idle = chains.idle
+    idle.requests(_days(40))
+    await log.append(idle.entries[-1:])
+    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain AND seq = 3",
+               chain=idle.chain_id)
+    await _sql(store, "UPDATE pqkms_audit_chain SET archived_seq = 3, archived_hash = :hash "
+               "WHERE chain_id = :chain", hash=idle.entries[2].record_hash,
+               chain=idle.chain_id)
+
+    for stream, where in ((None, "database"), (chains.stream(), "stream")):
+        report = await verify_audit_log(log, stream)
+        assert _errors(report) == [(
+            idle.chain_id, 3, f"archived up to here, beyond seq 2, the last an archive run in "
+            f"the {where} attests (records deleted and the anchor moved by hand?)")]
+    check = await verify_archive_files([path], log)
+    assert [(f.chain_id, f.seq, f.problem) for f in check.findings if f.severity == "error"] \
+        == [(idle.chain_id, 3, "archived up to here in the database, but the files hold up "
+             "to seq 2 (a file not given, or records deleted)")]
+
+
+async def test_a_run_whose_records_did_not_reach_the_stream_deletes_nothing_and_excuses_nothing(
     log: AuditLog, store: KeyStore, tmp_path: Path,
 ) -> None:
     chains = Log()
     await chains.write(log)
-    await _archive(log, chains, tmp_path / "audit.jsonl", before=T0 + timedelta(days=5))
-    spanning = chains.spanning
-    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain AND seq <= 4",
-               chain=spanning.chain_id)
+    chains.published.fail = True
+    path = tmp_path / "audit.jsonl"
+
+    with pytest.raises(ArchiveNotAttested, match=r"did not reach the PQKMS_AUDIT stream .*"
+                       r"nothing was deleted: .*audit.jsonl holds the records"):
+        await _archive(log, chains, path)
+
+    assert _leftovers(tmp_path) == [path]  # kept: the run may have reached the stream
+    assert await _seqs(store, chains.done) == [1, 2, 3, 4]
+    # A writer now deletes what the run would have: its records in the database alone
+    # (newer than what the stream holds) do not vouch for that.
+    done = chains.done
+    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain",
+               chain=done.chain_id)
     await _sql(store, "UPDATE pqkms_audit_chain SET archived_seq = 4, archived_hash = :hash "
-               "WHERE chain_id = :chain", hash=spanning.entries[3].record_hash,
-               chain=spanning.chain_id)
+               "WHERE chain_id = :chain", hash=done.entries[3].record_hash,
+               chain=done.chain_id)
+    report = await verify_audit_log(log, chains.stream())
+    assert (done.chain_id, 4, "archived up to here, but no archive run in the stream attests "
+            "it (records deleted and the anchor moved by hand?)") in _errors(report)
 
-    streamed = await verify_audit_log(log, chains.stream())
 
-    assert _errors(streamed) == [(
-        spanning.chain_id, 4, "archived up to here (a record of 2025-02-01T00:00:00.000000Z), "
-        "but no archive run later than 2025-01-06T00:00:00.000000Z is attested in the stream "
-        "(records deleted and the anchor moved by hand?)")]
+async def test_a_stopped_deletion_and_a_second_run_leave_files_that_verify_together(
+    log: AuditLog, store: KeyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+    first, second = tmp_path / "audit-1.jsonl", tmp_path / "audit-2.jsonl"
+    real_drop = audit_archive_rows.drop_archived
+    calls = 0
+
+    async def stopped(*args: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise KeyboardInterrupt  # Ctrl-C after the first chain
+        return await real_drop(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(archive_module, "drop_archived", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        await _archive(log, chains, first)
+    monkeypatch.setattr(archive_module, "drop_archived", real_drop)
+    assert (await verify_audit_log(log, chains.stream())).intact
+
+    outcome = await _archive(log, chains, second)
+
+    assert outcome.check.intact and outcome.archived, outcome.lines()
+    report = await verify_audit_log(log, chains.stream())
+    assert report.intact, report.lines()
+    check = await verify_archive_files([first, second], log)
+    assert check.intact, check.lines()
+    assert any("repeated, identical" in f.problem for f in check.findings)
+
+
+async def test_anchors_whose_run_left_the_stream_are_taken_from_the_database(
+    log: AuditLog, tmp_path: Path,
+) -> None:
+    # The stream's max age removed everything up to and including the archive run;
+    # it now holds only what came after.
+    chains = Log()
+    await chains.write(log)
+    await _archive(log, chains, tmp_path / "audit.jsonl")
+    later = _opened(datetime.now(UTC) + timedelta(hours=1))
+    later.requests([datetime.now(UTC) + timedelta(hours=2)])
+    await log.append(later.entries)
+
+    report = await verify_audit_log(log, _messages(later))
+
+    assert report.intact, report.lines()
 
 
 async def test_an_archive_recorded_in_the_database_alone_does_not_excuse_a_key_version(

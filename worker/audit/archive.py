@@ -27,10 +27,11 @@ from pathlib import Path
 
 from schemas.audit import AUDIT_STREAM
 from worker.audit.archive_file import ArchiveWriter
-from worker.audit.archive_record import RecordPublisher, attest_archive
+from worker.audit.archive_record import ArchiveNotAttested, RecordPublisher, attest_archive
 from worker.audit.entry import GENESIS_HASH, AuditEntry, canonical_time
 from worker.audit.stream import AuditStream
 from worker.audit.verify import (
+    CREATION_GRACE,
     InvalidSince,
     VerifyReport,
     audit_connection,
@@ -178,6 +179,21 @@ async def _select(entries: AsyncIterator[AuditEntry], heads: Mapping[str, ChainH
     return selection.cuts
 
 
+def _anchors(heads: Mapping[str, ChainHead],
+             cuts: list[_ChainCut]) -> list[tuple[str, int, str, int]]:
+    """Every chain's anchor once this run is done: ``(chain, seq, hash, records moved by
+    this run)``, chains this run leaves alone included."""
+    moved = {cut.chain_id: cut for cut in cuts}
+    anchors = []
+    for chain_id, head in sorted(heads.items()):
+        cut = moved.get(chain_id)
+        if cut is not None and cut.last is not None:
+            anchors.append((chain_id, cut.last.seq, cut.last.record_hash, cut.records))
+        elif head.archived_seq and head.archived_hash is not None:
+            anchors.append((chain_id, head.archived_seq, head.archived_hash, 0))
+    return anchors
+
+
 async def archive_audit_log(log: AuditLog, stream: RecordPublisher, out: Path,
                             before: datetime, stream_bodies: list[bytes], *,
                             since: datetime | None = None,
@@ -188,12 +204,13 @@ async def archive_audit_log(log: AuditLog, stream: RecordPublisher, out: Path,
     written when the check finds an error."""
     started = time.monotonic()
     moment = now or datetime.now(UTC)
-    check = await verify_audit_log(log, stream_bodies, since=since, now=moment)
-    outcome = ArchiveOutcome(check, before)
-    if not check.intact:
-        return outcome
-    writer = ArchiveWriter(out)
+    writer = ArchiveWriter(out)  # (refuses a taken name before the long check)
     try:
+        check = await verify_audit_log(log, stream_bodies, since=since, now=moment)
+        outcome = ArchiveOutcome(check, before)
+        if not check.intact:
+            writer.discard()
+            return outcome
         async with log.snapshot() as snapshot:
             heads = {head.chain_id: head for head in await snapshot.chains()}
             cuts = await _select(snapshot.entries(), heads, before, writer)
@@ -201,14 +218,21 @@ async def archive_audit_log(log: AuditLog, stream: RecordPublisher, out: Path,
             writer.discard()
             return outcome
         sha256 = writer.finish()
-        # Attested before the file takes its name and before anything is deleted: from
-        # then on verify accepts anchors up to the cut-off.
-        await attest_archive(log, stream, before, sha256, writer.records,
-                             time.monotonic() - started)
         writer.commit()
     except BaseException:
         writer.discard()
         raise
+    # The file is on disk under its name before the run is attested: an attested anchor
+    # always has its records in a file.
+    try:
+        await attest_archive(log, stream, before, sha256, writer.records,
+                             time.monotonic() - started, _anchors(heads, cuts))
+    except ArchiveNotAttested as exc:
+        raise ArchiveNotAttested(
+            f"{exc}; nothing was deleted: {out} holds the records, which are still in the "
+            "database; keep the file (the stream may have stored the run even so, an ack "
+            "lost), and run the archive again with another --out"
+        ) from None
     outcome.path, outcome.sha256 = out, sha256
     outcome.records, outcome.chains = writer.records, len(cuts)
     outcome.whole_chains = sum(cut.last is not None and cut.last.seq == cut.closed_at_seq
@@ -227,16 +251,21 @@ async def archive_from_settings(settings: Settings, out: Path, before: str, *,
     now = datetime.now(UTC)
     cutoff = parse_since(before, option="--before")
     start = None if since is None else parse_since(since)
-    for name, moment in (("--before", cutoff), ("--since", start)):
-        if moment is not None and moment > now:
-            raise InvalidSince(f"{name} {canonical_time(moment)} is in the future")
+    if start is not None and start > now:
+        raise InvalidSince(f"--since {canonical_time(start)} is in the future")
+    if cutoff > now - CREATION_GRACE:
+        # Key versions younger than the grace are not yet judged against their creation
+        # records; after the archive they never would be.
+        raise InvalidSince(f"--before {canonical_time(cutoff)} is in the future or less than "
+                           f"{CREATION_GRACE.seconds} s ago")
     async with audit_connection(settings) as (client, where):
         bodies, stream_status = await read_stream_bodies(client, where)
         if client is None or bodies is None:
             raise ArchiveNeedsStream(
-                f"the archive needs the {AUDIT_STREAM} stream, where its own record goes "
-                f"and against which the log is verified first: stream {stream_status} "
-                "(docs/audit.md, 'Archiving')")
+                f"the archive needs the {AUDIT_STREAM} stream, where its own records go "
+                f"and against which the log is verified first: stream {stream_status}; "
+                "under pqkms up, run it with the workers' NATS rights (docs/audit.md, "
+                "'Archiving')")
         stream = AuditStream(connection=lambda: client, manage_stream=False)
         log = AuditLog.connect(settings.resolved_database_url())
         try:

@@ -2,27 +2,28 @@
 
 In the files, given oldest first (a chain may go on from one file to the next): every
 record's hash recomputed, seqs contiguous per chain, every ``prev_hash`` the hash of the
-record before it (record 1: the genesis hash). A chain whose first record in the files
-is not record 1 continues an archive that was not given: its first link is unchecked
-(a note).
+record before it (record 1: the genesis hash). A record repeated with the same hash (an
+archive run again after one that stopped before deleting) is a note; with another hash,
+an error. A chain whose first record in the files is not record 1 continues an archive
+that was not given: its first link is unchecked (a note).
 
-Against the database, when given: a chain whose anchor (``archived_seq``) is a record
-of the files must have that record's hash as its anchor hash, the link on which the
-records still in the database hang; each file's SHA-256 should be that of an archive
-run recorded in the database or in the files (a note otherwise: a file from another
-database, or edited).
+Against the database, when given: every chain archived in the database must be in the
+files up to its anchor (``archived_seq``), whose record there must carry the anchor's
+hash, the link on which the records still in the database hang; each file's SHA-256
+should be that of an archive run recorded in the database or in the files (a note
+otherwise: a file from another database, or edited or recompressed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.audit import AUDIT_ARCHIVE_OPERATION
 from worker.audit.archive_file import ArchiveFileError, file_sha256, read_archive
-from worker.audit.archive_record import ArchiveAttestation, attestation_of
-from worker.audit.entry import GENESIS_HASH
+from worker.audit.archive_record import run_of
+from worker.audit.entry import GENESIS_HASH, AuditEntry
 from worker.audit.verify import Finding, Severity
 from worker.store.audit_log import AuditLog, ChainHead
 
@@ -34,8 +35,8 @@ class _ChainState:
     first_seq: int
     last_seq: int
     last_hash: str
-    # seq -> hash of the records an anchor could point at (each file's last one per chain)
-    ends: dict[int, str] = field(default_factory=dict)
+    # The hash of the record at the database's anchor, once read.
+    anchor_hash: str | None = None
 
 
 @dataclass(slots=True)
@@ -62,89 +63,120 @@ class ArchiveCheck:
                 f"{self.chains} chain(s); database: {self.database}"]
 
 
-def _check_file(path: Path, chains: dict[str, _ChainState], check: ArchiveCheck,
-                attested: list[ArchiveAttestation]) -> None:
-    findings = check.findings
-    last_in_file: dict[str, tuple[int, str]] = {}
-    try:
-        for _, entry in read_archive(path):
-            check.records += 1
-            seq, chain_id = entry.seq, entry.chain_id
-            if entry.computed_hash() != entry.record_hash:
-                findings.append(Finding(chain_id, seq, f"{path.name}: content does not match "
-                                                       "its record_hash (record edited)"))
-            elif (attestation := attestation_of(entry)) is not None:
-                attested.append(attestation)
-            state = chains.get(chain_id)
-            if state is None:
-                chains[chain_id] = _ChainState(seq, seq, entry.record_hash)
-                if seq == 1 and entry.prev_hash != GENESIS_HASH:
-                    findings.append(Finding(chain_id, seq, f"{path.name}: prev_hash is not "
-                                                           "the genesis hash"))
-                elif seq != 1:
-                    findings.append(Finding(
-                        chain_id, seq, f"{path.name}: the chain starts at seq {seq} here: "
-                        f"records 1..{seq - 1} are in an archive not given (link unchecked)",
-                        Severity.NOTE))
-            elif seq != state.last_seq + 1:
-                findings.append(Finding(chain_id, seq, f"{path.name}: expected seq "
-                                                       f"{state.last_seq + 1} (records missing, "
-                                                       "repeated or out of order)"))
-                state.last_seq, state.last_hash = seq, entry.record_hash
-            else:
-                if entry.prev_hash != state.last_hash:
-                    findings.append(Finding(chain_id, seq, f"{path.name}: prev_hash does not "
-                                                           f"match the hash of record {seq - 1}"))
-                state.last_seq, state.last_hash = seq, entry.record_hash
-            last_in_file[chain_id] = (seq, entry.record_hash)
-    except ArchiveFileError as exc:
-        findings.append(Finding(path.name, None, str(exc), scope="file"))
-    for chain_id, (seq, digest) in last_in_file.items():
-        chains[chain_id].ends[seq] = digest
+class _FileWalk:
+    """Reads the files in order, chain by chain state."""
+
+    def __init__(self, check: ArchiveCheck, anchors: Mapping[str, int]) -> None:
+        self.check = check
+        self.anchors = anchors
+        self.chains: dict[str, _ChainState] = {}
+        self.sha256s: set[str] = set()  # of the runs recorded in the files
+        self._repeats: dict[tuple[str, str], list[int]] = {}
+
+    def file(self, path: Path) -> None:
+        try:
+            for _, entry in read_archive(path):
+                self.check.records += 1
+                self._record(path.name, entry)
+        except ArchiveFileError as exc:
+            self.check.findings.append(Finding(path.name, None, str(exc), scope="file"))
+        for (name, chain_id), seqs in self._repeats.items():
+            self.check.findings.append(Finding(
+                chain_id, seqs[0], f"{name}: records {seqs[0]}..{seqs[-1]} repeated, "
+                "identical (an archive run again after one that stopped before deleting)",
+                Severity.NOTE))
+        self._repeats.clear()
+
+    def _error(self, chain_id: str, seq: int, problem: str) -> None:
+        self.check.findings.append(Finding(chain_id, seq, problem))
+
+    def _record(self, name: str, entry: AuditEntry) -> None:
+        seq, chain_id, digest = entry.seq, entry.chain_id, entry.record_hash
+        if entry.computed_hash() != digest:
+            self._error(chain_id, seq, f"{name}: content does not match its record_hash "
+                                       "(record edited)")
+        elif (run := run_of(entry)) is not None:
+            self.sha256s.add(run.sha256)
+        state = self.chains.get(chain_id)
+        if state is None:
+            state = self.chains[chain_id] = _ChainState(seq, seq, digest)
+            if seq == 1 and entry.prev_hash != GENESIS_HASH:
+                self._error(chain_id, seq, f"{name}: prev_hash is not the genesis hash")
+            elif seq != 1:
+                self.check.findings.append(Finding(
+                    chain_id, seq, f"{name}: the chain starts at seq {seq} here: records "
+                    f"1..{seq - 1} are in an archive not given (link unchecked)",
+                    Severity.NOTE))
+        elif seq <= state.last_seq and seq >= state.first_seq:
+            # Seen before: a repeat is harmless only if it is the same record.
+            if seq == self.anchors.get(chain_id) and state.anchor_hash not in (None, digest):
+                self._error(chain_id, seq, f"{name}: differs from the same record in an "
+                                           "earlier file")
+            self._repeats.setdefault((name, chain_id), []).append(seq)
+            return
+        elif seq != state.last_seq + 1:
+            self._error(chain_id, seq, f"{name}: expected seq {state.last_seq + 1} "
+                                       "(records missing or out of order)")
+            state.last_seq, state.last_hash = seq, digest
+        else:
+            if entry.prev_hash != state.last_hash:
+                self._error(chain_id, seq, f"{name}: prev_hash does not match the hash of "
+                                           f"record {seq - 1}")
+            state.last_seq, state.last_hash = seq, digest
+        if seq == self.anchors.get(chain_id):
+            state.anchor_hash = digest
 
 
-def _against_database(chains: dict[str, _ChainState], heads: dict[str, ChainHead],
+def _against_database(chains: Mapping[str, _ChainState], heads: Mapping[str, ChainHead],
                       check: ArchiveCheck) -> None:
+    for chain_id, head in sorted(heads.items()):
+        anchor = head.archived_seq
+        if not anchor:
+            continue
+        state = chains.get(chain_id)
+        if state is None or state.last_seq < anchor:
+            held = "none of them" if state is None else f"up to seq {state.last_seq}"
+            check.findings.append(Finding(
+                chain_id, anchor, f"archived up to here in the database, but the files hold "
+                f"{held} (a file not given, or records deleted)"))
+        elif state.first_seq <= anchor and state.anchor_hash != head.archived_hash:
+            check.findings.append(Finding(chain_id, anchor, "the database's archive anchor "
+                                          "differs from this record in the files"))
     for chain_id, state in sorted(chains.items()):
-        head = heads.get(chain_id)
-        if head is None:
+        found = heads.get(chain_id)
+        if found is None:
             check.findings.append(Finding(chain_id, None, "not in this database (no "
                                           "pqkms_audit_chain row)", Severity.NOTE))
-            continue
-        anchor = head.archived_seq
-        if state.first_seq <= anchor <= state.last_seq:
-            expected = state.ends.get(anchor)
-            if expected is None:
-                check.findings.append(Finding(chain_id, anchor, "the database's archive anchor "
-                                              "is not the last record of a file",
-                                              Severity.ERROR))
-            elif expected != head.archived_hash:
-                check.findings.append(Finding(chain_id, anchor, "the database's archive "
-                                              "anchor differs from this record in the file"))
-        elif anchor < state.last_seq:
+        elif found.archived_seq < state.last_seq:
             check.findings.append(Finding(
-                chain_id, anchor + 1, f"records {anchor + 1}..{state.last_seq} are in a file "
-                "but not archived in the database (an archive stopped before it deleted "
-                "them: they are in the database too)", Severity.NOTE))
+                chain_id, found.archived_seq + 1, f"records {found.archived_seq + 1}.."
+                f"{state.last_seq} are in a file but not archived in the database (a run "
+                "that stopped before deleting them: they are in the database too)",
+                Severity.NOTE))
 
 
 async def verify_archive_files(paths: Sequence[Path], log: AuditLog | None) -> ArchiveCheck:
     """Check ``paths`` (oldest first), and against ``log``'s chains and archive runs
     unless it is ``None``."""
     check = ArchiveCheck(files=len(paths))
-    chains: dict[str, _ChainState] = {}
-    attested: list[ArchiveAttestation] = []  # earlier runs' records, archived since
+    heads: dict[str, ChainHead] = {}
+    recorded: set[str] = set()
+    if log is not None:
+        async with log.snapshot() as snapshot:
+            heads = {head.chain_id: head for head in await snapshot.chains()}
+            for entry in await snapshot.entries_of(AUDIT_ARCHIVE_OPERATION):
+                run = run_of(entry)
+                if run is not None:
+                    recorded.add(run.sha256)
+    walk = _FileWalk(check, {chain_id: head.archived_seq for chain_id, head in heads.items()
+                             if head.archived_seq})
     for path in paths:
-        _check_file(path, chains, check, attested)
-    check.chains = len(chains)
+        walk.file(path)
+    check.chains = len(walk.chains)
     if log is None:
         return check
-    async with log.snapshot() as snapshot:
-        heads = {head.chain_id: head for head in await snapshot.chains()}
-        runs = [attestation_of(entry)
-                for entry in await snapshot.entries_of(AUDIT_ARCHIVE_OPERATION)]
-    _against_database(chains, heads, check)
-    recorded = {run.sha256 for run in [*runs, *attested] if run is not None}
+    _against_database(walk.chains, heads, check)
+    recorded |= walk.sha256s
     for path in paths:
         try:
             digest = file_sha256(path)
@@ -153,8 +185,8 @@ async def verify_archive_files(paths: Sequence[Path], log: AuditLog | None) -> A
         if digest not in recorded:
             check.findings.append(Finding(path.name, None, "no archive run recorded in this "
                                           "database or these files wrote this file (another "
-                                          "database's, or edited)", Severity.NOTE,
-                                          scope="file"))
-    check.database = f"{len(heads)} chain(s), {len(runs)} archive run(s) recorded"
+                                          "database's, or edited or recompressed)",
+                                          Severity.NOTE, scope="file"))
+    check.database = f"{len(heads)} chain(s), {len(recorded)} archive run(s) known"
     check.findings.sort(key=lambda f: (f.severity is Severity.NOTE, f.chain_id, f.seq or 0))
     return check

@@ -45,6 +45,8 @@ class ArchiveWriter:
     def __init__(self, path: Path) -> None:
         if path.exists():
             raise ArchiveFileError(f"{path} exists: an archive file is never overwritten")
+        if not path.parent.exists():
+            raise ArchiveFileError(f"{path.parent} does not exist")
         if not path.parent.is_dir():
             raise ArchiveFileError(f"{path.parent} is not a directory")
         self.path = path

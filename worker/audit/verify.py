@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from schemas.audit import AUDIT_STREAM, AuditKind
 from schemas.subjects import Subject
-from worker.audit.archive_record import ArchiveAttestation, attestation_of
+from worker.audit.archive_record import ArchiveAnchor, ArchiveRun, anchor_of, run_of
 from worker.audit.entry import GENESIS_HASH, AuditEntry, canonical_time
 from worker.config import Settings
 from worker.store.audit_log import AuditLog, ChainHead, KeyVersionRow
@@ -197,13 +197,11 @@ class _StreamCopy:
     count only when that chain is judged (see ``since``).
     """
 
-    def __init__(self, bodies: list[bytes], findings: list[Finding],
-                 anchors: Mapping[str, int]) -> None:
-        """``anchors``: the seq each chain is archived up to, whose copy's time is kept."""
+    def __init__(self, bodies: list[bytes], findings: list[Finding]) -> None:
         self.hashes: dict[str, dict[int, str]] = defaultdict(dict)
         self.findings: dict[str, list[Finding]] = defaultdict(list)
         self.latest: dict[str, datetime] = {}
-        self.anchor_times: dict[str, datetime] = {}
+        self.oldest: datetime | None = None  # the earliest record the stream still holds
         self.archives = _Archives()
         self.count = 0
         for body in bodies:
@@ -220,8 +218,8 @@ class _StreamCopy:
                                      "stream copy does not match its own hash"))
             else:
                 self.archives.add(entry)
-            if anchors.get(entry.chain_id) == entry.seq:
-                self.anchor_times[entry.chain_id] = entry.recorded_at
+            if self.oldest is None or entry.recorded_at < self.oldest:
+                self.oldest = entry.recorded_at
             known = self.hashes[entry.chain_id].get(entry.seq)
             if known is not None and known != entry.record_hash:
                 chain.append(Finding(entry.chain_id, entry.seq,
@@ -253,29 +251,19 @@ class _ChainCheck:
             self.prev_hash = head.archived_hash
             if head.archived_hash is None:
                 self.error(self.archived, "archived up to here, but the anchor has no hash")
-            if stream is not None:
-                self._take_archived_copies(head, stream)
+            if self.stream is not None:
+                self._take_archived_copies(head, self.stream)
 
-    def _take_archived_copies(self, head: ChainHead, stream: _StreamCopy) -> None:
-        """Stream copies of archived records are in an archive file, not missing. The
-        anchor must be the stream's copy of the last archived record, and an archive
-        the stream attests must have taken it: one whose cut-off is later."""
-        assert self.stream is not None
-        anchor_copy = self.stream.get(self.archived)
+    def _take_archived_copies(self, head: ChainHead, copies: dict[int, str]) -> None:
+        """Stream copies of archived records are in an archive file, not missing; the
+        anchor must be the stream's copy of the last archived record. (Whether an
+        archive run attests the anchor is checked once every record is read.)"""
+        anchor_copy = copies.get(self.archived)
         if anchor_copy is not None and anchor_copy != head.archived_hash:
             self.error(self.archived, "the archive anchor differs from the stream's copy of "
                                       "this record (anchor or database edited)")
-        recorded = stream.anchor_times.get(self.chain_id)
-        attested = stream.archives.latest_before
-        if recorded is not None and (attested is None or recorded >= attested):
-            covered = "no archive run" if attested is None else \
-                f"no archive run later than {canonical_time(attested)}"
-            self.error(self.archived, f"archived up to here (a record of "
-                                      f"{canonical_time(recorded)}), but {covered} is "
-                                      "attested in the stream (records deleted and the "
-                                      "anchor moved by hand?)")
-        for seq in [seq for seq in self.stream if seq <= self.archived]:
-            del self.stream[seq]
+        for seq in [seq for seq in copies if seq <= self.archived]:
+            del copies[seq]
 
     def error(self, seq: int | None, problem: str) -> None:
         self.findings.append(Finding(self.chain_id, seq, problem))
@@ -354,26 +342,29 @@ class _ChainCheck:
 
 
 class _Archives:
-    """The archive runs that records attest (``pqkms audit archive``'s own records), by
-    the chain that records each."""
+    """What archive runs' own records attest: the runs (by the chain that records each)
+    and, per chain, the furthest anchor attested."""
 
     def __init__(self) -> None:
-        self.runs: dict[str, ArchiveAttestation] = {}
+        self.runs: dict[str, ArchiveRun] = {}
+        self.anchors: dict[str, ArchiveAnchor] = {}
 
     def add(self, entry: AuditEntry) -> None:
-        attestation = attestation_of(entry)
-        if attestation is not None:
-            self.runs[attestation.chain_id] = attestation
+        run = run_of(entry)
+        if run is not None:
+            self.runs[run.chain_id] = run
+            return
+        anchor = anchor_of(entry)
+        if anchor is not None:
+            known = self.anchors.get(anchor.chain_id)
+            if known is None or (anchor.seq, anchor.recorded_at) > (known.seq,
+                                                                     known.recorded_at):
+                self.anchors[anchor.chain_id] = anchor
 
     @property
     def latest_before(self) -> datetime | None:
         """The latest cut-off: every record before it may be in an archive file."""
         return max((run.recorded_before for run in self.runs.values()), default=None)
-
-    @property
-    def records(self) -> int:
-        """Records the runs archived, together."""
-        return sum(run.records for run in self.runs.values())
 
 
 # A version younger than this may still have its record in a worker's group commit.
@@ -422,6 +413,37 @@ class _Creations:
         ]
 
 
+def _unattested_anchors(heads: Mapping[str, ChainHead], database: _Archives,
+                        stream: _StreamCopy | None) -> list[Finding]:
+    """Every anchor must be one an archive run attests (or short of it: a run whose
+    deletion was interrupted). With the stream, the run must be in the stream, unless
+    its record is older than anything the stream still holds (expired by its max age):
+    then the database's copy is all there is."""
+    findings = []
+    for chain_id, head in sorted(heads.items()):
+        if not head.archived_seq:
+            continue
+        where = "in the database"
+        attested = database.anchors.get(chain_id)
+        if stream is not None:
+            where = "in the stream"
+            expired = attested is not None and (
+                stream.oldest is None or attested.recorded_at < stream.oldest)
+            attested = stream.archives.anchors.get(chain_id) or (attested if expired else None)
+        if attested is None:
+            problem = (f"archived up to here, but no archive run {where} attests it (records "
+                       "deleted and the anchor moved by hand?)")
+        elif head.archived_seq > attested.seq:
+            problem = (f"archived up to here, beyond seq {attested.seq}, the last an archive "
+                       f"run {where} attests (records deleted and the anchor moved by hand?)")
+        elif head.archived_seq == attested.seq and head.archived_hash != attested.record_hash:
+            problem = "the archive anchor differs from the one its archive run attests"
+        else:
+            continue
+        findings.append(Finding(chain_id, head.archived_seq, problem))
+    return findings
+
+
 async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
                            now: datetime | None = None,
                            since: datetime | None = None) -> VerifyReport:
@@ -452,9 +474,7 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
     async with log.snapshot() as snapshot:
         heads = {head.chain_id: head for head in await snapshot.chains()}
         if stream_bodies is not None:
-            anchors = {head.chain_id: head.archived_seq for head in heads.values()
-                       if head.archived_seq}
-            stream = _StreamCopy(stream_bodies, findings, anchors)
+            stream = _StreamCopy(stream_bodies, findings)
             report.stream_records = stream.count
         check: _ChainCheck | None = None
         seen: set[str] = set()
@@ -488,11 +508,13 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
         if check is not None:
             finish(check)
         versions = await snapshot.key_versions()
+        findings.extend(_unattested_anchors(heads, archives, stream))
         if stream is not None:
             # Only the stream attests an archive: a run recorded in the database alone
             # could be a writer's, lifting the key check over a version it made.
             archives = stream.archives
-        report.archive_runs, report.archived_records = len(archives.runs), archives.records
+        report.archive_runs = len(archives.runs)
+        report.archived_records = sum(head.archived_seq for head in heads.values())
         findings.extend(creations.unrecorded(versions, now or datetime.now(UTC), since,
                                              archives.latest_before))
         if since is not None:
