@@ -93,6 +93,18 @@ async def _sql(store: KeyStore, statement: str, **params: object) -> None:
         await connection.execute(text(statement), params)
 
 
+async def _delete_as_if_archived(store: KeyStore, chain: Chain, first: int,
+                                 through: int) -> None:
+    """What a writer of the database can do: delete records ``first..through`` and move
+    the chain's anchor onto ``through``, as an archive would have."""
+    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain "
+               "AND seq BETWEEN :first AND :through", chain=chain.chain_id, first=first,
+               through=through)
+    await _sql(store, "UPDATE pqkms_audit_chain SET archived_seq = :through, "
+               "archived_hash = :hash WHERE chain_id = :chain", through=through,
+               hash=chain.entries[through - 1].record_hash, chain=chain.chain_id)
+
+
 def _archived(path: Path) -> list[tuple[str, int]]:
     return [(entry.chain_id, entry.seq) for _, entry in read_archive(path)]
 
@@ -271,11 +283,7 @@ async def test_records_deleted_behind_a_moved_anchor_are_found_by_the_stream(
     chains = Log()
     await chains.write(log)
     spanning = chains.spanning
-    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain AND seq <= 4",
-               chain=spanning.chain_id)
-    await _sql(store, "UPDATE pqkms_audit_chain SET archived_seq = 4, archived_hash = :hash "
-               "WHERE chain_id = :chain", hash=spanning.entries[3].record_hash,
-               chain=spanning.chain_id)
+    await _delete_as_if_archived(store, spanning, 1, 4)
     for stream, where in ((None, "database"), (chains.stream(), "stream")):
         report = await verify_audit_log(log, stream)
         assert _errors(report) == [(
@@ -395,11 +403,7 @@ async def test_a_record_an_archive_left_cannot_be_deleted_as_if_archived(
     idle = chains.idle
     idle.requests(_days(40))
     await log.append(idle.entries[-1:])
-    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain AND seq = 3",
-               chain=idle.chain_id)
-    await _sql(store, "UPDATE pqkms_audit_chain SET archived_seq = 3, archived_hash = :hash "
-               "WHERE chain_id = :chain", hash=idle.entries[2].record_hash,
-               chain=idle.chain_id)
+    await _delete_as_if_archived(store, idle, 3, 3)
 
     for stream, where in ((None, "database"), (chains.stream(), "stream")):
         report = await verify_audit_log(log, stream)
@@ -429,11 +433,7 @@ async def test_a_run_whose_records_did_not_reach_the_stream_deletes_nothing_and_
     # A writer now deletes what the run would have: its records in the database alone
     # (newer than what the stream holds) do not vouch for that.
     done = chains.done
-    await _sql(store, "DELETE FROM pqkms_audit_record WHERE chain_id = :chain",
-               chain=done.chain_id)
-    await _sql(store, "UPDATE pqkms_audit_chain SET archived_seq = 4, archived_hash = :hash "
-               "WHERE chain_id = :chain", hash=done.entries[3].record_hash,
-               chain=done.chain_id)
+    await _delete_as_if_archived(store, done, 1, 4)
     report = await verify_audit_log(log, chains.stream())
     assert (done.chain_id, 4, "archived up to here, but no archive run in the stream attests "
             "it (records deleted and the anchor moved by hand?)") in _errors(report)

@@ -81,12 +81,16 @@ class ArchiveAnchor:
     recorded_at: datetime
 
 
+def _matched(entry: AuditEntry, operation: str, form: re.Pattern[str]) -> re.Match[str] | None:
+    """``entry``'s ``request_id`` read by ``form`` if it records ``operation``, done."""
+    if entry.operation != operation or entry.outcome != "OK" or entry.request_id is None:
+        return None
+    return form.fullmatch(entry.request_id)
+
+
 def run_of(entry: AuditEntry) -> ArchiveRun | None:
     """The archive run ``entry`` records, or ``None`` when it records something else."""
-    if entry.operation != AUDIT_ARCHIVE_OPERATION or entry.outcome != "OK" \
-            or entry.request_id is None:
-        return None
-    match = _RUN.fullmatch(entry.request_id)
+    match = _matched(entry, AUDIT_ARCHIVE_OPERATION, _RUN)
     if match is None:
         return None
     try:
@@ -100,10 +104,7 @@ def run_of(entry: AuditEntry) -> ArchiveRun | None:
 
 def anchor_of(entry: AuditEntry) -> ArchiveAnchor | None:
     """The anchor ``entry`` attests, or ``None`` when it records something else."""
-    if entry.operation != AUDIT_ARCHIVE_ANCHOR_OPERATION or entry.outcome != "OK" \
-            or entry.request_id is None:
-        return None
-    match = _ANCHOR.fullmatch(entry.request_id)
+    match = _matched(entry, AUDIT_ARCHIVE_ANCHOR_OPERATION, _ANCHOR)
     if match is None:
         return None
     return ArchiveAnchor(match["chain"], int(match["seq"]), match["hash"], entry.recorded_at)
