@@ -103,7 +103,7 @@ async def test_an_operator_archives_a_past_period_while_the_worker_runs(
         await _encrypt(caller, 2)  # the worker's chain goes on after the archive
         code, out, err = await _pqkms(stack, "verify")
         assert code == 0, out + err
-        assert "archived: " in out and "by 1 archive run(s)" in out, out
+        assert "archived: " in out and "; 1 archive run(s) in the stream" in out, out
         assert "audit log intact" in out, out
 
         # Refused, with nothing written: a future cut-off, a file that exists.
@@ -129,7 +129,7 @@ async def test_an_operator_archives_a_past_period_while_the_worker_runs(
         assert code == 0 and out.startswith("archived "), out + err
         code, out, err = await _pqkms(stack, "verify")
         assert code == 0, out + err
-        assert "by 2 archive run(s)" in out and ", 0 open;" in out, out
+        assert "; 2 archive run(s) in the stream" in out and ", 0 open;" in out, out
 
         code, out, err = await _pqkms(stack, "verify-archive", str(first), str(second))
         assert code == 0, out + err

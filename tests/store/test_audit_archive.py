@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import text
 
 from schemas.algorithms import Algorithm
-from schemas.audit import AUDIT_ARCHIVE_OPERATION, AuditKind
+from schemas.audit import AUDIT_ARCHIVE_ANCHOR_OPERATION, AUDIT_ARCHIVE_OPERATION, AuditKind
 from schemas.subjects import Subject
 from tests.support.audit_fakes import FakeStream
 from worker.audit import archive as archive_module
-from worker.audit.archive import ArchiveOutcome, archive_audit_log
+from worker.audit.archive import ArchiveOutcome, ArchiveRefused, archive_audit_log
 from worker.audit.archive_check import verify_archive_files
 from worker.audit.archive_file import ArchiveFileError, read_archive
 from worker.audit.archive_record import ArchiveNotAttested
@@ -29,6 +29,8 @@ from worker.store import KeyStore, NewKeyMaterial, TenantRecord, audit_archive_r
 from worker.store.audit_log import AuditLog
 
 WORKER = "test-host:1"
+# Where verify looks for archive runs when the stream holds none.
+NO_RUN_IN_STREAM = "in the stream, or in the database before what the stream holds"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 CUT = T0 + timedelta(days=30)
 
@@ -182,8 +184,9 @@ async def test_a_past_period_leaves_for_a_file_and_the_rest_still_verifies(
         assert report.intact, report.lines()
         # (and the archive's own chain: open, the run, an anchor per chain, close)
         assert (report.chains, report.records, report.open_chains) == (4, 9, 2)
-        assert "archived: 9 record(s) moved to files by 1 archive run(s) (pqkms audit " \
-            "verify-archive checks the files)" in report.lines()
+        where = "in the database" if stream is None else "in the stream"
+        assert f"archived: 9 record(s) moved to files; 1 archive run(s) {where} (pqkms " \
+            "audit verify-archive checks the files)" in report.lines()
 
     # The idle chain's worker goes on: its next record links to the one it kept.
     chains.idle.requests(_days(40))
@@ -284,10 +287,10 @@ async def test_records_deleted_behind_a_moved_anchor_are_found_by_the_stream(
     await chains.write(log)
     spanning = chains.spanning
     await _delete_as_if_archived(store, spanning, 1, 4)
-    for stream, where in ((None, "database"), (chains.stream(), "stream")):
+    for stream, where in ((None, "in the database"), (chains.stream(), NO_RUN_IN_STREAM)):
         report = await verify_audit_log(log, stream)
         assert _errors(report) == [(
-            spanning.chain_id, 4, f"archived up to here, but no archive run in the {where} "
+            spanning.chain_id, 4, f"archived up to here, but no archive run {where} "
             "attests it (records deleted and the anchor moved by hand?)")]
     # Nor does an archive run go ahead on such a log.
     refused = await _archive(log, chains, tmp_path / "audit.jsonl", before=T0 + timedelta(days=5))
@@ -336,6 +339,11 @@ async def test_archives_follow_one_another_and_their_files_verify_together(
         "not given (link unchecked)"]
     swapped = await verify_archive_files([second, first], None)
     assert not swapped.intact
+    # Against the database every file must be given: the earlier one is missing here.
+    missing_first = await verify_archive_files([second], log)
+    assert (chains.spanning.chain_id, 1, "archived up to seq 5 in the database, but the "
+            "files hold it from seq 4 on (a file not given, or records deleted)") in \
+        [(f.chain_id, f.seq, f.problem) for f in missing_first.findings]
 
 
 async def test_an_edited_archive_file_is_found(log: AuditLog, tmp_path: Path) -> None:
@@ -435,8 +443,8 @@ async def test_a_run_whose_records_did_not_reach_the_stream_deletes_nothing_and_
     done = chains.done
     await _delete_as_if_archived(store, done, 1, 4)
     report = await verify_audit_log(log, chains.stream())
-    assert (done.chain_id, 4, "archived up to here, but no archive run in the stream attests "
-            "it (records deleted and the anchor moved by hand?)") in _errors(report)
+    assert (done.chain_id, 4, f"archived up to here, but no archive run {NO_RUN_IN_STREAM} "
+            "attests it (records deleted and the anchor moved by hand?)") in _errors(report)
 
 
 async def test_a_stopped_deletion_and_a_second_run_leave_files_that_verify_together(
@@ -513,3 +521,133 @@ async def test_an_archive_recorded_in_the_database_alone_does_not_excuse_a_key_v
     assert streamed.archive_runs == 0
     # Without the stream the database is trusted, as documented.
     assert (await verify_audit_log(log, None, now=later)).archive_runs == 1
+
+
+def _forged_run(at: datetime, anchors: Sequence[tuple[Chain, int]]) -> Chain:
+    """A well-formed archive run a writer of the database could seal, dated ``at``."""
+    run = _opened(at)
+    run.add(AuditKind.REQUEST, at, _record(
+        0, operation=AUDIT_ARCHIVE_OPERATION, tenant_id=None, algorithm=None,
+        key_version=None, request_id=f"before={canonical_time(at)} sha256={'0' * 64}"))
+    for chain, seq in anchors:
+        run.add(AuditKind.REQUEST, at, _record(
+            0, operation=AUDIT_ARCHIVE_ANCHOR_OPERATION, tenant_id=None, algorithm=None,
+            key_version=None,
+            request_id=f"{chain.chain_id} {seq} {chain.entries[seq - 1].record_hash}"))
+    run.add(AuditKind.CLOSE, at)
+    return run
+
+
+async def test_a_backdated_run_forged_in_the_database_does_not_hide_records_the_stream_holds(
+    log: AuditLog, store: KeyStore,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+    await _delete_as_if_archived(store, chains.done, 1, 4)
+    await _delete_as_if_archived(store, chains.spanning, 1, 3)
+    # Dated long before anything the stream holds, as if its max age had expired it.
+    forged = _forged_run(datetime(2000, 1, 1, tzinfo=UTC),
+                         [(chains.done, 4), (chains.spanning, 3)])
+    await log.append(forged.entries)
+
+    report = await verify_audit_log(log, chains.stream())
+
+    assert _errors(report) == [
+        (chain.chain_id, seq, f"archived up to here by an archive run the stream does not "
+         f"hold, but the stream still holds {seq} of the archived records (records deleted "
+         "and an archive run forged in the database?)")
+        for chain, seq in sorted([(chains.done, 4), (chains.spanning, 3)],
+                                 key=lambda pair: pair[0].chain_id)]
+
+
+async def test_a_run_forged_in_the_database_counts_for_nothing_once_the_stream_holds_a_run(
+    log: AuditLog, store: KeyStore, tmp_path: Path,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+    await _archive(log, chains, tmp_path / "audit.jsonl", before=T0 + timedelta(days=5))
+    later = _opened(datetime.now(UTC))
+    later.requests([datetime.now(UTC)] * 2)
+    await log.append(later.entries)
+    await _delete_as_if_archived(store, later, 1, 2)
+    await log.append(_forged_run(datetime(2000, 1, 1, tzinfo=UTC), [(later, 2)]).entries)
+
+    report = await verify_audit_log(log, chains.stream() + _messages(later))
+
+    assert _errors(report) == [(later.chain_id, 2, "archived up to here, but no archive run "
+                                "in the stream attests it (records deleted and the anchor "
+                                "moved by hand?)")]
+
+
+async def test_an_anchor_moved_while_the_archive_checks_the_log_is_not_attested(
+    log: AuditLog, store: KeyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+    real_verify = verify_audit_log
+
+    async def then_a_writer(*args: object, **options: object) -> VerifyReport:
+        report = await real_verify(*args, **options)  # type: ignore[arg-type]
+        await _delete_as_if_archived(store, chains.spanning, 1, 4)
+        return report
+
+    monkeypatch.setattr(archive_module, "verify_audit_log", then_a_writer)
+    with pytest.raises(ArchiveRefused, match="its archive anchor moved while the log was "
+                                             "checked"):
+        await _archive(log, chains, tmp_path / "audit.jsonl")
+    assert _leftovers(tmp_path) == [] and chains.published.published == {}
+
+
+async def test_key_versions_stay_excused_when_the_stream_no_longer_holds_the_run(
+    log: AuditLog, store: KeyStore, tenant: TenantRecord, tmp_path: Path,
+    new_material: Callable[[], NewKeyMaterial],
+) -> None:
+    # An idle worker's chain keeps an old record; a key version's creation record is
+    # archived; then the stream's max age removes everything up to the run.
+    idle = _opened(T0)
+    idle.requests(_days(1))
+    await log.append(idle.entries)
+    await store.generate_first(tenant.tenant_id, Algorithm.KYBER768, new_material(), None)
+    now = datetime.now(UTC)
+    creation = _opened(now - timedelta(microseconds=2))
+    creation.add(AuditKind.REQUEST, now - timedelta(microseconds=1), _record(
+        0, operation=Subject.KEYS_GENERATE.value, tenant_id=tenant.tenant_id,
+        algorithm=Algorithm.KYBER768.value, key_version=1))
+    creation.add(AuditKind.CLOSE, now - timedelta(microseconds=1))
+    await log.append(creation.entries)
+    later = now + timedelta(minutes=5)
+    await archive_audit_log(log, FakeStream(), tmp_path / "audit.jsonl", now,
+                            _messages(idle, creation), now=later)
+    newer = _opened(later)
+    await log.append(newer.entries)
+
+    report = await verify_audit_log(log, _messages(newer), now=later)
+
+    assert report.intact, report.lines()
+    assert "note: archive anchors: the stream holds no archive run" in "\n".join(report.lines())
+
+
+async def test_a_repeated_record_with_other_content_is_an_error(
+    log: AuditLog, tmp_path: Path,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+    path = tmp_path / "audit-1.jsonl"
+    await _archive(log, chains, path)
+    # A second file repeats the closed chain, record 2 changed and everything after it
+    # sealed again: each record hashes and links.
+    done = chains.done
+    other = Chain()
+    other.chain_id = done.chain_id
+    for entry in done.entries:
+        record = None if entry.kind != AuditKind.REQUEST else _record(
+            entry.seq, outcome="ERR_AUTH_001" if entry.seq == 2 else "OK")
+        other.add(AuditKind(entry.kind), entry.recorded_at, record)
+    forged = tmp_path / "audit-2.jsonl"
+    _write(forged, b"".join(entry.to_message() + b"\n" for entry in other.entries))
+
+    check = await verify_archive_files([path, forged], None)
+
+    assert (done.chain_id, 4, "audit-2.jsonl: differs from the same record in an earlier "
+            "file") in [(f.chain_id, f.seq, f.problem) for f in check.findings]
+    assert not check.intact

@@ -179,6 +179,24 @@ async def _select(entries: AsyncIterator[AuditEntry], heads: Mapping[str, ChainH
     return selection.cuts
 
 
+async def _anchor_table(log: AuditLog) -> dict[str, tuple[int, str | None]]:
+    async with log.snapshot() as snapshot:
+        return {head.chain_id: (head.archived_seq, head.archived_hash)
+                for head in await snapshot.chains()}
+
+
+def _refuse_moved_anchors(checked: Mapping[str, tuple[int, str | None]],
+                          heads: Mapping[str, ChainHead]) -> None:
+    """The anchors this run attests must be those the check judged (read before it, so
+    that a change during the check is either judged or seen here)."""
+    for chain_id, head in heads.items():
+        if (head.archived_seq, head.archived_hash) != checked.get(chain_id, (0, None)):
+            raise ArchiveRefused(
+                f"chain {chain_id}: its archive anchor moved while the log was checked "
+                "(another archive ran, or the database was written by hand); nothing was "
+                "archived: run `pqkms audit verify`, then the archive again")
+
+
 def _anchors(heads: Mapping[str, ChainHead],
              cuts: list[_ChainCut]) -> list[tuple[str, int, str, int]]:
     """Every chain's anchor once this run is done: ``(chain, seq, hash, records moved by
@@ -206,6 +224,7 @@ async def archive_audit_log(log: AuditLog, stream: RecordPublisher, out: Path,
     moment = now or datetime.now(UTC)
     writer = ArchiveWriter(out)  # (refuses a taken name before the long check)
     try:
+        checked = await _anchor_table(log)
         check = await verify_audit_log(log, stream_bodies, since=since, now=moment)
         outcome = ArchiveOutcome(check, before)
         if not check.intact:
@@ -213,6 +232,7 @@ async def archive_audit_log(log: AuditLog, stream: RecordPublisher, out: Path,
             return outcome
         async with log.snapshot() as snapshot:
             heads = {head.chain_id: head for head in await snapshot.chains()}
+            _refuse_moved_anchors(checked, heads)
             cuts = await _select(snapshot.entries(), heads, before, writer)
         if not cuts:
             writer.discard()

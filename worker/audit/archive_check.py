@@ -37,6 +37,9 @@ class _ChainState:
     last_hash: str
     # The hash of the record at the database's anchor, once read.
     anchor_hash: str | None = None
+    # Inside records repeated from an earlier file: the last one's seq and hash.
+    repeat_seq: int | None = None
+    repeat_hash: str = ""
 
 
 @dataclass(slots=True)
@@ -80,6 +83,12 @@ class _FileWalk:
                 self._record(path.name, entry)
         except ArchiveFileError as exc:
             self.check.findings.append(Finding(path.name, None, str(exc), scope="file"))
+        for chain_id, state in self.chains.items():
+            if state.repeat_seq is not None:
+                self._error(chain_id, state.repeat_seq, f"{path.name}: records repeated from "
+                            f"an earlier file stop at seq {state.repeat_seq}, before its last "
+                            f"one ({state.last_seq})")
+                state.repeat_seq = None
         for (name, chain_id), seqs in self._repeats.items():
             self.check.findings.append(Finding(
                 chain_id, seqs[0], f"{name}: records {seqs[0]}..{seqs[-1]} repeated, "
@@ -107,12 +116,8 @@ class _FileWalk:
                     chain_id, seq, f"{name}: the chain starts at seq {seq} here: records "
                     f"1..{seq - 1} are in an archive not given (link unchecked)",
                     Severity.NOTE))
-        elif seq <= state.last_seq and seq >= state.first_seq:
-            # Seen before: a repeat is harmless only if it is the same record.
-            if seq == self.anchors.get(chain_id) and state.anchor_hash not in (None, digest):
-                self._error(chain_id, seq, f"{name}: differs from the same record in an "
-                                           "earlier file")
-            self._repeats.setdefault((name, chain_id), []).append(seq)
+        elif state.first_seq <= seq <= state.last_seq:
+            self._repeat(name, state, entry)
             return
         elif seq != state.last_seq + 1:
             self._error(chain_id, seq, f"{name}: expected seq {state.last_seq + 1} "
@@ -127,6 +132,27 @@ class _FileWalk:
             state.anchor_hash = digest
 
 
+    def _repeat(self, name: str, state: _ChainState, entry: AuditEntry) -> None:
+        """A record an earlier file holds: harmless only as part of the same records up
+        to that file's last one (an archive run again after one that stopped before
+        deleting). The repeated run must link, and end on the earlier file's last hash:
+        a record changed inside it would change every hash after it."""
+        seq, chain_id, digest = entry.seq, entry.chain_id, entry.record_hash
+        if state.repeat_seq is not None and (seq != state.repeat_seq + 1
+                                             or entry.prev_hash != state.repeat_hash):
+            self._error(chain_id, seq, f"{name}: repeated records do not follow each other")
+        if seq == self.anchors.get(chain_id) and state.anchor_hash not in (None, digest):
+            self._error(chain_id, seq, f"{name}: differs from the same record in an earlier "
+                                       "file")
+        state.repeat_seq, state.repeat_hash = seq, digest
+        if seq == state.last_seq:
+            if digest != state.last_hash:
+                self._error(chain_id, seq, f"{name}: differs from the same record in an "
+                                           "earlier file")
+            state.repeat_seq = None
+        self._repeats.setdefault((name, chain_id), []).append(seq)
+
+
 def _against_database(chains: Mapping[str, _ChainState], heads: Mapping[str, ChainHead],
                       check: ArchiveCheck) -> None:
     for chain_id, head in sorted(heads.items()):
@@ -139,7 +165,12 @@ def _against_database(chains: Mapping[str, _ChainState], heads: Mapping[str, Cha
             check.findings.append(Finding(
                 chain_id, anchor, f"archived up to here in the database, but the files hold "
                 f"{held} (a file not given, or records deleted)"))
-        elif state.first_seq <= anchor and state.anchor_hash != head.archived_hash:
+        elif state.first_seq > 1:
+            check.findings.append(Finding(
+                chain_id, 1, f"archived up to seq {anchor} in the database, but the files "
+                f"hold it from seq {state.first_seq} on (a file not given, or records "
+                "deleted)"))
+        elif state.anchor_hash != head.archived_hash:
             check.findings.append(Finding(chain_id, anchor, "the database's archive anchor "
                                           "differs from this record in the files"))
     for chain_id, state in sorted(chains.items()):

@@ -68,6 +68,7 @@ class ArchiveRun:
     recorded_before: datetime
     sha256: str
     records: int
+    recorded_at: datetime  # when the run recorded itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,8 @@ def run_of(entry: AuditEntry) -> ArchiveRun | None:
         return None
     if before.tzinfo is None or before > entry.recorded_at:
         return None  # a run never archives what was not yet recorded
-    return ArchiveRun(entry.chain_id, before.astimezone(UTC), match["sha256"], entry.items)
+    return ArchiveRun(entry.chain_id, before.astimezone(UTC), match["sha256"], entry.items,
+                      entry.recorded_at)
 
 
 def anchor_of(entry: AuditEntry) -> ArchiveAnchor | None:

@@ -54,6 +54,10 @@ __all__ = [
 ]
 
 _KINDS = frozenset(kind.value for kind in AuditKind)
+# Where the archive runs that vouch for anchors were found (see _attesting_runs).
+_IN_DATABASE = "in the database"
+_IN_STREAM = "in the stream"
+_BEFORE_STREAM = "in the stream, or in the database before what the stream holds"
 _MISSING_FROM_DATABASE = "in the stream but missing from the database"
 _NO_CREATION_RECORD = "has no audit record of its creation"
 # Printed once under the findings they explain (the known causes, and the way on).
@@ -133,6 +137,7 @@ class VerifyReport:
     skipped_key_versions: int = 0
     archive_runs: int = 0
     archived_records: int = 0
+    archive_runs_source: str = _IN_DATABASE
 
     @property
     def errors(self) -> list[Finding]:
@@ -157,10 +162,10 @@ class VerifyReport:
                 f"last record is older ({self.skipped_records} record(s) in the database), "
                 f"{self.skipped_key_versions} key version(s) created before it"
             )
-        if self.archive_runs:
-            lines.append(f"archived: {self.archived_records} record(s) moved to files by "
-                         f"{self.archive_runs} archive run(s) (pqkms audit verify-archive "
-                         "checks the files)")
+        if self.archived_records or self.archive_runs:
+            lines.append(f"archived: {self.archived_records} record(s) moved to files; "
+                         f"{self.archive_runs} archive run(s) {self.archive_runs_source} "
+                         "(pqkms audit verify-archive checks the files)")
         verdict = "intact" if self.intact else f"NOT intact: {len(self.errors)} error(s)"
         lines.append(
             f"audit log {verdict}: {self.chains} chain(s), {self.records} record(s), "
@@ -203,6 +208,8 @@ class _StreamCopy:
         self.latest: dict[str, datetime] = {}
         self.oldest: datetime | None = None  # the earliest record the stream still holds
         self.archives = _Archives()
+        # Per chain, how many of its copies lie at or below its anchor (archived).
+        self.archived_copies: dict[str, int] = {}
         self.count = 0
         for body in bodies:
             try:
@@ -247,12 +254,14 @@ class _ChainCheck:
         self.not_in_stream = 0
         self.records = 0
         self.latest: datetime | None = None  # its latest record or chain-row time
+        self.archived_copies = 0
         if head is not None and self.archived:
             self.prev_hash = head.archived_hash
             if head.archived_hash is None:
                 self.error(self.archived, "archived up to here, but the anchor has no hash")
-            if self.stream is not None:
+            if stream is not None and self.stream is not None:
                 self._take_archived_copies(head, self.stream)
+                stream.archived_copies[chain_id] = self.archived_copies
 
     def _take_archived_copies(self, head: ChainHead, copies: dict[int, str]) -> None:
         """Stream copies of archived records are in an archive file, not missing; the
@@ -262,8 +271,10 @@ class _ChainCheck:
         if anchor_copy is not None and anchor_copy != head.archived_hash:
             self.error(self.archived, "the archive anchor differs from the stream's copy of "
                                       "this record (anchor or database edited)")
-        for seq in [seq for seq in copies if seq <= self.archived]:
+        archived = [seq for seq in copies if seq <= self.archived]
+        for seq in archived:
             del copies[seq]
+        self.archived_copies = len(archived)
 
     def error(self, seq: int | None, problem: str) -> None:
         self.findings.append(Finding(self.chain_id, seq, problem))
@@ -413,23 +424,39 @@ class _Creations:
         ]
 
 
-def _unattested_anchors(heads: Mapping[str, ChainHead], database: _Archives,
+def _attesting_runs(database: _Archives, stream: _StreamCopy | None) -> tuple[_Archives, str]:
+    """The archive runs that count, and whether they are the database's records for want
+    of any in the stream. Every run attests every anchor, so a stream holding any run
+    holds the latest: then only the stream's count (a run recorded in the database alone
+    could be a writer's). A stream holding none (its max age expired the last run, or it
+    was re-created) leaves the database's runs older than anything the stream holds."""
+    if stream is None:
+        return database, _IN_DATABASE
+    if stream.archives.runs:
+        return stream.archives, _IN_STREAM
+    expired = _Archives()
+    for run in database.runs.values():
+        if stream.oldest is None or run.recorded_at < stream.oldest:
+            expired.runs[run.chain_id] = run
+    for anchor in database.anchors.values():
+        if stream.oldest is None or anchor.recorded_at < stream.oldest:
+            expired.anchors[anchor.chain_id] = anchor
+    return expired, _BEFORE_STREAM
+
+
+def _unattested_anchors(heads: Mapping[str, ChainHead], runs: _Archives, where: str,
                         stream: _StreamCopy | None) -> list[Finding]:
     """Every anchor must be one an archive run attests (or short of it: a run whose
-    deletion was interrupted). With the stream, the run must be in the stream, unless
-    its record is older than anything the stream still holds (expired by its max age):
-    then the database's copy is all there is."""
+    deletion stopped), with the same hash. Where the runs are the database's for want of
+    any in the stream, the stream must no longer hold copies of the archived records:
+    a run that left the stream took older records with it."""
     findings = []
     for chain_id, head in sorted(heads.items()):
         if not head.archived_seq:
             continue
-        where = "in the database"
-        attested = database.anchors.get(chain_id)
-        if stream is not None:
-            where = "in the stream"
-            expired = attested is not None and (
-                stream.oldest is None or attested.recorded_at < stream.oldest)
-            attested = stream.archives.anchors.get(chain_id) or (attested if expired else None)
+        attested = runs.anchors.get(chain_id)
+        copies = 0 if stream is None or where != _BEFORE_STREAM else \
+            stream.archived_copies.get(chain_id, 0)
         if attested is None:
             problem = (f"archived up to here, but no archive run {where} attests it (records "
                        "deleted and the anchor moved by hand?)")
@@ -438,6 +465,10 @@ def _unattested_anchors(heads: Mapping[str, ChainHead], database: _Archives,
                        f"run {where} attests (records deleted and the anchor moved by hand?)")
         elif head.archived_seq == attested.seq and head.archived_hash != attested.record_hash:
             problem = "the archive anchor differs from the one its archive run attests"
+        elif copies:
+            problem = (f"archived up to here by an archive run the stream does not hold, but "
+                       f"the stream still holds {copies} of the archived records (records "
+                       "deleted and an archive run forged in the database?)")
         else:
             continue
         findings.append(Finding(chain_id, head.archived_seq, problem))
@@ -508,15 +539,12 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
         if check is not None:
             finish(check)
         versions = await snapshot.key_versions()
-        findings.extend(_unattested_anchors(heads, archives, stream))
-        if stream is not None:
-            # Only the stream attests an archive: a run recorded in the database alone
-            # could be a writer's, lifting the key check over a version it made.
-            archives = stream.archives
-        report.archive_runs = len(archives.runs)
+        runs, where = _attesting_runs(archives, stream)
+        report.archive_runs = len(runs.runs)
         report.archived_records = sum(head.archived_seq for head in heads.values())
+        report.archive_runs_source = where
         findings.extend(creations.unrecorded(versions, now or datetime.now(UTC), since,
-                                             archives.latest_before))
+                                             runs.latest_before))
         if since is not None:
             report.skipped_key_versions = sum(row.created_at < since for row in versions)
     for chain_id in sorted(set(heads) - seen):
@@ -528,6 +556,13 @@ async def verify_audit_log(log: AuditLog, stream_bodies: list[bytes] | None, *,
             empty.error(empty.archived + 1, f"every record after the archived ones (seq > "
                                             f"{empty.archived}) is missing")
         finish(empty)
+    findings.extend(_unattested_anchors(heads, runs, where, stream))
+    if where == _BEFORE_STREAM and report.archived_records:
+        findings.append(Finding("anchors", None, "the stream holds no archive run (its max age "
+                                "expired the last one, or it was re-created): archive anchors "
+                                "are checked against the database's records of the runs; the "
+                                "next archive run attests them in the stream again",
+                                Severity.NOTE, scope="archive"))
     if stream is not None:
         for chain_id, copies in sorted(stream.hashes.items()):
             if not judged(stream.latest.get(chain_id), stream.findings.get(chain_id, [])):

@@ -53,7 +53,8 @@ async def drop_archived(engine: AsyncEngine, chain_id: str, anchor: int,
                 if moved.rowcount != 1:
                     raise ArchiveConflict(
                         f"chain {chain_id}: its archive anchor is no longer at seq {anchor} "
-                        "(another archive ran meanwhile); nothing more was deleted from it"
+                        "(another archive ran meanwhile); this run deleted nothing more, from "
+                        "this chain or the chains after it"
                     )
                 result = await connection.execute(
                     delete(_RECORDS).where(_RECORDS.c.chain_id == chain_id,
