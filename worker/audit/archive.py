@@ -264,11 +264,13 @@ async def archive_audit_log(log: AuditLog, stream: RecordPublisher, out: Path,
 
 
 async def archive_from_settings(settings: Settings, out: Path, before: str, *,
-                                since: str | None = None) -> ArchiveOutcome:
+                                since: str | None = None,
+                                now: datetime | None = None) -> ArchiveOutcome:
     """What ``pqkms audit archive`` runs: ``before`` and ``since`` as given (a bad or
     future time raises :class:`InvalidSince` before anything is read). The stream is
-    required: it holds the run's own record (:class:`ArchiveNeedsStream` without it)."""
-    now = datetime.now(UTC)
+    required: it holds the run's own record (:class:`ArchiveNeedsStream` without it).
+    ``now``: the time the cut-off and key versions are judged at (tests)."""
+    now = now or datetime.now(UTC)
     cutoff = parse_since(before, option="--before")
     start = None if since is None else parse_since(since)
     if start is not None and start > now:
