@@ -4,6 +4,7 @@ the files verify alone and against the database's anchors."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from schemas.audit import AUDIT_ARCHIVE_ANCHOR_OPERATION, AUDIT_ARCHIVE_OPERATIO
 from schemas.subjects import Subject
 from tests.support.audit_fakes import FakeStream
 from worker.audit import archive as archive_module
+from worker.audit import archive_file
 from worker.audit.archive import ArchiveOutcome, ArchiveRefused, archive_audit_log
 from worker.audit.archive_check import verify_archive_files
 from worker.audit.archive_file import ArchiveFileError, read_archive
@@ -651,3 +653,39 @@ async def test_a_repeated_record_with_other_content_is_an_error(
     assert (done.chain_id, 4, "audit-2.jsonl: differs from the same record in an earlier "
             "file") in [(f.chain_id, f.seq, f.problem) for f in check.findings]
     assert not check.intact
+
+
+async def test_a_file_that_cannot_be_written_archives_nothing(
+    log: AuditLog, store: KeyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+
+    def full_disk(_descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive_file.os, "fsync", full_disk)
+    with pytest.raises(ArchiveFileError, match=r"could not be written \(No space left on "
+                                               r"device\); nothing was archived"):
+        await _archive(log, chains, tmp_path / "audit.jsonl")
+
+    assert _leftovers(tmp_path) == [] and chains.published.published == {}
+    assert await _seqs(store, chains.done) == [1, 2, 3, 4]
+
+
+async def test_a_file_system_without_hard_links_still_gets_the_file(
+    log: AuditLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chains = Log()
+    await chains.write(log)
+
+    def no_links(*_paths: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(archive_file.os, "link", no_links)
+    path = tmp_path / "audit.jsonl"
+
+    outcome = await _archive(log, chains, path)
+
+    assert outcome.archived and _leftovers(tmp_path) == [path]
+    assert (await verify_archive_files([path], log)).intact

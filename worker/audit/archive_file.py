@@ -65,17 +65,28 @@ class ArchiveWriter:
 
     def write(self, entry: AuditEntry) -> None:
         """Append one record."""
-        self._out.write(entry.to_message() + b"\n")
+        try:
+            self._out.write(entry.to_message() + b"\n")
+        except OSError as exc:
+            raise self._failed(exc) from None
         self.records += 1
 
     def finish(self) -> str:
         """Close and sync the partial file; the SHA-256 of its bytes."""
-        if self._out is not self._raw:
-            self._out.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        return file_sha256(self._partial)
+        try:
+            if self._out is not self._raw:
+                self._out.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            return file_sha256(self._partial)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> ArchiveFileError:
+        """A write that failed (a full disk, say): nothing is archived."""
+        return ArchiveFileError(f"{self._partial} could not be written "
+                                f"({exc.strerror or type(exc).__name__}); nothing was archived")
 
     def commit(self) -> None:
         """Give the finished file its final name (never over another file)."""
@@ -85,7 +96,14 @@ class ArchiveWriter:
             self.discard()
             raise ArchiveFileError(f"{self.path} appeared while the archive was "
                                    "written") from None
-        self._partial.unlink()
+        except OSError:  # a file system without hard links
+            if self.path.exists():
+                self.discard()
+                raise ArchiveFileError(f"{self.path} appeared while the archive was "
+                                       "written") from None
+            os.rename(self._partial, self.path)
+        else:
+            self._partial.unlink()
         directory = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
