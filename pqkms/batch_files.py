@@ -11,8 +11,10 @@ how many chunks (and bytes) of the output are complete and how many of their ite
 failed. Run again with the same arguments after Ctrl-C or a crash: the
 output is truncated to the last complete chunk, the same job id is used, chunks already
 written are skipped, the rest are submitted again (de-duplicated by the job, so a chunk
-that already ran is not run twice) and their results fetched. The state file is removed
-when the output is complete.
+that already ran is not run twice) and their results fetched. When the output is
+complete the job is deleted (its results, decrypted plaintexts included, would
+otherwise stay in JetStream until they expire; ``keep_job`` keeps them), then the state
+file is removed.
 
 Every item is checked before anything is submitted: a line that is not an item, or an
 item too large for one message even alone, is a :class:`BatchFileError` naming the line.
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
+from nats.errors import Error as NatsError
 
 from pqkms.client import (
     DEFAULT_MESSAGE_LIMIT,
@@ -107,6 +110,8 @@ class BatchOptions:
     #: The largest message chunks are cut for; the server's ``max_payload`` when lower.
     message_limit: int = DEFAULT_MESSAGE_LIMIT
     poll_seconds: float = 0.1
+    #: Leave the job (and its results) in JetStream once the output is complete.
+    keep_job: bool = False
 
 
 @dataclass
@@ -194,6 +199,8 @@ class BatchSummary:
     resumed: bool
     #: Verify items answered ``valid: false`` (counted in ``succeeded`` too).
     not_verified: int = 0
+    #: Why the job is still in JetStream (``None``: deleted once the output was complete).
+    job_kept: str | None = None
 
     @property
     def all_ok(self) -> bool:
@@ -570,9 +577,25 @@ async def run_batch_file(client: PqkmsClient, options: BatchOptions, *,
                 entry[1].cancel()
     progress.advance(0, force=True)
     progress.finish()
+    # Before the state file goes: a run stopped in between deletes it when run again.
+    job_kept = "--keep-job" if options.keep_job else await _delete_job(client, state.job_id)
     state_file.unlink(missing_ok=True)
     return BatchSummary(
         job_id=state.job_id, total_items=state.total_items, total_chunks=state.total_chunks,
         items_this_run=progress.done_here, chunks_skipped=skipped,
         succeeded=counts.succeeded, failed=counts.failed, seconds=time.monotonic() - started,
-        resumed=resumed, not_verified=counts.not_verified)
+        resumed=resumed, not_verified=counts.not_verified, job_kept=job_kept)
+
+
+async def _delete_job(client: PqkmsClient, job_id: str) -> str | None:
+    """Delete the finished job; why it could not be, or ``None``. A job already gone
+    (deleted by an earlier attempt) counts as deleted. The output is complete either
+    way: a failure here fails nothing."""
+    try:
+        await client.delete_job(job_id)
+    except PqkmsError as exc:
+        if exc.code != ErrorCode.NOT_FOUND.value:
+            return f"it could not be deleted ({exc.code}: {exc.message})"
+    except (TimeoutError, NatsError) as exc:
+        return f"it could not be deleted ({type(exc).__name__})"
+    return None

@@ -430,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--chunk-size", type=_positive_int, default=500, metavar="N",
                        help="items per job chunk (default 500, at most 1000)")
     batch.add_argument("--job-id", metavar="ID", help="job id (default: a random one)")
+    batch.add_argument("--keep-job", action="store_true",
+                       help="leave the job and its results in JetStream once the output is "
+                       "complete (default: the job is deleted then; its results, decrypted "
+                       "plaintexts included, would stay until PQKMS_JOB_RETENTION_HOURS)")
     batch.add_argument("--raw-lines", action="store_true",
                        help="one value per line: its bytes are the plaintext / message "
                        "(base64-encoded for you); for decrypt, a base64 ciphertext")
@@ -865,7 +869,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         operation=OPERATIONS[args.operation], input_path=Path(args.input),
         output_path=Path(args.output), key_version=args.key_version,
         algorithm=args.algorithm, chunk_size=args.chunk_size, raw_lines=args.raw_lines,
-        job_id=args.job_id)
+        job_id=args.job_id, keep_job=args.keep_job)
 
     async def run() -> Any:
         check_options(options)
@@ -898,6 +902,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
           f"(job {summary.job_id}{resumed}): {outcome}; this run {summary.items_this_run} "
           f"items in {summary.seconds:.1f} s, {summary.items_per_second:,.0f} items/s "
           f"-> {options.output_path}", file=sys.stderr, flush=True)
+    if summary.job_kept is not None and not args.keep_job:
+        print(f"{_PROG} batch: job {summary.job_id} stays in JetStream until it expires: "
+              f"{summary.job_kept}; delete it with PqkmsClient.delete_job",
+              file=sys.stderr, flush=True)
     return 0 if summary.all_ok else ITEMS_FAILED_EXIT_STATUS
 
 

@@ -8,6 +8,7 @@ async with await PqkmsClient.connect("nats://127.0.0.1:4222", api_key) as client
     await client.wait_for_job(job_id)
     async for result in client.job_results(job_id):
         ...
+    await client.delete_job(job_id)  # its results leave JetStream now, not in a week
 ```
 
 Requests that were not processed are retried: ``ERR_RATE_001`` after the reply's
@@ -483,6 +484,13 @@ class PqkmsClient:
             if deadline is not None and loop.time() > deadline:
                 raise TimeoutError(f"job {job_id} not completed after {timeout} s")
             await asyncio.sleep(poll_seconds)
+
+    async def delete_job(self, job_id: str) -> dict[str, Any]:
+        """Delete a job: its chunks still queued (they never run), its results and its
+        record. ``PqkmsError`` ERR_NOT_FOUND_001 for a job the tenant does not have (one
+        deleted already, say); the same id may then be used for a new job. Not retried
+        after a timeout: by then the id may name a new job, which a repeat would delete."""
+        return await self.request(Subject.JOBS_DELETE, {"job_id": job_id})
 
     async def chunk_results(self, job_id: str, chunk_index: int) -> dict[str, Any]:
         """One finished chunk's results (``PqkmsError`` ERR_NOT_FOUND_001 until done)."""

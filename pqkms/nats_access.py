@@ -66,6 +66,7 @@ OPERATION_SUBJECTS = (
     "pqkms.v1.jobs.submit",
     "pqkms.v1.jobs.status",
     "pqkms.v1.jobs.results",
+    "pqkms.v1.jobs.delete",
     "pqkms.v1.health.ping",
 )
 

@@ -23,7 +23,10 @@ __all__ = [
     "JOB_RESULTS_STREAM",
     "JOBS_BUCKET",
     "MAX_JOB_CHUNKS",
+    "JOB_RUN_HEADER",
     "JobChunkResults",
+    "JobDeleteRequest",
+    "JobDeleted",
     "JobOperation",
     "JobResultsRequest",
     "JobState",
@@ -34,7 +37,9 @@ __all__ = [
     "chunk_key",
     "chunk_message_id",
     "chunk_subject",
+    "job_chunks_pattern",
     "job_key",
+    "job_results_pattern",
     "result_message_id",
     "results_subject",
 ]
@@ -46,6 +51,8 @@ JOB_CHUNK_PREFIX = "pqkms.v1.jobs.chunks"
 JOB_RESULTS_PREFIX = "pqkms.v1.jobs.results"
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_JOB_CHUNKS = 1_000_000
+# A chunk message's header naming the run of the job it belongs to (see ``job_run``).
+JOB_RUN_HEADER = "Pqkms-Job-Run"
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN,
@@ -132,6 +139,20 @@ class JobResultsRequest(BaseModel):
     chunk_index: ChunkIndex
 
 
+class JobDeleteRequest(BaseModel):
+    """``pqkms.v1.jobs.delete``: forget a job, its queued chunks and its results."""
+
+    model_config = _STRICT
+    job_id: JobId
+
+
+class JobDeleted(BaseModel):
+    """The job is gone: status and results of its id are 404 from now on."""
+
+    job_id: str
+    deleted: bool
+
+
 class JobChunkResults(BaseModel):
     """One chunk's results, in its item order, as a batch reply."""
 
@@ -153,21 +174,43 @@ def chunk_subject(tenant_id: str, job_id: str, chunk_index: int) -> str:
     return f"{JOB_CHUNK_PREFIX}.{tenant_id}.{job_id}.{chunk_index}"
 
 
-def results_subject(tenant_id: str, job_id: str, chunk_index: int | str) -> str:
-    """Where a chunk's results are kept (one message per subject)."""
-    return f"{JOB_RESULTS_PREFIX}.{tenant_id}.{job_id}.{chunk_index}"
+def job_chunks_pattern(tenant_id: str, job_id: str) -> str:
+    """Every queued chunk of a job."""
+    return f"{JOB_CHUNK_PREFIX}.{tenant_id}.{job_id}.>"
 
 
-def chunk_key(tenant_id: str, job_id: str, chunk_index: int) -> str:
-    """A chunk's entry in the ``pqkms_jobs`` bucket: the digest of what it holds."""
-    return f"{tenant_id}.{job_id}.{chunk_index}"
+def _run_part(run: str | None) -> str:
+    return "" if run is None else f"{run}."
 
 
-def chunk_message_id(tenant_id: str, job_id: str, chunk_index: int) -> str:
-    """``Nats-Msg-Id`` of a chunk: JetStream drops a second copy."""
-    return f"{tenant_id}:{job_id}:{chunk_index}"
+def results_subject(tenant_id: str, job_id: str, chunk_index: int | str,
+                    run: str | None) -> str:
+    """Where a chunk's results are kept (one message per subject).
+
+    ``run``: the job's run (``JobService``), a token of its own in the subject, so that
+    results of a deleted job's chunk still running never land where the results of a
+    job submitted again under the same id are. ``None`` for a job from before runs
+    existed (``pqkms.v1.jobs.results.<tenant>.<job>.<n>``)."""
+    return f"{JOB_RESULTS_PREFIX}.{tenant_id}.{job_id}.{_run_part(run)}{chunk_index}"
 
 
-def result_message_id(tenant_id: str, job_id: str, chunk_index: int) -> str:
+def job_results_pattern(tenant_id: str, job_id: str, run: str | None) -> str:
+    """Every chunk's results of one run of a job."""
+    return results_subject(tenant_id, job_id, "*", run)
+
+
+def chunk_key(tenant_id: str, job_id: str, chunk_index: int, run: str | None) -> str:
+    """A chunk's entry in the ``pqkms_jobs`` bucket: the digest of what it holds. Per
+    run: a claim a deleted run's late submit left behind is never another run's."""
+    return f"{tenant_id}.{job_id}.{_run_part(run)}{chunk_index}"
+
+
+def chunk_message_id(tenant_id: str, job_id: str, chunk_index: int, run: str | None) -> str:
+    """``Nats-Msg-Id`` of a chunk: JetStream drops a second copy (of the same run: a job
+    deleted and submitted again is queued again, inside the de-duplication window too)."""
+    return f"{tenant_id}:{job_id}:{_run_part(run).replace('.', ':')}{chunk_index}"
+
+
+def result_message_id(tenant_id: str, job_id: str, chunk_index: int, run: str | None) -> str:
     """``Nats-Msg-Id`` of a chunk's results: a redelivered chunk's results are dropped."""
-    return f"{tenant_id}:{job_id}:{chunk_index}:results"
+    return f"{chunk_message_id(tenant_id, job_id, chunk_index, run)}:results"

@@ -117,6 +117,9 @@ JOB_OPERATIONS: tuple[Operation, ...] = (
               "Progress of a bulk job", _JOB),
     Operation(Subject.JOBS_RESULTS, "POST", "", jobs.JobResultsRequest,
               jobs.JobChunkResults, "The results of one finished chunk of a job", _JOB),
+    Operation(Subject.JOBS_DELETE, "POST", "", jobs.JobDeleteRequest, jobs.JobDeleted,
+              "Delete a job: its queued chunks, its results and its record", _JOB,
+              changes_state=True),
 )
 
 # Rotation policies are NATS only too (tenants' own automation; operators use the CLI).

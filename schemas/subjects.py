@@ -65,6 +65,7 @@ class Subject(StrEnum):
     JOBS_SUBMIT = "pqkms.v1.jobs.submit"
     JOBS_STATUS = "pqkms.v1.jobs.status"
     JOBS_RESULTS = "pqkms.v1.jobs.results"
+    JOBS_DELETE = "pqkms.v1.jobs.delete"
     HEALTH_PING = "pqkms.v1.health.ping"
 
 

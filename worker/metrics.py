@@ -70,9 +70,9 @@ class JobChunkMetrics(Protocol):
     """What the job runner reports about the chunks it processes."""
 
     def chunk_finished(self, outcome: str) -> None:
-        """One chunk left the runner: ``done``, ``duplicate``, ``dropped``, ``failed``, or
+        """One chunk left the runner: ``done``, ``duplicate``, ``dropped``, ``failed``,
         ``deferred`` (handed back unprocessed while another chunk of its tenant waits for
-        rate-limit tokens in this worker)."""
+        rate-limit tokens in this worker) or ``deleted`` (its job was deleted)."""
 
     def chunk_items(self, operation: str, items: int, failed: int) -> None:
         """A chunk of ``items`` items of the batch subject ``operation`` ran."""
@@ -162,7 +162,7 @@ class WorkerMetrics:
             self._add_series(operation.subject.value, operation.cost is not None).outcome(_OK)
         for subject in batch_subjects:
             self._batch_items.labels(subject, "job")
-        for outcome in ("done", "duplicate", "dropped", "failed", "deferred"):
+        for outcome in ("done", "duplicate", "dropped", "failed", "deferred", "deleted"):
             self._job_chunks.labels(outcome)
 
     def _add_series(self, operation: str, batched: bool) -> _OperationSeries:

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from pqkms.batch_files import BatchOptions, BatchState, run_batch_file, state_path
-from pqkms.client import DEFAULT_MESSAGE_LIMIT, PqkmsClient
+from pqkms.client import DEFAULT_MESSAGE_LIMIT, PqkmsClient, PqkmsError
 from schemas.algorithms import Plan
 from schemas.jobs import JobOperation
 from tests.support.stack import LocalStack
@@ -114,7 +115,8 @@ async def test_batch_encrypt_resumes_after_ctrl_c_then_decrypts(
     with sealed.open("ab") as out:  # a torn line after the last complete chunk
         out.write(b'{"reference": "r9')
 
-    second = batch(batch_stack, api_key, "encrypt", "--in", str(source), "--out", str(sealed))
+    second = batch(batch_stack, api_key, "encrypt", "--in", str(source), "--out", str(sealed),
+                   "--keep-job")
     summary = finish(second)
     assert f"job {job_id}, resumed after {recorded['chunks_written']} chunks" in summary
     assert "items/s" in summary
@@ -128,7 +130,15 @@ async def test_batch_encrypt_resumes_after_ctrl_c_then_decrypts(
     assert status["items_done"] == ITEMS  # ... and no chunk ran twice
 
     opened = tmp_path / "opened.jsonl"
-    finish(batch(batch_stack, api_key, "decrypt", "--in", str(sealed), "--out", str(opened)))
+    summary = summary_line(finish(batch(batch_stack, api_key, "decrypt", "--in", str(sealed),
+                                        "--out", str(opened))))
+    # Without --keep-job the finished job is deleted: no plaintexts stay in JetStream.
+    decrypt_job = re.search(r"\(job ([0-9a-f]+)\)", summary)
+    assert decrypt_job is not None, summary
+    async with await PqkmsClient.connect(batch_stack.nats_url, api_key) as client:
+        with pytest.raises(PqkmsError) as raised:
+            await client.job_status(decrypt_job[1])
+    assert raised.value.code == "ERR_NOT_FOUND_001"
     decrypted = read_lines(opened)
     assert [r["reference"] for r in decrypted] == [f"r{n}" for n in range(ITEMS)]
     assert [base64.b64decode(r["data"]["plaintext"]) for r in decrypted] == [  # type: ignore[index]
@@ -257,7 +267,7 @@ async def test_a_resume_counts_every_run_and_cuts_the_same_chunks(
     items[10]["plaintext"] = items[120]["plaintext"] = "not base64!"  # one failure per run
     write_lines(source, items)
     options = BatchOptions(JobOperation.KEM_ENCRYPT, source, out, key_version=1,
-                           chunk_size=CHUNK)
+                           chunk_size=CHUNK, keep_job=True)
     async with await PqkmsClient.connect(batch_stack.nats_url, api_key) as client:
         with pytest.raises(_StopAfterFirstChunk):
             await run_batch_file(client, options, progress_stream=io.StringIO(),

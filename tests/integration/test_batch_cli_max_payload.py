@@ -54,7 +54,7 @@ async def test_chunks_are_cut_for_the_servers_max_payload(small_stack: LocalStac
         json.dumps({"plaintext": base64.b64encode(PLAINTEXT).decode(), "reference": str(n)})
         + "\n" for n in range(ITEMS)))
     done = run_batch(small_stack, api_key, "--in", str(source), "--out", str(out),
-                     "--job-id", "server-limit")
+                     "--job-id", "server-limit", "--keep-job")
     assert done.returncode == 0, done.stderr
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["reference"] for r in results] == [str(n) for n in range(ITEMS)]

@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 from pqkms.client import PqkmsClient
 from schemas.algorithms import Plan
 from schemas.jobs import JOB_RESULTS_STREAM, results_subject
+from tests.support.jobs import job_run
 from tests.support.stack import LocalStack
 from worker.log_sink import FLUSH_SECONDS
 from worker.services.rate_limit import KvRateLimiter
@@ -69,10 +70,11 @@ class FreeJob:
     js: JetStreamContext
     tenant_id: str
     job_id: str
+    run: str | None
     chunks: int
 
     async def chunks_done(self) -> int:
-        subjects = results_subject(self.tenant_id, self.job_id, "*")
+        subjects = results_subject(self.tenant_id, self.job_id, "*", self.run)
         info = await self.js.stream_info(JOB_RESULTS_STREAM, subjects_filter=subjects)
         return len(info.state.subjects or {})
 
@@ -87,7 +89,7 @@ class FreeJob:
         results: list[dict[str, Any]] = []
         for index in range(self.chunks):
             stored = await self.js.get_last_msg(
-                JOB_RESULTS_STREAM, results_subject(self.tenant_id, self.job_id, index))
+                JOB_RESULTS_STREAM, results_subject(self.tenant_id, self.job_id, index, self.run))
             assert stored.data is not None
             results.extend(orjson.loads(stored.data)["results"])
         return results
@@ -151,9 +153,12 @@ async def test_a_rate_limited_job_does_not_hold_up_other_tenants_jobs(
         async with await PqkmsClient.connect(fairness_stack.nats_url, free_key) as free, \
                 await PqkmsClient.connect(fairness_stack.nats_url, enterprise_key) as enterprise:
             await free.generate_key("Kyber768")
-            free_job = FreeJob(js, free_tenant, await free.submit_job(
+            free_job_id = await free.submit_job(
                 "kem.encrypt", encrypt_items(FREE_ITEMS), key_version=1,
-                chunk_items=FREE_CHUNK), chunks=FREE_ITEMS // FREE_CHUNK)
+                chunk_items=FREE_CHUNK)
+            free_job = FreeJob(js, free_tenant, free_job_id,
+                               await job_run(js, free_tenant, free_job_id),
+                               chunks=FREE_ITEMS // FREE_CHUNK)
 
             # Queued behind every chunk of the free job.
             enterprise_job = await enterprise.submit_job(

@@ -263,9 +263,16 @@ async def finished_job(client: PqkmsClient, items: int, chunk_items: int) -> str
 async def results_subject_of(js: JetStreamContext, job_id: str, index: int) -> str:
     """The stored results' subject of one chunk (its tenant is the caller's)."""
     info = await js.stream_info(JOB_RESULTS_STREAM,
-                                subjects_filter=f"{JOB_RESULTS_PREFIX}.*.{job_id}.{index}")
+                                subjects_filter=f"{JOB_RESULTS_PREFIX}.*.{job_id}.*.{index}")
     (subject,) = info.state.subjects or {}
     return subject
+
+
+async def tenant_and_run_of(js: JetStreamContext, job_id: str) -> tuple[str, str]:
+    """The tenant and run of a job with results for chunk 0: its results' subject has
+    both (``….<tenant>.<job>.<run>.<n>``)."""
+    tenant, _, run, _ = (await results_subject_of(js, job_id, 0)).split(".")[-4:]
+    return tenant, run
 
 
 async def test_chunk_results_are_the_stored_results_read_directly(
@@ -290,11 +297,13 @@ async def test_has_results_counts_the_chunk_subject_only(
     connection = await nats.connect(job_stack.nats_url)
     try:
         streams = JobStreams(lambda: connection, BulkSettings())
-        tenant = (await results_subject_of(connection.jetstream(), job_id, 0)).split(".")[-3]
-        assert all([await streams.has_results(tenant, job_id, n) for n in range(11)])
-        assert not await streams.has_results(tenant, job_id, 11)
-        assert not await streams.has_results(tenant, job_id + "x", 1)
-        assert not await streams.has_results("another-tenant", job_id, 1)
+        tenant, run = await tenant_and_run_of(connection.jetstream(), job_id)
+        assert all([await streams.has_results(tenant, job_id, n, run) for n in range(11)])
+        assert not await streams.has_results(tenant, job_id, 11, run)
+        assert not await streams.has_results(tenant, job_id, 1, run + "x")
+        assert not await streams.has_results(tenant, job_id, 1, None)
+        assert not await streams.has_results(tenant, job_id + "x", 1, run)
+        assert not await streams.has_results("another-tenant", job_id, 1, run)
     finally:
         await connection.close()
 
@@ -313,9 +322,9 @@ async def test_results_are_read_from_a_stream_without_direct_get(
         assert await all_results(client, job_id) == first
         # A chunk without results is not found on this path either.
         streams = JobStreams(lambda: connection, BulkSettings())
-        tenant = (await results_subject_of(js, job_id, 0)).split(".")[-3]
+        tenant, run = await tenant_and_run_of(js, job_id)
         with pytest.raises(NotFoundError):
-            await streams.stored_results(tenant, job_id, 1)
+            await streams.stored_results(tenant, job_id, 1, run)
         with pytest.raises(PqkmsError) as raised:
             await client.chunk_results(job_id, 1)  # a chunk the job does not have
         assert raised.value.code == "ERR_INVALID_001"

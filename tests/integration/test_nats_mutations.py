@@ -167,6 +167,8 @@ def valid_bodies(ciphertext: str, signature: str) -> dict[Subject, list[Body]]:
                                "key_version": 1}],
         Subject.JOBS_STATUS: [{"job_id": "job-1"}],
         Subject.JOBS_RESULTS: [{"job_id": "job-1", "chunk_index": 0}],
+        # A job of its own: the mutated submits' jobs are checked at the end.
+        Subject.JOBS_DELETE: [{"job_id": "job-never-submitted"}],
     }
 
 

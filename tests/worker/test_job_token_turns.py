@@ -3,172 +3,27 @@ handed back uncharged.
 
 The runner runs for real on stand-ins for JetStream (a queue of chunk messages), the
 authenticator, the batch service and a rate limiter whose tenants' buckets the test
-keeps empty until it lets them fill.
+keeps empty until it lets them fill (``tests.support.job_runner_fakes``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
 
-import orjson
 import pytest
-from nats.errors import TimeoutError as NatsTimeoutError
 
-from schemas.algorithms import Plan
-from schemas.jobs import JOB_CHUNK_PREFIX
-from schemas.subjects import HEADER_API_KEY, Subject
-from worker.config import PlanLimits, Settings
-from worker.errors import RateLimited
-from worker.jobs import JobRunner
+from tests.support.job_runner_fakes import (
+    ACK_WAIT,
+    ENTERPRISE,
+    FREE,
+    FREE_RATE,
+    OTHER_FREE,
+    Worker,
+    settled,
+)
 from worker.jobs.token_turns import TenantWaiting, TokenTurns
-from worker.services.batch_items import BatchOutcome
-from worker.services.context import Caller
-
-FREE, OTHER_FREE, ENTERPRISE = "tenant-free", "tenant-other-free", "tenant-enterprise"
-PLANS = {FREE: Plan.FREE, OTHER_FREE: Plan.FREE, ENTERPRISE: Plan.ENTERPRISE}
-ACK_WAIT = 30.0  # the longest hand-back
-FREE_RATE = 10.0  # Settings' default for the free plan
-
-
-class ChunkMessage:
-    """A chunk as the runner fetches it; ``settled`` says how it left the runner."""
-
-    def __init__(self, tenant: str, index: int, items: int) -> None:
-        self.subject = f"{JOB_CHUNK_PREFIX}.{tenant}.job.{index}"
-        self.data = orjson.dumps({"operation": "kem.encrypt", "key_version": 1,
-                                  "items": [{"plaintext": "AA=="}] * items})
-        self.headers = {HEADER_API_KEY: f"key-of-{tenant}"}
-        self.settled: asyncio.Future[tuple[str, float | None]] = (
-            asyncio.get_running_loop().create_future())
-
-    def _settle(self, how: str, delay: float | None = None) -> None:
-        if not self.settled.done():
-            self.settled.set_result((how, delay))
-
-    async def ack(self) -> None:
-        self._settle("ack")
-
-    async def ack_sync(self, timeout: float) -> None:
-        self._settle("ack")
-
-    async def nak(self, delay: float | None = None) -> None:
-        self._settle("nak", delay)
-
-    async def term(self) -> None:
-        self._settle("term")
-
-    async def in_progress(self) -> None:
-        return None
-
-
-class ChunkQueue:
-    """The pull subscription: hands out what the test puts in, one at a time."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[ChunkMessage] = asyncio.Queue()
-
-    async def fetch(self, batch: int, timeout: float) -> list[ChunkMessage]:
-        try:
-            return [await asyncio.wait_for(self.queue.get(), timeout)]
-        except TimeoutError:
-            raise NatsTimeoutError from None
-
-    async def unsubscribe(self) -> None:
-        return None
-
-
-class Streams:
-    def __init__(self, chunks: ChunkQueue) -> None:
-        self.chunks = chunks
-        self.published: list[str] = []
-        self.js = self
-
-    async def ensure(self) -> None:
-        return None
-
-    async def ensure_consumer(self) -> None:
-        return None
-
-    def forget(self) -> None:
-        return None
-
-    async def pull_subscribe_bind(self, durable: str, stream: str) -> ChunkQueue:
-        return self.chunks
-
-    async def has_results(self, tenant: str, job_id: str, index: int) -> bool:
-        return False
-
-    async def publish(self, subject: str, payload: bytes, **_: Any) -> None:
-        self.published.append(subject)
-
-
-class Authenticator:
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-
-    async def authenticate(self, api_key: str | None, request_id: str) -> Caller:
-        assert api_key is not None
-        tenant = api_key.removeprefix("key-of-")
-        self.calls[tenant] += 1
-        return Caller(tenant, PLANS[tenant], request_id)
-
-
-class Batches:
-    async def run(self, single: Subject, caller: Caller, items: list[Any],
-                  key_version: int | None = None, algorithm: str | None = None) -> BatchOutcome:
-        return BatchOutcome([{"data": {}} for _ in items], failed=0)
-
-
-class EmptyBuckets:
-    """Refuses the tenants in ``empty`` (as a bucket with no tokens); counts what it grants."""
-
-    def __init__(self, *empty: str) -> None:
-        self.empty = set(empty)
-        self.taken: Counter[str] = Counter()
-        self.grants: list[tuple[str, int]] = []
-        self.refused: dict[str, asyncio.Event] = {tenant: asyncio.Event() for tenant in PLANS}
-
-    async def acquire(self, tenant_id: str, limits: PlanLimits, cost: int = 1) -> None:
-        if tenant_id in self.empty:
-            self.refused[tenant_id].set()
-            raise RateLimited(1, 0.01)
-        self.taken[tenant_id] += cost
-        self.grants.append((tenant_id, cost))
-
-
-class ChunkOutcomes:
-    def __init__(self) -> None:
-        self.finished: Counter[str] = Counter()
-
-    def chunk_finished(self, outcome: str) -> None:
-        self.finished[outcome] += 1
-
-    def chunk_items(self, operation: str, items: int, failed: int) -> None:
-        return None
-
-
-class Worker:
-    """A job runner and its stand-ins."""
-
-    def __init__(self, tmp_path: Path, concurrency: int, *empty: str) -> None:
-        self.chunks = ChunkQueue()
-        self.streams = Streams(self.chunks)
-        self.auth = Authenticator()
-        self.buckets = EmptyBuckets(*empty)
-        self.outcomes = ChunkOutcomes()
-        self.runner = JobRunner(
-            cast(Any, self.streams), cast(Any, Batches()), cast(Any, self.auth), self.buckets,
-            Settings(data_dir=tmp_path, audit=False), concurrency=concurrency,
-            ack_wait=ACK_WAIT, metrics=self.outcomes)
-
-    def submit(self, tenant: str, index: int, items: int) -> ChunkMessage:
-        message = ChunkMessage(tenant, index, items)
-        self.chunks.queue.put_nowait(message)
-        return message
 
 
 @pytest.fixture
@@ -178,10 +33,6 @@ async def one_loop(tmp_path: Path) -> AsyncIterator[Worker]:
     worker.runner.start()
     yield worker
     await worker.runner.stop(grace_seconds=0.5)
-
-
-async def settled(message: ChunkMessage) -> tuple[str, float | None]:
-    return await asyncio.wait_for(asyncio.shield(message.settled), 10)
 
 
 async def test_a_waiting_chunk_leaves_its_loop_and_its_tenant_s_next_chunk_is_handed_back(

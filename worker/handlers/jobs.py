@@ -1,4 +1,4 @@
-"""Job subjects → JobService (NATS only: submit, status, results)."""
+"""Job subjects → JobService (NATS only: submit, status, results, delete)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ __all__ = ["jobs_router"]
 
 
 def jobs_router(handler: EnvelopeHandler, service: JobService) -> NatsRouter:
-    """Subscribers for job submit, status and results."""
+    """Subscribers for job submit, status, results and delete."""
     router = NatsRouter()
     subscribe(router, handler, Subject.JOBS_STATUS, service.status)
     subscribe(router, handler, Subject.JOBS_RESULTS, service.results)
+    subscribe(router, handler, Subject.JOBS_DELETE, service.delete)
     submit = operation_for(Subject.JOBS_SUBMIT)
 
     async def answer_submit(msg: NatsMessage) -> NatsResponse:

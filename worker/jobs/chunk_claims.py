@@ -25,6 +25,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from schemas.errors import ErrorCode
 from schemas.jobs import JobSubmitRequest, chunk_key
 from worker.errors import ServiceError
+from worker.jobs.streams import run_of
 from worker.services.context import Caller
 from worker.services.transient import TRANSIENT_MESSAGE
 
@@ -56,7 +57,7 @@ async def claim_chunk(kv: Any, caller: Caller, request: JobSubmitRequest,
     if not isinstance(salt, str):
         return
     digest = _digest(salt, request)
-    key = chunk_key(caller.tenant_id, request.job_id, request.chunk_index)
+    key = chunk_key(caller.tenant_id, request.job_id, request.chunk_index, run_of(job))
     first = await create_or_read(kv, key, {"digest": digest})
     if first is not None and not hmac.compare_digest(str(first.get("digest")), digest):
         raise ServiceError(

@@ -6,7 +6,9 @@ items through the batch service → publish the results (``Nats-Msg-Id`` per chu
 message per chunk subject) → ack. While a chunk runs, the runner tells JetStream it is
 in progress; a worker killed mid-chunk stops doing so, and the chunk is redelivered to
 another worker after the ack wait. A redelivered chunk whose results already exist is
-acked without being processed again.
+acked without being processed again. A chunk whose job was deleted (its run gone from
+the bucket, ``worker.jobs.service``) is dropped before it runs, and a chunk whose job was
+deleted while it ran removes the results it has just published.
 
 A chunk waiting for its tenant's tokens does not hold the loop that fetched it: the loop
 fetches the next chunk meanwhile, so a rate-limited tenant's job cannot hold up other
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -34,6 +36,7 @@ from schemas.jobs import (
     JOB_CHUNK_PREFIX,
     JOB_CHUNKS_STREAM,
     JOB_RESULTS_STREAM,
+    JOB_RUN_HEADER,
     JobOperation,
     result_message_id,
     results_subject,
@@ -43,7 +46,7 @@ from worker.config import Settings
 from worker.errors import RateLimited, ServiceError
 from worker.handlers.envelope import header_value
 from worker.jobs.service import HEADER_FAILED, HEADER_ITEMS
-from worker.jobs.streams import CONSUMER, JobStreams
+from worker.jobs.streams import CONSUMER, JobStreams, run_of
 from worker.jobs.token_turns import TenantWaiting, TokenTurns
 from worker.metrics import NO_JOB_METRICS, JobChunkMetrics
 from worker.services.auth import Authenticator
@@ -66,6 +69,10 @@ _PUBLISH_ATTEMPTS = 120
 _MOST_PARKED_CHUNKS = 32
 
 LoopRelease = Callable[[], None]
+
+
+class _JobGone(Exception):
+    """The chunk's job was deleted (or deleted and submitted again: another run)."""
 
 
 class JobRunner:
@@ -175,11 +182,13 @@ class JobRunner:
             await message.term()
             return
         tenant, job_id, index = parts[0], parts[1], int(parts[2])
+        run = header_value(message.headers, JOB_RUN_HEADER)
         heartbeat = asyncio.create_task(self._keep_alive(message))
         try:
             # Before anything else: a chunk handed back is neither authenticated nor charged.
             self._turns.check(tenant)
-            if await self._streams.has_results(tenant, job_id, index):
+            run = await self._current_run(tenant, job_id, run)
+            if await self._streams.has_results(tenant, job_id, index, run):
                 await message.ack()
                 self._metrics.chunk_finished("duplicate")
                 return
@@ -190,13 +199,17 @@ class JobRunner:
                 return
             payload = orjson.dumps({"job_id": job_id, "chunk_index": index,
                                     **outcome.json_data()})
-            headers = {"Nats-Msg-Id": result_message_id(tenant, job_id, index),
+            headers = {"Nats-Msg-Id": result_message_id(tenant, job_id, index, run),
                        HEADER_ITEMS: str(outcome.total), HEADER_FAILED: str(outcome.failed)}
-            await self._publish(results_subject(tenant, job_id, index), payload, headers)
+            await self._publish(results_subject(tenant, job_id, index, run), payload, headers)
+            await self._still_live(tenant, job_id, run)  # deleted while it ran?
             await message.ack_sync(timeout=5.0)
             self._metrics.chunk_finished("done")
             _log.info("job_chunk_done", tenant_id=tenant, job_id=job_id, chunk_index=index,
                       items=outcome.total, failed=outcome.failed)
+        except _JobGone:
+            await self._drop_deleted(message, results_subject(tenant, job_id, index, run))
+            _log.info("job_chunk_deleted", tenant_id=tenant, job_id=job_id, chunk_index=index)
         except TenantWaiting as waiting:
             with contextlib.suppress(Exception):
                 await message.nak(delay=waiting.delay)
@@ -213,6 +226,41 @@ class JobRunner:
                 await message.nak(delay=5)
         finally:
             heartbeat.cancel()
+
+    async def _drop_deleted(self, message: Msg, results: str) -> None:
+        """A chunk of a deleted job: its results (this run's own, or those a crashed
+        run of it left) go, then the chunk. The delete has purged the chunk from the
+        stream, so it would not come back: the purge is retried here, as a publish is.
+        Should it still fail, the results stay until the job id is deleted again
+        (its 404 removes them) or they expire."""
+        try:
+            await self._with_retries(
+                lambda: self._streams.purge(JOB_RESULTS_STREAM, results), "job_purge_retry")
+            self._metrics.chunk_finished("deleted")
+        except Exception:
+            _log.exception("job_chunk_results_left", subject=results)
+            self._metrics.chunk_finished("failed")
+        with contextlib.suppress(Exception):
+            await message.ack()
+
+    async def _still_live(self, tenant: str, job_id: str, run: str | None) -> None:
+        """:class:`_JobGone` unless the job's entry is of ``run`` exactly (after the
+        results are published: a chunk from before runs took its job's run then)."""
+        entry = await self._streams.job_entry(tenant, job_id)
+        if entry is None or run_of(entry) != run:
+            raise _JobGone
+
+    async def _current_run(self, tenant: str, job_id: str, chunk_run: str | None) -> str | None:
+        """The run of the chunk's job; :class:`_JobGone` when the job has no entry, or
+        one of another run. A chunk without a run (queued by a worker from before runs)
+        takes its job's."""
+        entry = await self._streams.job_entry(tenant, job_id)
+        if entry is None:
+            raise _JobGone
+        run = run_of(entry)
+        if chunk_run is not None and chunk_run != run:
+            raise _JobGone
+        return run
 
     async def _keep_alive(self, message: Msg) -> None:
         while True:
@@ -294,15 +342,25 @@ class JobRunner:
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         """Publish with retries: NATS may be restarting; the message id de-duplicates."""
+
+        async def publish() -> None:
+            await self._streams.js.publish(subject, payload, stream=JOB_RESULTS_STREAM,
+                                           headers=headers, timeout=5.0)
+
+        await self._with_retries(publish, "job_results_retry")
+
+    @staticmethod
+    async def _with_retries(action: Callable[[], Awaitable[None]], event: str) -> None:
+        """``action`` until it succeeds, at most ``_PUBLISH_ATTEMPTS`` times a second
+        apart (NATS may be restarting); the last failure is raised."""
         for attempt in range(_PUBLISH_ATTEMPTS):
             try:
-                await self._streams.js.publish(subject, payload, stream=JOB_RESULTS_STREAM,
-                                               headers=headers, timeout=5.0)
+                await action()
                 return
             except Exception as exc:
                 if attempt == _PUBLISH_ATTEMPTS - 1:
                     raise
-                _log.warning("job_results_retry", reason=type(exc).__name__)
+                _log.warning(event, reason=type(exc).__name__)
                 await asyncio.sleep(_RETRY_SECONDS)
 
 

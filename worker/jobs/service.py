@@ -1,11 +1,20 @@
-"""Job submit, status and results: the request/reply side of durable jobs (no crypto here).
+"""Job submit, status, results and delete: the request/reply side of durable jobs (no
+crypto here).
 
 A job is addressed by (tenant, job id): the tenant comes from the caller's API key, so
-one tenant can never see, extend or read another tenant's job, even with the same id.
+one tenant can never see, extend, read or delete another tenant's job, even with the
+same id.
+
+Each job entry holds a random **run**: its chunks carry it (header ``Pqkms-Job-Run``),
+its results' subjects and message ids hold it. A job deleted and submitted again under
+the same id is a new run: its chunks are not taken for duplicates of the deleted run's
+(JetStream's de-duplication window), and a chunk of the deleted run that was still
+running finds its run gone and keeps no results (``worker.jobs.runner``).
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +29,9 @@ from schemas.errors import ErrorCode
 from schemas.jobs import (
     JOB_CHUNKS_STREAM,
     JOB_RESULTS_STREAM,
+    JOB_RUN_HEADER,
+    JobDeleted,
+    JobDeleteRequest,
     JobOperation,
     JobResultsRequest,
     JobState,
@@ -29,14 +41,15 @@ from schemas.jobs import (
     JobSubmitted,
     chunk_message_id,
     chunk_subject,
+    job_chunks_pattern,
     job_key,
-    results_subject,
+    job_results_pattern,
 )
 from schemas.subjects import HEADER_API_KEY, HEADER_REQUEST_ID
 from schemas.validation import describe_validation_error
 from worker.errors import ServiceError
 from worker.jobs.chunk_claims import SALT_FIELD, claim_chunk, create_or_read, new_salt
-from worker.jobs.streams import JobStreams
+from worker.jobs.streams import RUN_FIELD, JobStreams, run_of
 from worker.services.batch import BatchService
 from worker.services.context import Caller
 
@@ -55,9 +68,14 @@ _BATCH_MODELS: dict[JobOperation, type[BaseModel]] = {
 }
 
 
-def chunk_headers_of(api_key: str, request_id: str, message_id: str) -> dict[str, str]:
+def chunk_headers_of(api_key: str, request_id: str, message_id: str,
+                     run: str | None) -> dict[str, str]:
     """Headers of a chunk message: the submitter's API key travels here, never in a body."""
-    return {"Nats-Msg-Id": message_id, HEADER_API_KEY: api_key, HEADER_REQUEST_ID: request_id}
+    headers = {"Nats-Msg-Id": message_id, HEADER_API_KEY: api_key,
+               HEADER_REQUEST_ID: request_id}
+    if run is not None:
+        headers[JOB_RUN_HEADER] = run
+    return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +140,12 @@ class JobService:
         js = self._streams.js
         tenant, job_id, index = caller.tenant_id, request.job_id, request.chunk_index
         job = await self._register(kv, caller, request)
+        run = run_of(job)
         await claim_chunk(kv, caller, request, job)
         submitted = JobSubmitted(job_id=job_id, chunk_index=index,
                                  total_chunks=request.total_chunks, items=len(request.items),
                                  queued=False, duplicate=True)
-        if await self._streams.has_results(tenant, job_id, index):
+        if await self._streams.has_results(tenant, job_id, index, run):
             return submitted
         room = self._batches.message_limit - _CHUNK_HEADROOM
         chunk = raw_body if len(raw_body) <= room else _compact_chunk(request)
@@ -134,7 +153,7 @@ class JobService:
             chunk_subject(tenant, job_id, index), chunk,
             stream=JOB_CHUNKS_STREAM,
             headers=chunk_headers_of(api_key, caller.request_id,
-                                     chunk_message_id(tenant, job_id, index)),
+                                     chunk_message_id(tenant, job_id, index, run), run),
         )
         return submitted.model_copy(update={"queued": not ack.duplicate,
                                             "duplicate": bool(ack.duplicate)})
@@ -144,7 +163,8 @@ class JobService:
         """The job's entry: made by this submit, or checked against the first one."""
         key = job_key(caller.tenant_id, request.job_id)
         record = {"operation": request.operation.value, "total_chunks": request.total_chunks,
-                  "created_at": utc_timestamp(), SALT_FIELD: new_salt()}
+                  "created_at": utc_timestamp(), SALT_FIELD: new_salt(),
+                  RUN_FIELD: secrets.token_hex(8)}
         existing = await create_or_read(kv, key, record)
         if existing is None:
             return record
@@ -172,7 +192,7 @@ class JobService:
         """Chunks with results out of the total, and item counts so far."""
         record = await self._job_record(caller, request.job_id)
         js = self._streams.js
-        pattern = results_subject(caller.tenant_id, request.job_id, "*")
+        pattern = job_results_pattern(caller.tenant_id, request.job_id, run_of(record))
         info = await js.stream_info(JOB_RESULTS_STREAM, subjects_filter=pattern)
         done = len(info.state.subjects or {})
         items = failed = 0
@@ -228,11 +248,36 @@ class JobService:
                 f"of job {request.job_id}",
             )
         try:
-            stored = await self._streams.stored_results(caller.tenant_id, request.job_id,
-                                                        request.chunk_index)
+            stored = await self._streams.stored_results(
+                caller.tenant_id, request.job_id, request.chunk_index, run_of(record))
         except NotFoundError:
             raise ServiceError(
                 ErrorCode.NOT_FOUND,
                 f"Chunk {request.chunk_index} of job {request.job_id} has no results yet",
             ) from None
         return StoredChunkResults(stored)
+
+    async def delete(self, caller: Caller, request: JobDeleteRequest) -> JobDeleted:
+        """Forget a job: its queued chunks, its results, its entries; 404 for a job the
+        caller's tenant does not have (after removing whatever an earlier delete of the
+        id may have left: a 404 is never an unfinished delete).
+
+        The job's entry goes last but one: a delete that fails before it leaves the job
+        in place, and the same delete again finishes it; one that fails after it is
+        finished by the 404's clean-up. Once the entry is gone, a chunk of the job still
+        running keeps no results (the runner checks its run before running and after
+        publishing); results published before that are removed by the last step."""
+        await self._streams.ensure()
+        streams = self._streams
+        tenant, job_id = caller.tenant_id, request.job_id
+        record = await streams.job_entry(tenant, job_id)
+        if record is None:
+            await streams.purge_stale_results(tenant, job_id)
+            raise _not_found(job_id)
+        await streams.purge(JOB_CHUNKS_STREAM, job_chunks_pattern(tenant, job_id))
+        await streams.purge(JOB_RESULTS_STREAM,
+                            job_results_pattern(tenant, job_id, run_of(record)))
+        await streams.purge_job_entries(tenant, job_id, chunks_only=True)
+        await streams.purge_job_entries(tenant, job_id, chunks_only=False)
+        await streams.purge_stale_results(tenant, job_id)
+        return JobDeleted(job_id=job_id, deleted=True)

@@ -3,9 +3,10 @@
 - ``PQKMS_JOBS``: work-queue stream of chunks (``pqkms.v1.jobs.chunks.<tenant>.<job>.<n>``);
   a chunk is deleted once a worker acks it. ``Nats-Msg-Id`` de-duplicates re-submits.
 - ``PQKMS_JOB_RESULTS``: one message per chunk subject (``max_msgs_per_subject=1``), so
-  a chunk processed twice still has exactly one set of results.
+  a chunk processed twice still has exactly one set of results; the subject holds the
+  job's run (``pqkms.v1.jobs.results.<tenant>.<job>.<run>.<n>``).
 - ``pqkms_jobs``: key-value bucket, one entry per job (operation, chunk count, created,
-  digest salt) and one per chunk (the digest of what it holds, ``chunk_claims``).
+  digest salt, run) and one per chunk (the digest of what it holds, ``chunk_claims``).
 - ``pqkms-job-workers``: the durable pull consumer every worker shares.
 """
 
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
+import orjson
 import structlog
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -27,13 +30,21 @@ from schemas.jobs import (
     JOB_RESULTS_PREFIX,
     JOB_RESULTS_STREAM,
     JOBS_BUCKET,
+    job_key,
+    job_results_pattern,
     results_subject,
 )
 from worker.bulk_config import BulkSettings
 
-__all__ = ["CONSUMER", "JobStreams"]
+__all__ = ["CONSUMER", "RUN_FIELD", "JobStreams", "run_of"]
 
 CONSUMER = "pqkms-job-workers"
+RUN_FIELD = "run"
+_BUCKET_STREAM = f"KV_{JOBS_BUCKET}"
+_DELETED = ("DEL", "PURGE")
+# JetStream's error code for a stream that does not exist (a missing message is 10037).
+_NO_SUCH_STREAM = 10059
+_NO_RUN = "-"  # no job entry: no run is live (a run id is hex)
 _log = structlog.get_logger("pqkms.worker")
 
 
@@ -108,26 +119,67 @@ class JobStreams:
             kv = await js.key_value(JOBS_BUCKET)
         return kv
 
-    async def has_results(self, tenant: str, job_id: str, index: int) -> bool:
+    async def job_entry(self, tenant: str, job_id: str) -> dict[str, Any] | None:
+        """The job's entry as the bucket's leader has it (a replica may lag behind a
+        submit or a delete just made); ``None`` when the job has none."""
+        subject = f"$KV.{JOBS_BUCKET}.{job_key(tenant, job_id)}"
+        try:
+            message = await self.js.get_last_msg(_BUCKET_STREAM, subject)
+        except NotFoundError as exc:
+            if exc.err_code == _NO_SUCH_STREAM:
+                raise  # no bucket at all is trouble, not a deleted job: tried again later
+            return None
+        if (message.headers or {}).get("KV-Operation") in _DELETED or not message.data:
+            return None
+        entry: dict[str, Any] = orjson.loads(message.data)
+        return entry
+
+    async def purge(self, stream: str, subject: str) -> None:
+        """Remove every message of ``stream`` on ``subject`` (a pattern may be given)."""
+        await self.js.purge_stream(stream, subject=subject)
+
+    async def purge_job_entries(self, tenant: str, job_id: str, *, chunks_only: bool) -> None:
+        """Remove the job's chunk entries from the bucket, or its own entry."""
+        key = job_key(tenant, job_id)
+        await self.purge(_BUCKET_STREAM,
+                         f"$KV.{JOBS_BUCKET}.{key}" + (".>" if chunks_only else ""))
+
+    async def purge_stale_results(self, tenant: str, job_id: str) -> None:
+        """Remove the results of every run of the job but its live one (all of them when
+        it has none): what a chunk running across a delete, or a worker killed before it
+        removed them, may have left. The subjects are listed before the job's entry is
+        read, so results of a run submitted meanwhile are never taken for stale: its
+        entry was written before any of its results."""
+        prefix = results_subject(tenant, job_id, "", None)
+        info = await self.js.stream_info(JOB_RESULTS_STREAM, subjects_filter=prefix + ">")
+        runs = {_run_of_subject(subject.removeprefix(prefix))
+                for subject in info.state.subjects or {}}
+        entry = await self.job_entry(tenant, job_id)
+        live = run_of(entry) if entry is not None else _NO_RUN
+        for run in runs - {live}:
+            await self.purge(JOB_RESULTS_STREAM, job_results_pattern(tenant, job_id, run))
+
+    async def has_results(self, tenant: str, job_id: str, index: int, run: str | None) -> bool:
         """Whether a chunk's results are already in the results stream.
 
         Asked of the stream's leader as a per-subject count (stream info filtered to the
         chunk's subject): fetching the message instead would move the whole results,
         up to a megabyte wrapped in base64 and JSON, to learn that they exist."""
-        subject = results_subject(tenant, job_id, index)
+        subject = results_subject(tenant, job_id, index, run)
         try:
             info = await self.js.stream_info(JOB_RESULTS_STREAM, subjects_filter=subject)
         except NotFoundError:  # no results stream (deleted since ``ensure``): no results
             return False
         return bool((info.state.subjects or {}).get(subject))
 
-    async def stored_results(self, tenant: str, job_id: str, index: int) -> bytes:
+    async def stored_results(self, tenant: str, job_id: str, index: int,
+                             run: str | None) -> bytes:
         """A chunk's results as stored (JSON); ``NotFoundError`` while it has none.
 
         A direct get answers with the message itself; a replica may answer it and lag
         behind the leader, so "not found" (or no direct get on a stream made before it
         was allowed) is asked again of the stream's leader, whose answer decides."""
-        subject = results_subject(tenant, job_id, index)
+        subject = results_subject(tenant, job_id, index, run)
         try:
             message = await self.js.get_last_msg(JOB_RESULTS_STREAM, subject, direct=True)
         except (NotFoundError, NoRespondersError):
@@ -144,6 +196,18 @@ class JobStreams:
             await js.add_consumer(JOB_CHUNKS_STREAM, config)
         except BadRequestError as exc:
             _log.warning("job_consumer_kept", reason=exc.description)
+
+
+def run_of(entry: dict[str, Any]) -> str | None:
+    """A job entry's run; ``None`` for an entry made before runs existed."""
+    run = entry.get(RUN_FIELD)
+    return run if isinstance(run, str) else None
+
+
+def _run_of_subject(rest: str) -> str | None:
+    """The run in a results subject's ``<run>.<n>`` (``None`` for a bare ``<n>``)."""
+    run, _, _ = rest.rpartition(".")
+    return run or None
 
 
 async def _add_or_update(js: JetStreamContext, config: api.StreamConfig) -> None:
