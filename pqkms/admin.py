@@ -419,6 +419,38 @@ async def clear_rotation_policy(settings: Settings, tenant_name: str, algorithm:
         await store.close()
 
 
+async def list_tenants(settings: Settings) -> list[dict[str, object]]:
+    """Every tenant by name: id, plan, creation, unrevoked API keys, key versions."""
+    from schemas.envelope import utc_timestamp
+    from worker.store.tenant_directory import TenantDirectory
+
+    store = await open_store(settings, create_key=False, create_schema=False)
+    try:
+        tenants = await TenantDirectory(store.engine).list_tenants()
+    finally:
+        await store.close()
+    return [{"tenant_id": tenant.tenant_id, "name": tenant.name, "plan": tenant.plan.value,
+             "created_at": utc_timestamp(tenant.created_at),
+             "active_api_keys": tenant.active_api_keys, "key_versions": tenant.key_versions}
+            for tenant in tenants]
+
+
+async def set_tenant_plan(settings: Settings, tenant_name: str, plan: Plan) -> dict[str, str]:
+    """Move a tenant to another plan (``LookupError`` for an unknown tenant); workers
+    apply it within their 10 s memory of the tenant's API keys."""
+    from worker.store.tenant_directory import TenantDirectory
+
+    store = await open_store(settings, create_key=False, create_schema=False)
+    try:
+        change = await TenantDirectory(store.engine).set_plan(tenant_name, plan)
+    finally:
+        await store.close()
+    if change is None:
+        raise LookupError(f"no tenant named {tenant_name!r}")
+    return {"tenant_id": change.tenant_id, "name": change.name,
+            "previous_plan": change.previous_plan.value, "plan": change.plan.value}
+
+
 async def _tenant_id_named(store: KeyStore, name: str) -> str:
     tenant = await store.get_tenant_by_name(name)
     if tenant is None:

@@ -293,6 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan", required=True, choices=[plan.value for plan in Plan], help="tenant plan"
     )
     _add_store_options(create)
+    tenant_list = tenant_commands.add_parser(
+        "list", help="every tenant as JSON: id, name, plan, created_at, active_api_keys, "
+        "key_versions (never a key)")
+    set_plan = tenant_commands.add_parser(
+        "set-plan", help="move a tenant to another plan; prints JSON",
+        description="Change a tenant's plan: its rate limit, burst and number of key "
+        "versions. Workers apply it within 10 s. Key versions over a lower plan's limit "
+        "are kept; only new ones are refused.")
+    set_plan.add_argument("name", metavar="NAME", help="tenant name")
+    set_plan.add_argument("--plan", required=True, choices=[plan.value for plan in Plan],
+                          help="the new plan")
+    for action in (tenant_list, set_plan):
+        _add_store_options(action)
     api_key_commands = _actions(
         tenant_commands, "api-key", "api_key_command",
         help="a tenant's API keys: add another, list them, revoke one or all",
@@ -617,6 +630,21 @@ def _api_key_from_stdin(prompt: str = "API key to revoke: ") -> str:
     if not api_key:
         raise CommandError("no API key given on stdin")
     return api_key
+
+
+def _cmd_tenant_directory(args: argparse.Namespace) -> int:
+    """``tenant list`` and ``tenant set-plan``."""
+    from pqkms.admin import list_tenants, set_tenant_plan
+
+    settings: Settings = _settings(Settings, args)
+    output: Any
+    if args.tenant_command == "list":
+        output = _run_on_store(settings, list_tenants(settings))
+    else:
+        output = _run_on_store(settings, set_tenant_plan(settings, args.name, Plan(args.plan)),
+                               user_errors=(LookupError,))
+    print(json.dumps(output), flush=True)
+    return 0
 
 
 def _cmd_tenant_create(args: argparse.Namespace) -> int:
@@ -980,6 +1008,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _cmd_rotation_policy(args)
         if args.tenant_command == "api-key":
             return _cmd_tenant_api_key(args)
+        if args.tenant_command in ("list", "set-plan"):
+            return _cmd_tenant_directory(args)
         return _cmd_tenant_create(args)
     if args.command == "db":
         db_commands = {"init": _cmd_db_init, "upgrade": _cmd_db_upgrade,

@@ -247,3 +247,33 @@ def test_api_key_commands_refuse_an_unknown_tenant_or_no_key(tmp_path: Path) -> 
     empty = run_pqkms("tenant", "api-key", "revoke", "acme", *store, stdin="\n")
     assert empty.returncode == 1
     assert "no API key given on stdin" in empty.stderr
+
+
+def test_tenants_are_listed_and_moved_to_another_plan(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    store = ("--data-dir", str(data_dir))
+    acme = json.loads(run_pqkms("tenant", "create", "acme", "--plan", "free", *store).stdout)
+    umbrella = json.loads(run_pqkms("tenant", "create", "umbrella", "--plan", "pro",
+                                    *store).stdout)
+
+    moved = run_pqkms("tenant", "set-plan", "acme", "--plan", "enterprise", *store)
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout) == {"tenant_id": acme["tenant_id"], "name": "acme",
+                                        "previous_plan": "free", "plan": "enterprise"}
+    assert asyncio.run(_authenticate(data_dir, acme["api_key"])) == (
+        acme["tenant_id"], "acme", "enterprise")
+
+    listed = run_pqkms("tenant", "list", *store)
+    assert listed.returncode == 0, listed.stderr
+    tenants = json.loads(listed.stdout)
+    assert [(t["name"], t["tenant_id"], t["plan"], t["active_api_keys"], t["key_versions"])
+            for t in tenants] == [("acme", acme["tenant_id"], "enterprise", 1, 0),
+                                  ("umbrella", umbrella["tenant_id"], "pro", 1, 0)]
+    assert all(t["created_at"].endswith("Z") for t in tenants)
+    for key in (acme["api_key"], umbrella["api_key"]):
+        assert key not in listed.stdout and key[:12] not in listed.stdout
+
+    unknown = run_pqkms("tenant", "set-plan", "nobody", "--plan", "pro", *store)
+    assert unknown.returncode == 1
+    assert "no tenant named 'nobody'" in unknown.stderr
+    assert run_pqkms("tenant", "set-plan", "acme", "--plan", "gold", *store).returncode == 2

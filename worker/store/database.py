@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_only
 from sqlalchemy.util.concurrency import in_greenlet
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from worker.store import migrations
 from worker.store import tables as _tables  # noqa: F401  (registers the tables)
@@ -44,6 +46,7 @@ __all__ = [
     "create_engine_for",
     "create_schema",
     "is_sqlite",
+    "open_session",
     "require_current_schema",
     "require_existing_database",
     "schema_state",
@@ -161,6 +164,15 @@ def create_engine_for(
     engine_kwargs.setdefault("pool_size", POOL_SIZE)
     engine_kwargs.setdefault("max_overflow", 0)
     return create_async_engine(parsed, connect_args=args, **engine_kwargs)
+
+
+@asynccontextmanager
+async def open_session(engine: AsyncEngine, *, write: bool) -> AsyncIterator[AsyncSession]:
+    """A session whose connection is taken at once, so that the begin hook knows whether
+    it is a write (SQLite then begins with BEGIN IMMEDIATE)."""
+    async with AsyncSession(engine, expire_on_commit=False) as session:
+        await session.connection(execution_options={WRITE_TRANSACTION: write})
+        yield session
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

@@ -33,7 +33,7 @@ from schemas.algorithms import Algorithm, KeyStatus, Plan
 from schemas.errors import ErrorCode
 from worker.errors import ServiceError
 from worker.store import database
-from worker.store.database import WRITE_TRANSACTION, create_engine_for
+from worker.store.database import create_engine_for, open_session
 from worker.store.key_state import KeyStateFile, StatusCache, key_state_path
 from worker.store.keyring import KeySource, LiveKeyring, MasterKeyring
 from worker.store.master_key import (
@@ -404,9 +404,7 @@ class KeyStore:
 
     @asynccontextmanager
     async def _session(self, *, write: bool) -> AsyncIterator[AsyncSession]:
-        async with AsyncSession(self._engine, expire_on_commit=False) as session:
-            # Procure the connection now so the begin hook sees whether this is a write.
-            await session.connection(execution_options={WRITE_TRANSACTION: write})
+        async with open_session(self._engine, write=write) as session:
             yield session
 
     async def _write(self, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:

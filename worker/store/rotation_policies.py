@@ -21,7 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from schemas.algorithms import Algorithm, KeyStatus, Plan
 from schemas.errors import ErrorCode
 from worker.errors import ServiceError
-from worker.store.database import WRITE_TRANSACTION
+from worker.store.database import open_session
 from worker.store.tables import KeyVersion, RotationPolicy, Tenant, utc_now
 
 __all__ = ["DueKey", "RotationPolicyRecord", "RotationPolicyStore"]
@@ -77,9 +77,7 @@ class RotationPolicyStore:
 
     @asynccontextmanager
     async def _session(self, *, write: bool) -> AsyncIterator[AsyncSession]:
-        async with AsyncSession(self._engine, expire_on_commit=False) as session:
-            # The option makes SQLite begin with BEGIN IMMEDIATE (see worker.store.database).
-            await session.connection(execution_options={WRITE_TRANSACTION: write})
+        async with open_session(self._engine, write=write) as session:
             yield session
 
     @staticmethod
