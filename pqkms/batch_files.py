@@ -46,7 +46,7 @@ from pqkms.client import (
 from schemas.batch import DEFAULT_MAX_BATCH_ITEMS
 from schemas.errors import ErrorCode
 from schemas.fields import b64encode
-from schemas.jobs import JobOperation
+from schemas.jobs import JobOperation, chunk_not_done_message
 
 __all__ = [
     "ITEMS_FAILED_EXIT_STATUS",
@@ -464,18 +464,60 @@ async def connect(servers: str, api_key: str, *, timeout: float = 10.0) -> Pqkms
 
 # -- running -----------------------------------------------------------------------------------
 
+#: While a chunk's results are waited for, how often the job is checked for having been
+#: deleted or made again.
+_REMADE_CHECK_SECONDS = 5.0
 
-async def _chunk_results(client: PqkmsClient, job_id: str, index: int,
-                         poll_seconds: float) -> dict[str, Any]:
+
+def _check_same_job(created_at: object, first: list[str], state_file: Path) -> None:
+    """Every chunk this run submits must go to the same job: one made again meanwhile
+    (the job deleted by another run with the same job id, then this run's next chunk
+    made it anew) lacks the chunks submitted before, and would never complete."""
+    if not isinstance(created_at, str) or not created_at:
+        return  # a worker from before the field
+    if not first:
+        first.append(created_at)
+    elif created_at != first[0]:
+        raise BatchFileError(
+            "the job was deleted and made again while this run submitted it (another run "
+            f"with the same job id?); delete {state_file} and run again to start a new job")
+
+
+def _job_gone(job_id: str, state_file: Path) -> BatchFileError:
+    return BatchFileError(
+        f"job {job_id} no longer exists (deleted by another run with the same job id, or "
+        f"expired); delete {state_file} and run again to start a new job")
+
+
+async def _chunk_results(client: PqkmsClient, job_id: str, index: int, poll_seconds: float,
+                         state_file: Path, job_made: list[str]) -> dict[str, Any]:
+    """The chunk's results once it is done. A job that no longer exists (deleted by
+    another run of the same ``--job-id``, or expired), or that was made again (this
+    run's next chunks made it anew without the chunks before), stops the run: asked of
+    its status every ``_REMADE_CHECK_SECONDS`` of waiting."""
     delay = poll_seconds
+    not_done = chunk_not_done_message(index, job_id)
+    waited = 0.0
     while True:
         try:
             return await client.chunk_results(job_id, index)
         except PqkmsError as exc:
             if exc.code != ErrorCode.NOT_FOUND.value:
                 raise
+            if exc.message != not_done:
+                raise _job_gone(job_id, state_file) from None
         await asyncio.sleep(delay)
+        waited += delay
         delay = min(delay * 1.5, 2.0)
+        if waited >= _REMADE_CHECK_SECONDS:
+            waited = 0.0
+            try:
+                status = await client.job_status(job_id)
+            except PqkmsError as exc:
+                if exc.code == ErrorCode.NOT_FOUND.value:
+                    raise _job_gone(job_id, state_file) from None
+                raise
+            _check_same_job(status.get("created_at"), job_made, state_file)
 
 
 async def run_batch_file(client: PqkmsClient, options: BatchOptions, *,
@@ -530,6 +572,7 @@ async def run_batch_file(client: PqkmsClient, options: BatchOptions, *,
             await pending.put((index, task))
         await pending.put(None)
 
+    job_made: list[str] = []  # the job's creation as the first submit answered it
     producer = asyncio.create_task(produce())
     try:
         with options.output_path.open("r+b") as out:
@@ -549,8 +592,9 @@ async def run_batch_file(client: PqkmsClient, options: BatchOptions, *,
                 if entry is None:
                     break
                 index, submitted = entry
-                await submitted
-                chunk = await _chunk_results(client, state.job_id, index, options.poll_seconds)
+                _check_same_job((await submitted).get("created_at"), job_made, state_file)
+                chunk = await _chunk_results(client, state.job_id, index, options.poll_seconds,
+                                             state_file, job_made)
                 results = chunk["results"]
                 data = b"".join(orjson.dumps(result) + b"\n" for result in results)
                 out.write(data)

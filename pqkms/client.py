@@ -240,11 +240,14 @@ class PqkmsClient:
 
     async def request(self, subject: Subject | str, body: dict[str, Any],
                       timeout: float | None = None, *,
-                      idempotent: bool = False) -> dict[str, Any]:
+                      idempotent: bool = False, retry_unavailable: bool = True,
+                      ) -> dict[str, Any]:
         """One request; returns the envelope's ``data`` or raises :class:`PqkmsError`.
 
         ``idempotent`` requests (job submit, status, results) are also retried after a
         timeout or a lost connection, since repeating them changes nothing.
+        ``retry_unavailable=False``: an ``ERR_SERVICE_001`` is raised, not retried (a
+        job delete may have been done in part).
         """
         payload = orjson.dumps(body)
         headers = {HEADER_API_KEY: self._api_key, HEADER_REQUEST_ID: str(uuid.uuid4())}
@@ -277,7 +280,8 @@ class PqkmsClient:
                 data: dict[str, Any] = envelope["data"]
                 return data
             code = error.get("code", ErrorCode.INTERNAL.value)
-            if code in _RETRIED and not last:
+            if code in _RETRIED and not last and (
+                    retry_unavailable or code != ErrorCode.SERVICE_UNAVAILABLE.value):
                 wait = error.get("retry_after")
                 await asyncio.sleep(float(wait) if wait else delay)
                 delay = min(delay * 2, self._retry.max_backoff)
@@ -489,8 +493,11 @@ class PqkmsClient:
         """Delete a job: its chunks still queued (they never run), its results and its
         record. ``PqkmsError`` ERR_NOT_FOUND_001 for a job the tenant does not have (one
         deleted already, say); the same id may then be used for a new job. Not retried
-        after a timeout: by then the id may name a new job, which a repeat would delete."""
-        return await self.request(Subject.JOBS_DELETE, {"job_id": job_id})
+        after a timeout or an ``ERR_SERVICE_001``: by then the id may name a new job,
+        which a repeat would delete. Repeating a delete that failed is the caller's call
+        (a 404 then means it is gone)."""
+        return await self.request(Subject.JOBS_DELETE, {"job_id": job_id},
+                                  retry_unavailable=False)
 
     async def chunk_results(self, job_id: str, chunk_index: int) -> dict[str, Any]:
         """One finished chunk's results (``PqkmsError`` ERR_NOT_FOUND_001 until done)."""

@@ -23,7 +23,6 @@ __all__ = [
     "JOB_RESULTS_STREAM",
     "JOBS_BUCKET",
     "MAX_JOB_CHUNKS",
-    "JOB_RUN_HEADER",
     "JobChunkResults",
     "JobDeleteRequest",
     "JobDeleted",
@@ -36,6 +35,7 @@ __all__ = [
     "JobSubmitted",
     "chunk_key",
     "chunk_message_id",
+    "chunk_not_done_message",
     "chunk_subject",
     "job_chunks_pattern",
     "job_key",
@@ -51,8 +51,6 @@ JOB_CHUNK_PREFIX = "pqkms.v1.jobs.chunks"
 JOB_RESULTS_PREFIX = "pqkms.v1.jobs.results"
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_JOB_CHUNKS = 1_000_000
-# A chunk message's header naming the run of the job it belongs to (see ``job_run``).
-JOB_RUN_HEADER = "Pqkms-Job-Run"
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN,
@@ -108,6 +106,9 @@ class JobSubmitted(BaseModel):
     items: int
     queued: bool
     duplicate: bool = Field(description="An identical chunk was already queued or done")
+    created_at: str = Field(
+        default="", description="When the job was made (as its status says): a chunk "
+        "answered with another time than its job's first went to a job made again")
 
 
 class JobStatusRequest(BaseModel):
@@ -169,28 +170,30 @@ def job_key(tenant_id: str, job_id: str) -> str:
     return f"{tenant_id}.{job_id}"
 
 
-def chunk_subject(tenant_id: str, job_id: str, chunk_index: int) -> str:
-    """Where a chunk waits in the work-queue stream."""
-    return f"{JOB_CHUNK_PREFIX}.{tenant_id}.{job_id}.{chunk_index}"
-
-
-def job_chunks_pattern(tenant_id: str, job_id: str) -> str:
-    """Every queued chunk of a job."""
-    return f"{JOB_CHUNK_PREFIX}.{tenant_id}.{job_id}.>"
-
-
 def _run_part(run: str | None) -> str:
     return "" if run is None else f"{run}."
+
+
+def chunk_subject(tenant_id: str, job_id: str, chunk_index: int | str,
+                  run: str | None) -> str:
+    """Where a chunk waits in the work-queue stream (``….<job>.<run>.<n>``; ``run``:
+    see ``results_subject``)."""
+    return f"{JOB_CHUNK_PREFIX}.{tenant_id}.{job_id}.{_run_part(run)}{chunk_index}"
+
+
+def job_chunks_pattern(tenant_id: str, job_id: str, run: str | None) -> str:
+    """Every queued chunk of one run of a job."""
+    return chunk_subject(tenant_id, job_id, "*", run)
 
 
 def results_subject(tenant_id: str, job_id: str, chunk_index: int | str,
                     run: str | None) -> str:
     """Where a chunk's results are kept (one message per subject).
 
-    ``run``: the job's run (``JobService``), a token of its own in the subject, so that
-    results of a deleted job's chunk still running never land where the results of a
-    job submitted again under the same id are. ``None`` for a job from before runs
-    existed (``pqkms.v1.jobs.results.<tenant>.<job>.<n>``)."""
+    ``run``: the job's run (``worker.jobs.service``), a token of its own in the
+    subject, so that everything of a run (chunks, results, chunk entries) is found, and
+    removed, by a pattern that no other run of the same job id matches. ``None`` for a
+    job from before runs existed (``pqkms.v1.jobs.results.<tenant>.<job>.<n>``)."""
     return f"{JOB_RESULTS_PREFIX}.{tenant_id}.{job_id}.{_run_part(run)}{chunk_index}"
 
 
@@ -199,7 +202,7 @@ def job_results_pattern(tenant_id: str, job_id: str, run: str | None) -> str:
     return results_subject(tenant_id, job_id, "*", run)
 
 
-def chunk_key(tenant_id: str, job_id: str, chunk_index: int, run: str | None) -> str:
+def chunk_key(tenant_id: str, job_id: str, chunk_index: int | str, run: str | None) -> str:
     """A chunk's entry in the ``pqkms_jobs`` bucket: the digest of what it holds. Per
     run: a claim a deleted run's late submit left behind is never another run's."""
     return f"{tenant_id}.{job_id}.{_run_part(run)}{chunk_index}"
@@ -214,3 +217,8 @@ def chunk_message_id(tenant_id: str, job_id: str, chunk_index: int, run: str | N
 def result_message_id(tenant_id: str, job_id: str, chunk_index: int, run: str | None) -> str:
     """``Nats-Msg-Id`` of a chunk's results: a redelivered chunk's results are dropped."""
     return f"{chunk_message_id(tenant_id, job_id, chunk_index, run)}:results"
+
+
+def chunk_not_done_message(chunk_index: int, job_id: str) -> str:
+    """The 404 of a chunk without results yet (the job exists: ask again later)."""
+    return f"Chunk {chunk_index} of job {job_id} has no results yet"

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from pqkms.batch_files import BatchOptions, BatchState, run_batch_file, state_path
+from pqkms.batch_files import (
+    BatchFileError,
+    BatchOptions,
+    BatchState,
+    run_batch_file,
+    state_path,
+)
 from pqkms.client import DEFAULT_MESSAGE_LIMIT, PqkmsClient, PqkmsError
 from schemas.algorithms import Plan
 from schemas.jobs import JobOperation
@@ -290,3 +296,26 @@ async def test_a_resume_counts_every_run_and_cuts_the_same_chunks(
     assert (summary.succeeded, summary.failed, summary.not_verified) == (3 * CHUNK - 2, 2, 0)
     assert status["total_chunks"] == 3 and status["items_done"] == 3 * CHUNK
     assert [r["reference"] for r in read_lines(out)] == [f"r{n}" for n in range(3 * CHUNK)]
+
+
+async def test_a_job_deleted_under_a_running_batch_stops_it_with_one_line(
+        batch_stack: LocalStack, api_key: str, tmp_path: Path) -> None:
+    # Another run with the same --job-id finished first and deleted the job: this run
+    # would otherwise wait for chunks that are gone, for good.
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(source, [{"plaintext": b64(b"%d" % n)} for n in range(40 * CHUNK)])
+    options = BatchOptions(JobOperation.KEM_ENCRYPT, source, out, key_version=1,
+                           chunk_size=CHUNK, job_id="shared-id", window=2)
+    async with await PqkmsClient.connect(batch_stack.nats_url, api_key) as client:
+        running = asyncio.create_task(run_batch_file(client, options,
+                                                     progress_stream=io.StringIO()))
+        state = state_path(out)
+        for _ in range(600):
+            if state.exists() and json.loads(state.read_text())["chunks_written"] >= 1:
+                break
+            assert not running.done()
+            await asyncio.sleep(0.02)
+        await client.delete_job("shared-id")
+        with pytest.raises(BatchFileError, match="job") as raised:
+            await asyncio.wait_for(running, 60)
+    assert str(state) in str(raised.value)

@@ -13,6 +13,7 @@ from typing import Any
 import nats
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 from pqkms.client import PqkmsClient, PqkmsError
 from schemas.algorithms import Plan
@@ -22,6 +23,7 @@ from schemas.jobs import (
     JOB_RESULTS_STREAM,
     JOBS_BUCKET,
     chunk_key,
+    job_key,
     results_subject,
 )
 from schemas.subjects import Subject
@@ -72,13 +74,19 @@ async def subjects_of(js: JetStreamContext, stream: str, pattern: str) -> dict[s
 
 
 async def left_of(js: JetStreamContext, tenant: str, job_id: str) -> dict[str, int]:
-    """Whatever JetStream still holds of a job: results, queued chunks, bucket entries."""
-    return {
+    """Whatever JetStream still holds of a job: results, queued chunks, bucket entries
+    (the job's own entry counts while it is not deleted; a delete marker holds nothing)."""
+    left = {
         **await subjects_of(js, JOB_RESULTS_STREAM, f"{JOB_RESULTS_PREFIX}.{tenant}.{job_id}.>"),
         **await subjects_of(js, JOB_CHUNKS_STREAM, f"pqkms.v1.jobs.chunks.{tenant}.{job_id}.>"),
-        **await subjects_of(js, f"KV_{JOBS_BUCKET}", f"$KV.{JOBS_BUCKET}.{tenant}.{job_id}"),
         **await subjects_of(js, f"KV_{JOBS_BUCKET}", f"$KV.{JOBS_BUCKET}.{tenant}.{job_id}.>"),
     }
+    try:
+        await (await js.key_value(JOBS_BUCKET)).get(job_key(tenant, job_id))
+        left[job_key(tenant, job_id)] = 1
+    except KeyNotFoundError:
+        pass
+    return left
 
 
 async def not_found(call: Any) -> str:

@@ -12,11 +12,12 @@ import orjson
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from schemas.algorithms import Plan
-from schemas.jobs import JOB_CHUNK_PREFIX, JOB_RUN_HEADER
+from schemas.jobs import chunk_subject
 from schemas.subjects import HEADER_API_KEY, Subject
 from worker.config import PlanLimits, Settings
 from worker.errors import RateLimited
 from worker.jobs import JobRunner
+from worker.jobs.streams import JobEntry
 from worker.services.batch_items import BatchOutcome
 from worker.services.context import Caller
 
@@ -30,12 +31,10 @@ class ChunkMessage:
     """A chunk as the runner fetches it; ``settled`` says how it left the runner."""
 
     def __init__(self, tenant: str, index: int, items: int, run: str | None = None) -> None:
-        self.subject = f"{JOB_CHUNK_PREFIX}.{tenant}.job.{index}"
+        self.subject = chunk_subject(tenant, "job", index, run)
         self.data = orjson.dumps({"operation": "kem.encrypt", "key_version": 1,
                                   "items": [{"plaintext": "AA=="}] * items})
         self.headers = {HEADER_API_KEY: f"key-of-{tenant}"}
-        if run is not None:
-            self.headers[JOB_RUN_HEADER] = run
         self.settled: asyncio.Future[tuple[str, float | None]] = (
             asyncio.get_running_loop().create_future())
 
@@ -77,14 +76,14 @@ class ChunkQueue:
 
 class Streams:
     """The runner's JetStream: ``entries`` are the job entry's answers, in turn (the
-    last one from then on); ``published`` and ``purged`` the subjects written and
-    purged; the first ``purge_failures`` purges fail."""
+    last one from then on; an exception is raised); ``published`` and ``purged`` the
+    subjects written and purged; the first ``purge_failures`` purges fail."""
 
     def __init__(self, chunks: ChunkQueue) -> None:
         self.chunks = chunks
         self.published: list[str] = []
         self.purged: list[str] = []
-        self.entries: list[dict[str, Any] | None] = [{}]
+        self.entries: list[dict[str, Any] | Exception | None] = [{}]
         self.purge_failures = 0
         self.js = self
 
@@ -103,8 +102,11 @@ class Streams:
     async def has_results(self, tenant: str, job_id: str, index: int, run: str | None) -> bool:
         return False
 
-    async def job_entry(self, tenant: str, job_id: str) -> dict[str, Any] | None:
-        return self.entries.pop(0) if len(self.entries) > 1 else self.entries[0]
+    async def job_entry(self, tenant: str, job_id: str) -> JobEntry | None:
+        fields = self.entries.pop(0) if len(self.entries) > 1 else self.entries[0]
+        if isinstance(fields, Exception):
+            raise fields
+        return None if fields is None else JobEntry(fields, 1)
 
     async def purge(self, stream: str, subject: str) -> None:
         if self.purge_failures:

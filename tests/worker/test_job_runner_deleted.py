@@ -16,7 +16,8 @@ RUN = "0123456789abcdef"
 
 
 @pytest.fixture
-async def worker(tmp_path: Path) -> AsyncIterator[Worker]:
+async def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Worker]:
+    monkeypatch.setattr(runner, "_RETRY_SECONDS", 0.0)
     running = Worker(tmp_path, 1)
     running.runner.start()
     yield running
@@ -34,8 +35,7 @@ async def test_a_chunk_of_a_job_without_an_entry_is_dropped_unrun(worker: Worker
     assert worker.outcomes.finished == {"deleted": 1}
 
 
-async def test_a_chunk_of_an_earlier_run_of_the_job_id_is_dropped_unrun(
-        worker: Worker) -> None:
+async def test_a_chunk_of_another_run_of_the_job_id_is_dropped_unrun(worker: Worker) -> None:
     worker.streams.entries = [{"run": "another-run"}]  # deleted, then submitted again
     chunk = worker.submit(ENTERPRISE, 0, 5, RUN)
     assert await settled(chunk) == ("ack", None)
@@ -54,6 +54,16 @@ async def test_a_job_deleted_while_its_chunk_ran_keeps_no_results(worker: Worker
     assert worker.outcomes.finished == {"deleted": 1}
 
 
+async def test_the_check_after_publishing_is_asked_again_while_nats_fails(
+        worker: Worker) -> None:
+    # The delete purged the chunk: a nak would never bring it back to be checked.
+    worker.streams.entries = [{"run": RUN}, TimeoutError(), TimeoutError(), None]
+    chunk = worker.submit(ENTERPRISE, 8, 5, RUN)
+    assert await settled(chunk) == ("ack", None)
+    assert worker.streams.purged == [results_subject(ENTERPRISE, "job", 8, RUN)]
+    assert worker.outcomes.finished == {"deleted": 1}
+
+
 async def test_a_chunk_of_a_live_job_publishes_under_its_run(worker: Worker) -> None:
     worker.streams.entries = [{"run": RUN}]
     chunk = worker.submit(ENTERPRISE, 2, 5, RUN)
@@ -63,24 +73,24 @@ async def test_a_chunk_of_a_live_job_publishes_under_its_run(worker: Worker) -> 
     assert worker.outcomes.finished == {"done": 1}
 
 
-async def test_a_chunk_queued_before_runs_existed_takes_its_job_s_run(worker: Worker) -> None:
-    worker.streams.entries = [{"run": RUN}]
-    chunk = worker.submit(ENTERPRISE, 4, 5)  # no run header
-    assert await settled(chunk) == ("ack", None)
-    assert worker.streams.published == [results_subject(ENTERPRISE, "job", 4, RUN)]
-
-
-async def test_a_job_from_before_runs_keeps_its_results_where_they_were(
+async def test_a_chunk_from_before_runs_runs_for_a_job_from_before_runs_only(
         worker: Worker) -> None:
     worker.streams.entries = [{}]
-    chunk = worker.submit(ENTERPRISE, 5, 5)
-    assert await settled(chunk) == ("ack", None)
-    assert worker.streams.published == ["pqkms.v1.jobs.results.tenant-enterprise.job.5"]
+    kept = worker.submit(ENTERPRISE, 5, 5)
+    assert await settled(kept) == ("ack", None)
+    legacy = "pqkms.v1.jobs.results.tenant-enterprise.job.5"
+    assert worker.streams.published == [legacy]
+
+    # Its job id deleted and submitted again: the new run's items are not its items.
+    worker.streams.entries = [{"run": RUN}]
+    dropped = worker.submit(ENTERPRISE, 6, 5)
+    assert await settled(dropped) == ("ack", None)
+    assert worker.streams.published == [legacy]
+    assert worker.outcomes.finished == {"done": 1, "deleted": 1}
 
 
-async def test_a_chunk_from_before_runs_keeps_no_results_once_its_job_id_has_a_new_run(
+async def test_a_chunk_from_before_runs_keeps_no_results_once_its_id_has_a_new_run(
         worker: Worker) -> None:
-    # Deleted and submitted again while it ran: the new run's entry is not its own.
     worker.streams.entries = [{}, {"run": RUN}]
     chunk = worker.submit(ENTERPRISE, 6, 5)
     assert await settled(chunk) == ("ack", None)
@@ -89,10 +99,8 @@ async def test_a_chunk_from_before_runs_keeps_no_results_once_its_job_id_has_a_n
     assert worker.streams.purged == [legacy]
 
 
-async def test_removing_a_deleted_job_s_results_is_retried(
-        worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_removing_a_deleted_job_s_results_is_retried(worker: Worker) -> None:
     # The delete purged the chunk from the stream: it would not come back to try again.
-    monkeypatch.setattr(runner, "_RETRY_SECONDS", 0.0)
     worker.streams.entries = [{"run": RUN}, None]
     worker.streams.purge_failures = 2
     chunk = worker.submit(ENTERPRISE, 7, 5, RUN)

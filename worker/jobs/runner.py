@@ -6,9 +6,10 @@ items through the batch service → publish the results (``Nats-Msg-Id`` per chu
 message per chunk subject) → ack. While a chunk runs, the runner tells JetStream it is
 in progress; a worker killed mid-chunk stops doing so, and the chunk is redelivered to
 another worker after the ack wait. A redelivered chunk whose results already exist is
-acked without being processed again. A chunk whose job was deleted (its run gone from
-the bucket, ``worker.jobs.service``) is dropped before it runs, and a chunk whose job was
-deleted while it ran removes the results it has just published.
+acked without being processed again. A chunk whose job was deleted (its run, a token of
+its subject, no longer the job's entry's: ``worker.jobs.service``) is dropped before it
+runs, and a chunk whose job was deleted while it ran removes the results it has just
+published.
 
 A chunk waiting for its tenant's tokens does not hold the loop that fetched it: the loop
 fetches the next chunk meanwhile, so a rate-limited tenant's job cannot hold up other
@@ -36,7 +37,6 @@ from schemas.jobs import (
     JOB_CHUNK_PREFIX,
     JOB_CHUNKS_STREAM,
     JOB_RESULTS_STREAM,
-    JOB_RUN_HEADER,
     JobOperation,
     result_message_id,
     results_subject,
@@ -46,7 +46,7 @@ from worker.config import Settings
 from worker.errors import RateLimited, ServiceError
 from worker.handlers.envelope import header_value
 from worker.jobs.service import HEADER_FAILED, HEADER_ITEMS
-from worker.jobs.streams import CONSUMER, JobStreams, run_of
+from worker.jobs.streams import CONSUMER, JobStreams
 from worker.jobs.token_turns import TenantWaiting, TokenTurns
 from worker.metrics import NO_JOB_METRICS, JobChunkMetrics
 from worker.services.auth import Authenticator
@@ -177,17 +177,18 @@ class JobRunner:
 
     async def _process(self, message: Msg, release: LoopRelease) -> None:
         parts = message.subject.removeprefix(JOB_CHUNK_PREFIX + ".").split(".")
-        if len(parts) != 3 or not parts[2].isdigit():
+        if len(parts) not in (3, 4) or not parts[-1].isdigit():
             _log.warning("job_chunk_unreadable", reason="subject")
             await message.term()
             return
-        tenant, job_id, index = parts[0], parts[1], int(parts[2])
-        run = header_value(message.headers, JOB_RUN_HEADER)
+        # <tenant>.<job>.<run>.<n>, or <tenant>.<job>.<n> for a job from before runs
+        tenant, job_id, index = parts[0], parts[1], int(parts[-1])
+        run = parts[2] if len(parts) == 4 else None
         heartbeat = asyncio.create_task(self._keep_alive(message))
         try:
             # Before anything else: a chunk handed back is neither authenticated nor charged.
             self._turns.check(tenant)
-            run = await self._current_run(tenant, job_id, run)
+            await self._check_live(tenant, job_id, run)
             if await self._streams.has_results(tenant, job_id, index, run):
                 await message.ack()
                 self._metrics.chunk_finished("duplicate")
@@ -202,7 +203,10 @@ class JobRunner:
             headers = {"Nats-Msg-Id": result_message_id(tenant, job_id, index, run),
                        HEADER_ITEMS: str(outcome.total), HEADER_FAILED: str(outcome.failed)}
             await self._publish(results_subject(tenant, job_id, index, run), payload, headers)
-            await self._still_live(tenant, job_id, run)  # deleted while it ran?
+            # Deleted while it ran? (Asked again while NATS fails: the delete purged the
+            # chunk, so a nak would never bring it back.)
+            await self._with_retries(lambda: self._check_live(tenant, job_id, run),
+                                     "job_entry_retry")
             await message.ack_sync(timeout=5.0)
             self._metrics.chunk_finished("done")
             _log.info("job_chunk_done", tenant_id=tenant, job_id=job_id, chunk_index=index,
@@ -243,24 +247,12 @@ class JobRunner:
         with contextlib.suppress(Exception):
             await message.ack()
 
-    async def _still_live(self, tenant: str, job_id: str, run: str | None) -> None:
-        """:class:`_JobGone` unless the job's entry is of ``run`` exactly (after the
-        results are published: a chunk from before runs took its job's run then)."""
+    async def _check_live(self, tenant: str, job_id: str, run: str | None) -> None:
+        """:class:`_JobGone` unless the job's entry is of the chunk's run exactly (a chunk
+        without a run runs for an entry without one only: jobs from before runs)."""
         entry = await self._streams.job_entry(tenant, job_id)
-        if entry is None or run_of(entry) != run:
+        if entry is None or entry.run != run:
             raise _JobGone
-
-    async def _current_run(self, tenant: str, job_id: str, chunk_run: str | None) -> str | None:
-        """The run of the chunk's job; :class:`_JobGone` when the job has no entry, or
-        one of another run. A chunk without a run (queued by a worker from before runs)
-        takes its job's."""
-        entry = await self._streams.job_entry(tenant, job_id)
-        if entry is None:
-            raise _JobGone
-        run = run_of(entry)
-        if chunk_run is not None and chunk_run != run:
-            raise _JobGone
-        return run
 
     async def _keep_alive(self, message: Msg) -> None:
         while True:
@@ -352,11 +344,14 @@ class JobRunner:
     @staticmethod
     async def _with_retries(action: Callable[[], Awaitable[None]], event: str) -> None:
         """``action`` until it succeeds, at most ``_PUBLISH_ATTEMPTS`` times a second
-        apart (NATS may be restarting); the last failure is raised."""
+        apart (NATS may be restarting); the last failure is raised, and a
+        :class:`_JobGone` at once."""
         for attempt in range(_PUBLISH_ATTEMPTS):
             try:
                 await action()
                 return
+            except _JobGone:
+                raise
             except Exception as exc:
                 if attempt == _PUBLISH_ATTEMPTS - 1:
                     raise

@@ -5,11 +5,12 @@ A job is addressed by (tenant, job id): the tenant comes from the caller's API k
 one tenant can never see, extend, read or delete another tenant's job, even with the
 same id.
 
-Each job entry holds a random **run**: its chunks carry it (header ``Pqkms-Job-Run``),
-its results' subjects and message ids hold it. A job deleted and submitted again under
-the same id is a new run: its chunks are not taken for duplicates of the deleted run's
-(JetStream's de-duplication window), and a chunk of the deleted run that was still
-running finds its run gone and keeps no results (``worker.jobs.runner``).
+Each job entry holds a random **run**, a token of the subjects of its chunks and
+results, of its chunk entries' keys and of its message ids. A job deleted and submitted
+again under the same id is a new run: its chunks are not taken for duplicates of the
+deleted run's (JetStream's de-duplication window), nothing of one run is removed with
+another, and a chunk of the deleted run that was still running finds its run gone and
+keeps no results (``worker.jobs.runner``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from schemas.errors import ErrorCode
 from schemas.jobs import (
     JOB_CHUNKS_STREAM,
     JOB_RESULTS_STREAM,
-    JOB_RUN_HEADER,
     JobDeleted,
     JobDeleteRequest,
     JobOperation,
@@ -40,8 +40,8 @@ from schemas.jobs import (
     JobSubmitRequest,
     JobSubmitted,
     chunk_message_id,
+    chunk_not_done_message,
     chunk_subject,
-    job_chunks_pattern,
     job_key,
     job_results_pattern,
 )
@@ -68,14 +68,9 @@ _BATCH_MODELS: dict[JobOperation, type[BaseModel]] = {
 }
 
 
-def chunk_headers_of(api_key: str, request_id: str, message_id: str,
-                     run: str | None) -> dict[str, str]:
+def chunk_headers_of(api_key: str, request_id: str, message_id: str) -> dict[str, str]:
     """Headers of a chunk message: the submitter's API key travels here, never in a body."""
-    headers = {"Nats-Msg-Id": message_id, HEADER_API_KEY: api_key,
-               HEADER_REQUEST_ID: request_id}
-    if run is not None:
-        headers[JOB_RUN_HEADER] = run
-    return headers
+    return {"Nats-Msg-Id": message_id, HEADER_API_KEY: api_key, HEADER_REQUEST_ID: request_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,16 +139,17 @@ class JobService:
         await claim_chunk(kv, caller, request, job)
         submitted = JobSubmitted(job_id=job_id, chunk_index=index,
                                  total_chunks=request.total_chunks, items=len(request.items),
-                                 queued=False, duplicate=True)
+                                 queued=False, duplicate=True,
+                                 created_at=str(job.get("created_at", "")))
         if await self._streams.has_results(tenant, job_id, index, run):
             return submitted
         room = self._batches.message_limit - _CHUNK_HEADROOM
         chunk = raw_body if len(raw_body) <= room else _compact_chunk(request)
         ack = await js.publish(
-            chunk_subject(tenant, job_id, index), chunk,
+            chunk_subject(tenant, job_id, index, run), chunk,
             stream=JOB_CHUNKS_STREAM,
             headers=chunk_headers_of(api_key, caller.request_id,
-                                     chunk_message_id(tenant, job_id, index, run), run),
+                                     chunk_message_id(tenant, job_id, index, run)),
         )
         return submitted.model_copy(update={"queued": not ack.duplicate,
                                             "duplicate": bool(ack.duplicate)})
@@ -191,10 +187,9 @@ class JobService:
     async def status(self, caller: Caller, request: JobStatusRequest) -> JobStatus:
         """Chunks with results out of the total, and item counts so far."""
         record = await self._job_record(caller, request.job_id)
-        js = self._streams.js
-        pattern = job_results_pattern(caller.tenant_id, request.job_id, run_of(record))
-        info = await js.stream_info(JOB_RESULTS_STREAM, subjects_filter=pattern)
-        done = len(info.state.subjects or {})
+        run = run_of(record)
+        pattern = job_results_pattern(caller.tenant_id, request.job_id, run)
+        done = await self._streams.chunks_with_results(caller.tenant_id, request.job_id, run)
         items = failed = 0
         if done:
             items, failed = await self._counts(pattern, done)
@@ -252,32 +247,25 @@ class JobService:
                 caller.tenant_id, request.job_id, request.chunk_index, run_of(record))
         except NotFoundError:
             raise ServiceError(
-                ErrorCode.NOT_FOUND,
-                f"Chunk {request.chunk_index} of job {request.job_id} has no results yet",
+                ErrorCode.NOT_FOUND, chunk_not_done_message(request.chunk_index, request.job_id)
             ) from None
         return StoredChunkResults(stored)
 
     async def delete(self, caller: Caller, request: JobDeleteRequest) -> JobDeleted:
-        """Forget a job: its queued chunks, its results, its entries; 404 for a job the
-        caller's tenant does not have (after removing whatever an earlier delete of the
-        id may have left: a 404 is never an unfinished delete).
-
-        The job's entry goes last but one: a delete that fails before it leaves the job
-        in place, and the same delete again finishes it; one that fails after it is
-        finished by the 404's clean-up. Once the entry is gone, a chunk of the job still
-        running keeps no results (the runner checks its run before running and after
-        publishing); results published before that are removed by the last step."""
+        """Forget a job: its entry first (from then on the id is free, and a chunk of the
+        job still running keeps no results: the runner checks its run before running it
+        and after publishing), then the run's queued chunks, results and chunk entries,
+        then whatever runs of the id are not live. 404 for a job the caller's tenant does
+        not have, or one that changed since it was read (another delete won); a 404
+        still removes what is left of the id's runs, so a delete stopped half-way is
+        finished by the next one, answered 404."""
         await self._streams.ensure()
         streams = self._streams
         tenant, job_id = caller.tenant_id, request.job_id
-        record = await streams.job_entry(tenant, job_id)
-        if record is None:
-            await streams.purge_stale_results(tenant, job_id)
+        entry = await streams.job_entry(tenant, job_id)
+        if entry is None or not await streams.delete_entry(tenant, job_id, entry):
+            await streams.purge_stale_runs(tenant, job_id)
             raise _not_found(job_id)
-        await streams.purge(JOB_CHUNKS_STREAM, job_chunks_pattern(tenant, job_id))
-        await streams.purge(JOB_RESULTS_STREAM,
-                            job_results_pattern(tenant, job_id, run_of(record)))
-        await streams.purge_job_entries(tenant, job_id, chunks_only=True)
-        await streams.purge_job_entries(tenant, job_id, chunks_only=False)
-        await streams.purge_stale_results(tenant, job_id)
+        await streams.purge_run(tenant, job_id, entry.run)
+        await streams.purge_stale_runs(tenant, job_id)
         return JobDeleted(job_id=job_id, deleted=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ import structlog
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas.jobs import (
@@ -30,13 +31,17 @@ from schemas.jobs import (
     JOB_RESULTS_PREFIX,
     JOB_RESULTS_STREAM,
     JOBS_BUCKET,
+    chunk_key,
+    chunk_subject,
+    job_chunks_pattern,
     job_key,
     job_results_pattern,
     results_subject,
 )
 from worker.bulk_config import BulkSettings
+from worker.jobs.subject_listing import list_subjects
 
-__all__ = ["CONSUMER", "RUN_FIELD", "JobStreams", "run_of"]
+__all__ = ["CONSUMER", "RUN_FIELD", "JobEntry", "JobStreams", "run_of"]
 
 CONSUMER = "pqkms-job-workers"
 RUN_FIELD = "run"
@@ -44,6 +49,7 @@ _BUCKET_STREAM = f"KV_{JOBS_BUCKET}"
 _DELETED = ("DEL", "PURGE")
 # JetStream's error code for a stream that does not exist (a missing message is 10037).
 _NO_SUCH_STREAM = 10059
+_WRONG_LAST_SEQUENCE = 10071
 _NO_RUN = "-"  # no job entry: no run is live (a run id is hex)
 _log = structlog.get_logger("pqkms.worker")
 
@@ -119,45 +125,65 @@ class JobStreams:
             kv = await js.key_value(JOBS_BUCKET)
         return kv
 
-    async def job_entry(self, tenant: str, job_id: str) -> dict[str, Any] | None:
+    async def job_entry(self, tenant: str, job_id: str) -> JobEntry | None:
         """The job's entry as the bucket's leader has it (a replica may lag behind a
         submit or a delete just made); ``None`` when the job has none."""
-        subject = f"$KV.{JOBS_BUCKET}.{job_key(tenant, job_id)}"
         try:
-            message = await self.js.get_last_msg(_BUCKET_STREAM, subject)
+            message = await self.js.get_last_msg(_BUCKET_STREAM, _entry_subject(tenant, job_id))
         except NotFoundError as exc:
             if exc.err_code == _NO_SUCH_STREAM:
                 raise  # no bucket at all is trouble, not a deleted job: tried again later
             return None
         if (message.headers or {}).get("KV-Operation") in _DELETED or not message.data:
             return None
-        entry: dict[str, Any] = orjson.loads(message.data)
-        return entry
+        return JobEntry(orjson.loads(message.data), message.seq or 0)
+
+    async def delete_entry(self, tenant: str, job_id: str, entry: JobEntry) -> bool:
+        """Delete the job's entry if it is still ``entry`` (the same revision); ``False``
+        when it changed meanwhile (deleted by another request, or submitted again)."""
+        headers = {"KV-Operation": "DEL",
+                   "Nats-Expected-Last-Subject-Sequence": str(entry.revision)}
+        try:
+            await self.js.publish(_entry_subject(tenant, job_id), b"", headers=headers)
+        except APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True
 
     async def purge(self, stream: str, subject: str) -> None:
         """Remove every message of ``stream`` on ``subject`` (a pattern may be given)."""
         await self.js.purge_stream(stream, subject=subject)
 
-    async def purge_job_entries(self, tenant: str, job_id: str, *, chunks_only: bool) -> None:
-        """Remove the job's chunk entries from the bucket, or its own entry."""
-        key = job_key(tenant, job_id)
-        await self.purge(_BUCKET_STREAM,
-                         f"$KV.{JOBS_BUCKET}.{key}" + (".>" if chunks_only else ""))
+    async def purge_run(self, tenant: str, job_id: str, run: str | None) -> None:
+        """Remove one run of a job: its queued chunks, its results, its chunk entries.
+        Patterns of that run only: another run of the id is never touched."""
+        await self.purge(JOB_CHUNKS_STREAM, job_chunks_pattern(tenant, job_id, run))
+        await self.purge(JOB_RESULTS_STREAM, job_results_pattern(tenant, job_id, run))
+        await self.purge(_BUCKET_STREAM, _claims_pattern(tenant, job_id, run))
 
-    async def purge_stale_results(self, tenant: str, job_id: str) -> None:
-        """Remove the results of every run of the job but its live one (all of them when
-        it has none): what a chunk running across a delete, or a worker killed before it
-        removed them, may have left. The subjects are listed before the job's entry is
-        read, so results of a run submitted meanwhile are never taken for stale: its
-        entry was written before any of its results."""
-        prefix = results_subject(tenant, job_id, "", None)
-        info = await self.js.stream_info(JOB_RESULTS_STREAM, subjects_filter=prefix + ">")
-        runs = {_run_of_subject(subject.removeprefix(prefix))
-                for subject in info.state.subjects or {}}
+    async def purge_stale_runs(self, tenant: str, job_id: str) -> None:
+        """Remove every run of the job but its live one (all of them when it has none):
+        what a chunk running across a delete, a submit racing it, or a delete stopped
+        half-way may have left. The subjects are listed before the job's entry is read,
+        so a run submitted meanwhile is never taken for stale: its entry was written
+        before anything of it."""
+        runs: set[str | None] = set()
+        for stream, prefix in ((JOB_CHUNKS_STREAM, chunk_subject(tenant, job_id, "", None)),
+                               (JOB_RESULTS_STREAM, results_subject(tenant, job_id, "", None)),
+                               (_BUCKET_STREAM, f"{_entry_subject(tenant, job_id)}.")):
+            listed = await list_subjects(self._connection(), stream, prefix + ">")
+            runs.update(_run_of_subject(subject.removeprefix(prefix)) for subject in listed)
         entry = await self.job_entry(tenant, job_id)
-        live = run_of(entry) if entry is not None else _NO_RUN
+        live: str | None = entry.run if entry is not None else _NO_RUN
         for run in runs - {live}:
-            await self.purge(JOB_RESULTS_STREAM, job_results_pattern(tenant, job_id, run))
+            await self.purge_run(tenant, job_id, run)
+
+    async def chunks_with_results(self, tenant: str, job_id: str, run: str | None) -> int:
+        """How many chunks of the run have results (every page of subjects counted)."""
+        listed = await list_subjects(self._connection(), JOB_RESULTS_STREAM,
+                                     job_results_pattern(tenant, job_id, run))
+        return len(listed)
 
     async def has_results(self, tenant: str, job_id: str, index: int, run: str | None) -> bool:
         """Whether a chunk's results are already in the results stream.
@@ -202,6 +228,28 @@ def run_of(entry: dict[str, Any]) -> str | None:
     """A job entry's run; ``None`` for an entry made before runs existed."""
     run = entry.get(RUN_FIELD)
     return run if isinstance(run, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEntry:
+    """A job's entry in the bucket and its revision (the bucket stream's sequence)."""
+
+    fields: dict[str, Any]
+    revision: int
+
+    @property
+    def run(self) -> str | None:
+        """The job's run (``None``: made before runs existed)."""
+        return run_of(self.fields)
+
+
+def _entry_subject(tenant: str, job_id: str) -> str:
+    return f"$KV.{JOBS_BUCKET}.{job_key(tenant, job_id)}"
+
+
+def _claims_pattern(tenant: str, job_id: str, run: str | None) -> str:
+    """Every chunk entry of one run in the bucket stream."""
+    return f"$KV.{JOBS_BUCKET}.{chunk_key(tenant, job_id, '*', run)}"
 
 
 def _run_of_subject(rest: str) -> str | None:
