@@ -25,7 +25,9 @@ from pqkms.client import PqkmsClient
 from tests.support.stack import LocalStack
 from worker.config import Settings
 
-pytestmark = pytest.mark.integration
+# serial: these bursts take the whole machine; beside another test file (pytest-xdist)
+# a request can wait past the workers' deadline, which is not what is tested here.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 BURST = 200
 PLAINTEXT = os.urandom(1024 * 1024)
