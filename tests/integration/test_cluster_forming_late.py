@@ -22,7 +22,9 @@ from schemas.subjects import Subject
 from tests.support.cluster import NatsCluster
 from tests.support.stack import LocalStack, NatsCaller
 
-pytestmark = pytest.mark.integration
+# serial: a JetStream cluster electing its leaders beside another test file
+# (pytest-xdist) can take longer than these waits allow.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 RATE_PER_SECOND = 5
 BURST = 10

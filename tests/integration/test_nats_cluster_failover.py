@@ -36,7 +36,9 @@ from tests.support.cluster import NatsCluster, NatsNode
 from tests.support.stack import LocalStack, NatsCaller
 from tests.support.wire import b64
 
-pytestmark = [pytest.mark.integration, pytest.mark.heavy]
+# serial: a JetStream cluster electing its leaders beside another test file
+# (pytest-xdist) can take longer than these waits allow.
+pytestmark = [pytest.mark.integration, pytest.mark.heavy, pytest.mark.serial]
 
 ITEMS = int(os.environ.get("PQKMS_FAILOVER_JOB_ITEMS", "10000"))
 CHUNK = 250
