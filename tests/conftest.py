@@ -29,6 +29,15 @@ from tests.support.stack import (
     temporary_postgres_database,
 )
 
+
+@pytest.hookimpl(trylast=True)  # after pytest's own grouping by fixture parameters
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files marked ``long`` first, each file's tests keeping their order: pytest-xdist
+    (``--dist loadfile --no-loadscope-reorder``) hands out files in this order, so the
+    short ones are left to even out the processes' ends."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 # Backend → worker processes of the session stack.
 STACK_WORKERS = {"sqlite": 2, "postgres": 4}
 
@@ -51,24 +60,52 @@ def _backend_params() -> list[object]:
     ]
 
 
-@pytest.fixture(scope="session", params=_backend_params())
-async def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[LocalStack]:
-    """nats-server, the backend's workers and the HTTP bridge, shared by the session."""
-    backend: str = request.param
-    root = Path(tmp_path_factory.mktemp(f"stack-{backend}"))
-    async with AsyncExitStack() as resources:
+class _BackendStacks:
+    """Each backend's stack, started on first use and kept until the session ends.
+
+    pytest tears a session fixture down when the next test asks for another of its
+    parameters; under pytest-xdist, whose processes take a file at a time, that would
+    restart both stacks for every file that runs on both backends.
+    """
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory,
+                 resources: AsyncExitStack) -> None:
+        self._tmp_path_factory = tmp_path_factory
+        self._resources = resources
+        self._started: dict[str, LocalStack] = {}
+
+    async def get(self, backend: str) -> LocalStack:
+        if backend not in self._started:
+            self._started[backend] = await self._start(backend)
+        return self._started[backend]
+
+    async def _start(self, backend: str) -> LocalStack:
+        root = Path(self._tmp_path_factory.mktemp(f"stack-{backend}"))
         database_url = None
         if backend == "postgres":
-            database_url = await _postgres_or_skip(resources, "pqkms_session")
+            database_url = await _postgres_or_skip(self._resources, "pqkms_session")
         # Four PostgreSQL workers at 2 x 4 connections leave room under the server's
         # max_connections for the tests' own stores running meanwhile.
         pool = {"PQKMS_DATABASE_POOL_SIZE": "4"} if backend == "postgres" else {}
         local = LocalStack(root, database_url=database_url, extra_env=pool)
-        resources.callback(local.stop)
+        self._resources.callback(local.stop)
         await local.start(workers=STACK_WORKERS[backend], bridge=_bridge_available())
-        yield local
+        return local
+
+
+@pytest.fixture(scope="session")
+async def backend_stacks(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[_BackendStacks]:
+    async with AsyncExitStack() as resources:
+        yield _BackendStacks(tmp_path_factory, resources)
+
+
+@pytest.fixture(scope="session", params=_backend_params())
+async def stack(request: pytest.FixtureRequest, backend_stacks: _BackendStacks) -> LocalStack:
+    """nats-server, the backend's workers and the HTTP bridge, shared by the session."""
+    backend: str = request.param
+    return await backend_stacks.get(backend)
 
 
 async def _postgres_or_skip(resources: AsyncExitStack, prefix: str) -> str:

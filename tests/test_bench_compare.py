@@ -12,6 +12,8 @@ from bench.compare import CellFigures, compare, main, median_ratios, parse_env
 from bench.stack import BenchStack
 from pqkms.nats_embedded import EmbeddedNats
 
+pytestmark = pytest.mark.long
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -11,7 +11,7 @@ from bench.__main__ import parse_args
 from bench.fixture import OPERATIONS
 from bench.run import run_bench
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 def test_tiniest_benchmark_measures_every_layer_and_writes_json(tmp_path: Path) -> None:

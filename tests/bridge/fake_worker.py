@@ -47,6 +47,7 @@ from schemas import (
 )
 from schemas.batch import BATCH_OF
 from schemas.operations import operation_for
+from worker.handlers.ordered_flush import send_pings_behind_queued_commands
 
 __all__ = ["FakeWorker", "Received"]
 
@@ -191,6 +192,9 @@ class FakeWorker:
             self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
             name="fake-worker",
         )
+        # As the worker does: without it, the flush below can return before nats-server
+        # has the SUB, and the bridge's first request meets "no responders" (a 503).
+        send_pings_behind_queued_commands(self._client)
         await self._client.subscribe("pqkms.v1.>", queue=QUEUE_GROUP, cb=self._on_message)
         await self._client.flush()
 

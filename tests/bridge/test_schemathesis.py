@@ -21,15 +21,18 @@ from .conftest import API_KEY
 from .fake_worker import FakeWorker
 from .live import LiveBridge
 
+pytestmark = pytest.mark.long
+
 EXAMPLES = int(os.environ.get("PQKMS_SCHEMATHESIS_EXAMPLES", "100"))
-# serial: schemathesis's cases of one test share a node id, which pytest-xdist cannot
-# hand out; the README's test command runs these in a pass of their own.
-pytestmark = pytest.mark.serial
 
 
-@pytest.fixture(scope="module")
-def answering_worker(nats_server: EmbeddedNats) -> Iterator[FakeWorker]:
-    fake = FakeWorker(nats_server.url, mode="realistic").start()
+# Parametrized, though with one mode, so that every case's node id names its operation:
+# schemathesis gives a test of no other parameter one id for all its cases, which
+# pytest-xdist cannot hand out.
+@pytest.fixture(scope="module", params=["realistic"])
+def answering_worker(request: pytest.FixtureRequest,
+                     nats_server: EmbeddedNats) -> Iterator[FakeWorker]:
+    fake = FakeWorker(nats_server.url, mode=request.param).start()
     yield fake
     fake.stop()
 

@@ -8,8 +8,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.cli.processes import run_pqkms
 from worker.store import load_keyring
+
+pytestmark = pytest.mark.long
 
 
 def test_a_restored_database_is_explained_and_rewrap_brings_it_back(tmp_path: Path) -> None:

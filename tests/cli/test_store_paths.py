@@ -18,6 +18,8 @@ import pytest
 from pqkms.nats_embedded import find_free_port
 from tests.cli.processes import clean_env, run_pqkms
 
+pytestmark = pytest.mark.long
+
 # Nothing listens here (the port range these tests may use): a worker that got as far
 # as connecting would fail there, after the files it must not create.
 _NATS_URL = "nats://127.0.0.1:9"  # no server below port 1024 here, nor ephemeral

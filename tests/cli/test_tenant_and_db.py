@@ -9,10 +9,14 @@ import secrets
 import stat
 from pathlib import Path
 
+import pytest
+
 from pqkms.admin import database_url_with_password
 from schemas.algorithms import Plan
 from tests.cli.processes import clean_env, run_pqkms
 from worker.store import KeyStore, load_or_create_master_key
+
+pytestmark = pytest.mark.long
 
 
 async def _authenticate(data_dir: Path, api_key: str) -> tuple[str, str, str] | None:

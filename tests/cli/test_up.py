@@ -32,6 +32,8 @@ from tests.cli.processes import (
     thread_policies,
 )
 
+pytestmark = pytest.mark.long
+
 HERE = Path(__file__).resolve().parent
 
 

@@ -16,7 +16,7 @@ from tests.cli.processes import clean_env, run_pqkms
 from tests.support.stack import LocalStack
 from worker.store import KeyStore, load_or_create_master_key
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 # Workers remember an API key for 10 s (worker/services/auth.py); margin for a slow host.
 REVOCATION_WAIT_SECONDS = 20

@@ -33,7 +33,7 @@ from worker.audit.stream import read_stream
 from worker.audit.verify import verify_audit_log
 from worker.store.audit_log import AuditLog
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 SECRET = b"audit-test plaintext that must never be stored"
 RECORD_FIELDS = {

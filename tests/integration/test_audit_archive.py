@@ -24,7 +24,7 @@ from tests.support.stack import LocalStack, NatsCaller
 from worker.audit.archive import archive_from_settings
 from worker.config import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 SECRET = b"archive-test plaintext that must never be stored"
 LONG_AGO = "2020-01-01T00:00:00Z"

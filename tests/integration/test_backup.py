@@ -20,7 +20,7 @@ from schemas.subjects import Subject
 from tests.cli.processes import run_pqkms
 from tests.support.stack import LocalStack, NatsCaller
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 PLAINTEXT = "cGxhaW50ZXh0IGtlcHQgYWNyb3NzIGEgcmVzdG9yZQ=="
 

@@ -33,7 +33,7 @@ from schemas.algorithms import Plan
 from schemas.jobs import JobOperation
 from tests.support.stack import LocalStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 ITEMS = 2000
 CHUNK = 50

@@ -22,7 +22,7 @@ from pqkms.client import (
 from schemas.algorithms import Plan
 from tests.support.stack import LocalStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 def test_split_items_respects_count_request_and_reply_limits() -> None:

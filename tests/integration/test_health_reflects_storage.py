@@ -26,7 +26,7 @@ from schemas.subjects import Subject
 from tests.cli.processes import run_pqkms
 from tests.support.stack import LocalStack, NatsCaller
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 REQUEST_TIMEOUT_SECONDS = 2.0  # a commit is "stalled" after half of it
 

@@ -24,7 +24,7 @@ from qpher.errors import (
 from schemas.algorithms import Plan
 from tests.support.stack import LocalStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture

@@ -19,9 +19,7 @@ import schemathesis
 from tests.support.schemathesis_calls import DOCUMENT, call_and_check, examples
 from tests.support.stack import LocalStack
 
-# serial: schemathesis's cases of one test share a node id, which pytest-xdist cannot
-# hand out; the README's test command runs these in a pass of their own.
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 EXAMPLES = int(os.environ.get("PQKMS_SCHEMATHESIS_REAL_EXAMPLES", "30"))
 ALGORITHMS = ("Kyber768", "X-Wing", "Dilithium3", "Composite-ML-DSA", "SLH-DSA-SHA2-128f")

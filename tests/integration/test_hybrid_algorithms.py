@@ -22,7 +22,7 @@ from tests.support.wire import b64, generate, unb64
 from worker.crypto.ciphertext_format import Header, Mode
 from worker.crypto.composite_mldsa import CompositeSignatureKey
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 XWING_SPKI_HEADER = bytes.fromhex("308204d4300d060b2b0601040183e62d81c87a038204c100")
 COMPOSITE_SPKI_HEADER = bytes.fromhex("308207f2300a06082b0601050507062d038207e200")

@@ -34,7 +34,7 @@ from tests.support.stack import LocalStack
 from worker.log_sink import FLUSH_SECONDS
 from worker.services.rate_limit import KvRateLimiter
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 FREE_RATE = 6
 FREE_BURST = 12  # a key and ten chunks submitted at once

@@ -30,7 +30,7 @@ from worker.bulk_config import BulkSettings
 from worker.config import Settings
 from worker.jobs.streams import JobStreams
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 ITEMS = int(os.environ.get("PQKMS_JOB_TEST_ITEMS", "100000"))
 CHUNK = 500

@@ -25,7 +25,7 @@ from tests.support.wire import b64, unb64
 from worker.store import KeyStore, load_keyring
 from worker.store.kek_rotation import kek_usage
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 TIMEOUT = 60.0  # per request: a loaded two-core machine, not a measurement

@@ -30,7 +30,7 @@ from schemas.nats_message import counted_size
 from tests.support.stack import LocalStack
 from worker.config import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 MESSAGE_LIMIT = Settings().nats_max_payload()
 ENCRYPT = {"plaintext": "aGVsbG8=", "key_version": 1, "algorithm": "Kyber768"}

@@ -18,7 +18,7 @@ from schemas.subjects import Subject
 from tests.support.stack import LocalStack, NatsCaller
 from tests.support.wire import b64
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "wycheproof"
 

@@ -30,7 +30,7 @@ from schemas.subjects import Subject
 from tests.support.stack import LocalStack, NatsCaller, Reply
 from tests.support.wire import b64
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 MUTATED_REQUESTS = 600
 SEED = 20261207

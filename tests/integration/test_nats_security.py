@@ -38,7 +38,7 @@ from tests.support.stack import LocalStack
 from worker.config import Settings
 from worker.nats_security import nats_security, redacted_url, redacted_urls
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 DEPLOY_NATS = Path(__file__).resolve().parents[2] / "deploy" / "nats"
 ROLES = ("worker", "bridge", "app", "stranger")  # stranger: a key the server does not know

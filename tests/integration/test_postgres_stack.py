@@ -15,7 +15,7 @@ import pytest
 from schemas.subjects import Subject
 from tests.support.stack import LocalStack, NatsCaller
 
-pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.long]
 
 
 async def test_four_workers_on_postgres(stack: LocalStack, call: NatsCaller) -> None:

@@ -27,7 +27,7 @@ from schemas.subjects import HEADER_RETRY_AFTER, Subject
 from tests.support.stack import LocalStack, NatsCaller
 from tests.support.wire import b64
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 RATE_PER_SECOND = 40
 BURST = 40

@@ -21,7 +21,7 @@ import pytest
 from schemas.subjects import Subject
 from tests.support.stack import LocalStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from schemas.subjects import Subject
 from tests.support.stack import LocalStack, NatsCaller, Reply
 from tests.support.wire import b64, generate, unb64
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 WORKERS = 4
 STORM = 24  # concurrent requests per operation after each change

@@ -32,9 +32,10 @@ from tests.support.stack import (
     PostgresUnavailable,
     temporary_postgres_database,
 )
+from worker.handlers.ordered_flush import send_pings_behind_queued_commands
 from worker.store import KeyStore, create_engine_for, load_or_create_master_key
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 KEM = "Kyber768"
 PERIOD = timedelta(seconds=2)
@@ -58,6 +59,8 @@ class EventLog:
             log.events.append(KeyEvent.model_validate_json(message.data))
             log._arrived.set()
 
+        # (nats-py's own flush can return before nats-server has the SUB)
+        send_pings_behind_queued_commands(client)
         await client.subscribe(key_events_subject(tenant_id), cb=on_message)
         await client.flush()  # subscribed before anything is published
         return log

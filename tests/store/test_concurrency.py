@@ -20,6 +20,8 @@ from worker.store import KeyStore, MasterKey, NewKeyMaterial
 
 from .conftest import Backend
 
+pytestmark = pytest.mark.long
+
 K = Algorithm.KYBER768
 Material = Callable[[], NewKeyMaterial]
 PROJECT_ROOT = Path(worker.__file__).resolve().parents[1]

@@ -41,6 +41,8 @@ from worker.store.tables import ApiKey, KeyVersion, MasterKeyCheck, SchemaInfo, 
 
 from .conftest import Backend
 
+pytestmark = pytest.mark.long
+
 HEAD = head_revision()
 
 
