@@ -65,7 +65,8 @@ class _BackendStacks:
 
     pytest tears a session fixture down when the next test asks for another of its
     parameters; under pytest-xdist, whose processes take a file at a time, that would
-    restart both stacks for every file that runs on both backends.
+    restart both stacks for every file that runs on both backends. A backend that was
+    skipped (no PostgreSQL) stays skipped without trying again.
     """
 
     def __init__(self, tmp_path_factory: pytest.TempPathFactory,
@@ -73,24 +74,51 @@ class _BackendStacks:
         self._tmp_path_factory = tmp_path_factory
         self._resources = resources
         self._started: dict[str, LocalStack] = {}
+        self._skipped: dict[str, str] = {}
 
     async def get(self, backend: str) -> LocalStack:
+        if backend in self._skipped:
+            pytest.skip(self._skipped[backend])
         if backend not in self._started:
-            self._started[backend] = await self._start(backend)
-        return self._started[backend]
+            try:
+                self._started[backend] = await self._start(backend)
+            except pytest.skip.Exception as skipped:
+                self._skipped[backend] = str(skipped.msg)
+                raise
+        local = self._started[backend]
+        _fail_if_a_process_is_gone(backend, local)
+        return local
 
     async def _start(self, backend: str) -> LocalStack:
+        """The started stack; on a failed start, what was started is stopped at once."""
         root = Path(self._tmp_path_factory.mktemp(f"stack-{backend}"))
-        database_url = None
-        if backend == "postgres":
-            database_url = await _postgres_or_skip(self._resources, "pqkms_session")
-        # Four PostgreSQL workers at 2 x 4 connections leave room under the server's
-        # max_connections for the tests' own stores running meanwhile.
-        pool = {"PQKMS_DATABASE_POOL_SIZE": "4"} if backend == "postgres" else {}
-        local = LocalStack(root, database_url=database_url, extra_env=pool)
-        self._resources.callback(local.stop)
-        await local.start(workers=STACK_WORKERS[backend], bridge=_bridge_available())
+        async with AsyncExitStack() as own:
+            database_url = None
+            if backend == "postgres":
+                database_url = await _postgres_or_skip(own, "pqkms_session")
+            # Four PostgreSQL workers at 2 x 4 connections leave room under the server's
+            # max_connections for the tests' own stores running meanwhile.
+            pool = {"PQKMS_DATABASE_POOL_SIZE": "4"} if backend == "postgres" else {}
+            local = LocalStack(root, database_url=database_url, extra_env=pool)
+            own.callback(local.stop)
+            await local.start(workers=STACK_WORKERS[backend], bridge=_bridge_available())
+            self._resources.push_async_exit(own.pop_all())
         return local
+
+
+def _fail_if_a_process_is_gone(backend: str, local: LocalStack) -> None:
+    """A shared stack whose worker, bridge or nats-server has exited fails the test that
+    asks for it with the reason, rather than with whatever the missing process breaks."""
+    for worker in local.workers:
+        if worker.poll() is not None:
+            pytest.fail(f"the {backend} session stack lost a worker: "
+                        f"{local.exit_report(worker)}")
+    if local.bridge is not None and local.bridge.poll() is not None:
+        pytest.fail(f"the {backend} session stack's bridge exited "
+                    f"({local.bridge.returncode}); see {local.root / 'bridge.log'}")
+    if local.nats is not None and local.nats.process.poll() is not None:
+        pytest.fail(f"the {backend} session stack's nats-server exited "
+                    f"({local.nats.process.returncode}); see {local.root / 'nats.log'}")
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ from tests.cli.processes import (
     start_pqkms,
     thread_policies,
 )
+from worker.handlers.ordered_flush import send_pings_behind_queued_commands
 
 pytestmark = pytest.mark.long
 
@@ -396,6 +397,7 @@ async def _spy_while_serving(nats_url: str, http_url: str, api_key: str,
     async def on_message(message: Msg) -> None:
         seen.append(message.subject)
 
+    send_pings_behind_queued_commands(spy)  # its flush below waits for the SUBs
     try:
         await spy.subscribe(">", cb=on_message)
         await spy.subscribe("pqkms.v1.events.>", cb=on_message)

@@ -14,6 +14,7 @@ import pytest
 
 from schemas.subjects import Subject
 from tests.support.stack import LocalStack
+from worker.handlers.ordered_flush import send_pings_behind_queued_commands
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +59,10 @@ def _bad_headers(subject: str, reply: str) -> bytes:
 
 async def test_workers_keep_reading_after_undecodable_messages(stack: LocalStack) -> None:
     client = await nats.connect(stack.nats_servers)
+    send_pings_behind_queued_commands(client)  # the flush below waits for the SUB
     try:
         answers = await client.subscribe("_INBOX.undecodable.*")
+        await client.flush()  # (the replies come through another connection)
         frames = [_bad_reply(Subject.HEALTH_PING.value)] * BAD_MESSAGES  # FastStream's path
         frames += [_bad_reply(Subject.KEM_ENCRYPT.value)] * BAD_MESSAGES  # the direct path
         frames += [_bad_headers(Subject.KEM_ENCRYPT.value, f"_INBOX.undecodable.{n}")
